@@ -1,0 +1,221 @@
+"""The `squid-helper` command and its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, List, Optional
+
+from . import __version__
+from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
+from .helperloop import HelperLoop
+from .logsetup import setup_logging
+from .memo import Memo
+from .protocol import HelperRequest, Reply, err
+from .purge import purge
+from .resolver import Resolver
+from .rewrite import RewriteHandler
+from .storeid import StoreIdHandler, StoreIdMapper
+from .urls import NotOurs, Refused, map_url
+
+log = logging.getLogger("squid_helper.cli")
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default="/etc/squid-helper/repos.yaml",
+                        help="repos.yaml to use (default: %(default)s)")
+
+
+class _BrokenConfigHandler:
+    """Answers while repos.yaml is invalid: Squid stays a working generic proxy (ERR leaves
+    every URL alone) instead of dying of helpers that exit at once, and each reply says why."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+        self.resolver = None
+
+    def answer(self, request: HelperRequest) -> Reply:
+        return err(f"squid-helper configuration error: {self.problem}")
+
+    def close(self) -> None:
+        pass
+
+
+def _run_helper(args: argparse.Namespace, role: str, make_handler: Callable) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        setup_logging(None, role)
+        log.error("%s; answering ERR to every request until the config is fixed "
+                  "(then restart or reconfigure Squid)", exc)
+        return HelperLoop(_BrokenConfigHandler(str(exc)), sys.stdout.buffer, 1).run(
+            sys.stdin.buffer)
+    setup_logging(config.log_file, role, logging.DEBUG if args.debug else logging.INFO)
+    loop = HelperLoop(make_handler(config), sys.stdout.buffer, int(config.workers))
+
+    def reload() -> None:
+        try:
+            fresh = _load(args.config)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the running config, the new one is invalid: %s", exc)
+            return
+        old, loop.handler = loop.handler, make_handler(fresh)
+        old.close()
+        log.info("SIGHUP: reloaded %s (%d repos)", args.config, len(fresh.repos))
+
+    loop.on_reload = reload
+    log.info("%s helper %s started with %s (%d repos, memo %s)", role, __version__,
+             args.config, len(config.repos), config.cache_dir)
+    code = loop.run(sys.stdin.buffer)
+    loop.handler.close()
+    log.info("%s helper exiting", role)
+    return code
+
+
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    return _run_helper(args, "rewrite",
+                       lambda config: RewriteHandler(Resolver(config, Memo(config.cache_dir))))
+
+
+def cmd_storeid(args: argparse.Namespace) -> int:
+    return _run_helper(args, "storeid", lambda config: StoreIdHandler(
+        StoreIdMapper(config, Memo(config.cache_dir))))
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging(None, "purge", logging.WARNING)
+    failed = 0
+    for result in purge(config, args.proxy, args.urls):
+        print(f"{'OK  ' if result.ok else 'FAIL'} {result.url}: {result.message}")
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve  # Squid process management is only needed here
+
+    return serve(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: OK")
+    print(f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}")
+    print(f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}")
+    print(f"  memo:          {config.cache_dir}")
+    print(f"  log file:      {config.log_file or 'stderr'}")
+    for key in NUMERIC_SETTINGS:
+        value = getattr(config, key)
+        print(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
+    print(f"  repos ({len(config.repos)}):")
+    for repo in config.repos.values():
+        print(f"    {repo.name}: {repo.kind}")
+        for template in repo.templates:
+            print(f"      {template}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging(None if args.quiet_log else config.log_file, "resolve",
+                  logging.DEBUG if args.debug else logging.WARNING)
+    extras = {"myport": str(args.myport)} if args.myport else {}
+    mapped = map_url(args.url, extras, config)
+    if isinstance(mapped, NotOurs):
+        print(f"{args.url}: not a repo URL (host not in virtual_hosts, port not in "
+              "accel_ports); Squid would fetch it unchanged")
+        return 1
+    if isinstance(mapped, Refused):
+        print(f"{args.url}: refused: {mapped.reason}")
+        return 1
+    resolver = Resolver(config, Memo(config.cache_dir))
+    try:
+        resolution = resolver.resolve(mapped)
+    finally:
+        resolver.close()
+    print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
+          f"path {mapped.path}")
+    for step in resolution.trace:
+        print(f"  {step}")
+    print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"
+          f" {resolution.reason}")
+    return 0 if resolution.url else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="squid-helper",
+        description="Squid helper that sends yum/dnf repo requests to verified mirrors.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("rewrite", help="run as Squid's url_rewrite_program (stdin/stdout)")
+    _add_config(p)
+    p.add_argument("--debug", action="store_true", help="log memo hits too")
+    p.set_defaults(func=cmd_rewrite)
+
+    p = sub.add_parser("storeid", help="run as Squid's store_id_program (stdin/stdout)")
+    _add_config(p)
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_storeid)
+
+    p = sub.add_parser("purge", help="purge repo URLs from Squid and from the memo together")
+    _add_config(p)
+    p.add_argument("--proxy", default="127.0.0.1:3128",
+                   help="Squid's forward proxy HOST:PORT (default: %(default)s)")
+    p.add_argument("urls", nargs="+", metavar="URL",
+                   help="virtual repo URL, e.g. http://repoproxy/fedora/40/x86_64/repodata/"
+                   "repomd.xml")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("serve", help="run Squid with the helpers wired in (foreground)")
+    _add_config(p)
+    p.add_argument("--port", type=int, default=3128, help="forward proxy port (%(default)s)")
+    p.add_argument("--accel-port", type=int, default=5000,
+                   help="port for old-style http://proxy:PORT/<repo>/... URLs (%(default)s)")
+    p.add_argument("--listen", default="0.0.0.0",
+                   help="address to listen on (default: %(default)s)")
+    p.add_argument("--dir", default="/var/tmp/squid-helper",
+                   help="private directory for squid.conf, cache, memo and logs "
+                   "(default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate repos.yaml and show what it configures")
+    _add_config(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("resolve", help="show which mirror a URL would go to, and why")
+    _add_config(p)
+    p.add_argument("url", help="client URL, e.g. http://repoproxy/fedora/40/x86_64/repodata/"
+                   "repomd.xml")
+    p.add_argument("--myport", type=int, help="the Squid port the request came in on "
+                   "(for old-style accel URLs such as http://proxy:5000/...)")
+    p.add_argument("--quiet-log", action="store_true",
+                   help="do not write to the configured log file")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_resolve)
+
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"squid-helper: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

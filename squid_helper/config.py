@@ -1,0 +1,281 @@
+"""Load and validate repos.yaml.
+
+Every problem is reported as a ConfigError naming the file, the line and the key, and saying what
+would be accepted, because the people who edit this file read Squid's cache.log, not tracebacks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Optional, Tuple
+from urllib.parse import urlsplit
+
+import yaml
+
+SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
+# The old repoproxy spelled the mirrorlist key this way; old configs keep working.
+SOURCE_ALIASES = {"mirrorurl": "mirrorlist"}
+PLACEHOLDERS = ("{releasever}", "{arch}")
+DEFAULT_LOG_FILE = "/var/log/repoproxy.log"
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A problem in repos.yaml, worded for the person who edits it."""
+
+
+@dataclass(frozen=True)
+class Repo:
+    name: str
+    kind: str  # one of SOURCE_KINDS
+    templates: Tuple[str, ...]  # one URL for mirrorlist/metalink, base URLs for mirrors
+
+
+# Numeric settings: key -> (default, minimum, what it means). One table drives parsing, the
+# `check` output and the README, so they cannot drift apart.
+NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
+    "probe_timeout": (5.0, 0.1, "seconds to wait for one mirror probe or mirrorlist fetch"),
+    "path_ttl": (3600.0, 1.0, "seconds a verified path -> mirror answer is reused"),
+    "metadata_ttl": (300.0, 1.0, "seconds a repodata/repomd.xml answer and the freshness "
+                     "survey of the mirrors are reused"),
+    "mirrorlist_ttl": (21600.0, 1.0, "seconds a fetched mirrorlist/metalink is reused"),
+    "negative_ttl": (60.0, 0.0, "seconds a 'no mirror has this path' answer is reused"),
+    "unhealthy_ttl": (120.0, 1.0, "seconds a mirror that timed out, refused or sent 5xx is "
+                      "skipped"),
+    "last_known_ttl": (2592000.0, 60.0, "seconds a last-known answer is kept for when no mirror "
+                       "can be verified"),
+    "hedge_delay": (0.5, 0.0, "seconds before the next mirror is probed in parallel with a "
+                    "slow one"),
+    "survey_limit": (8, 1, "how many mirrors (in preference order) are checked for fresh "
+                     "repodata"),
+    "workers": (16, 1, "threads answering new paths in one helper process"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    virtual_hosts: FrozenSet[str]
+    accel_ports: FrozenSet[int]
+    cache_dir: str
+    log_file: Optional[str]
+    repos: Dict[str, Repo]
+    settings: Dict[str, float] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> float:
+        # Numeric settings read as attributes (config.probe_timeout) without a field each.
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(name)
+
+
+def _line_index(text: str) -> Dict[Tuple[str, ...], int]:
+    """Map each key path (('repos', 'fedora', 'mirrorlist')) to its 1-based line in the file."""
+    lines: Dict[Tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: Tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, str(key_node.value))
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                key = (*prefix, str(index))
+                lines[key] = item.start_mark.line + 1
+                walk(item, key)
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+class _Reporter:
+    def __init__(self, path: str, lines: Dict[Tuple[str, ...], int]):
+        self.path = path
+        self.lines = lines
+
+    def error(self, keys: Tuple[str, ...], message: str) -> ConfigError:
+        line = None
+        for depth in range(len(keys), 0, -1):
+            line = self.lines.get(keys[:depth])
+            if line is not None:
+                break
+        where = f"{self.path}:{line}" if line else self.path
+        dotted = ".".join(keys) if keys else "(top level)"
+        return ConfigError(f"{where}: {dotted}: {message}")
+
+
+def validate_template(url: str) -> Optional[str]:
+    """Return why a mirror/mirrorlist URL template is unusable, or None when it is fine."""
+    if not isinstance(url, str) or not url:
+        return "must be a non-empty URL string such as 'https://mirrors.example.org/pub/'"
+    if any(ch in url for ch in "\r\n\t \x00\\"):
+        return "must not contain whitespace, backslashes or control characters"
+    leftover = url
+    for placeholder in PLACEHOLDERS:
+        leftover = leftover.replace(placeholder, "")
+    if "{" in leftover or "}" in leftover:
+        return ("uses an unknown placeholder; only {releasever} and {arch} are substituted "
+                "(write a literal brace as %7B / %7D)")
+    parts = urlsplit(url.replace("{releasever}", "1").replace("{arch}", "x"))
+    if parts.scheme not in ("http", "https"):
+        return f"must start with http:// or https:// (got scheme {parts.scheme!r})"
+    if not parts.hostname:
+        return "has no host name"
+    if parts.username or parts.password:
+        return "must not carry a user name or password"
+    if "{" in parts.netloc:
+        return "must not put placeholders in the host part"
+    return None
+
+
+def _number(value: Any, keys: Tuple[str, ...], minimum: float, report: _Reporter) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise report.error(keys, f"must be a number (got {value!r})")
+    if value < minimum:
+        raise report.error(keys, f"must be at least {minimum:g} (got {value!r})")
+    return value
+
+
+def _string_list(value: Any, keys: Tuple[str, ...], report: _Reporter) -> list:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise report.error(keys, "must be a non-empty list of strings")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise report.error((*keys, str(index)), f"must be a non-empty string (got {item!r})")
+    return value
+
+
+def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
+    keys = ("repos", str(name))
+    if not isinstance(name, str) or not _REPO_NAME_RE.match(name):
+        raise report.error(keys, "repo names may use letters, digits, '.', '_' and '-' only, "
+                           "start with a letter or digit, and be at most 64 characters")
+    if not isinstance(body, dict):
+        raise report.error(keys, "must be a mapping with one of: " + ", ".join(SOURCE_KINDS))
+    sources = []
+    for key in body:
+        canonical = SOURCE_ALIASES.get(key, key)
+        if canonical not in SOURCE_KINDS:
+            raise report.error((*keys, str(key)), "unknown key; a repo takes exactly one of "
+                               + ", ".join(SOURCE_KINDS) + " (or the old name 'mirrorurl')")
+        sources.append((key, canonical))
+    if len(sources) != 1:
+        found = ", ".join(k for k, _ in sources) or "none"
+        raise report.error(keys, "needs exactly one of " + ", ".join(SOURCE_KINDS)
+                           + f" (found {len(sources)}: {found})")
+    key, kind = sources[0]
+    value = body[key]
+    if kind == "mirrors":
+        templates = _string_list(value, (*keys, key), report)
+        cleaned = []
+        for index, template in enumerate(templates):
+            problem = validate_template(template)
+            if problem:
+                raise report.error((*keys, key, str(index)), f"{template!r} {problem}")
+            parts = urlsplit(template)
+            if parts.query or parts.fragment:
+                raise report.error((*keys, key, str(index)),
+                                   f"{template!r}: a mirror base URL cannot have '?' or '#'")
+            cleaned.append(template if template.endswith("/") else template + "/")
+        return Repo(name, kind, tuple(cleaned))
+    if not isinstance(value, str):
+        raise report.error((*keys, key), f"must be one URL template string (got {value!r})")
+    problem = validate_template(value)
+    if problem:
+        raise report.error((*keys, key), f"{value!r} {problem}")
+    return Repo(name, kind, (value,))
+
+
+TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "repos",
+                  *NUMERIC_SETTINGS)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate the YAML text of a repos.yaml and return the Config it describes."""
+    report = _Reporter(path, _line_index(text))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping with at least a 'repos:' key")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise report.error((str(key),), "unknown key; known keys are "
+                               + ", ".join(TOP_LEVEL_KEYS))
+
+    hosts = _string_list(data.get("virtual_hosts", ["repoproxy"]), ("virtual_hosts",), report)
+    for index, host in enumerate(hosts):
+        if not _HOST_RE.match(host):
+            raise report.error(("virtual_hosts", str(index)),
+                               f"{host!r} is not a host name (letters, digits, '.', '-', "
+                               "optionally ':port')")
+
+    ports_value = data.get("accel_ports", [])
+    if not isinstance(ports_value, list):
+        raise report.error(("accel_ports",), "must be a list of port numbers, e.g. [5000]")
+    ports = set()
+    for index, port in enumerate(ports_value):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise report.error(("accel_ports", str(index)),
+                               f"must be a port number 1-65535 (got {port!r})")
+        ports.add(port)
+
+    cache_dir = data.get("cache_dir", "/var/cache/squid-helper")
+    if not isinstance(cache_dir, str) or not cache_dir:
+        raise report.error(("cache_dir",), "must be a directory path string")
+
+    log_file = data.get("log_file", DEFAULT_LOG_FILE)
+    if log_file is not None and (not isinstance(log_file, str) or not log_file):
+        raise report.error(("log_file",), "must be a file path, or null to log to stderr")
+
+    settings = {}
+    for key, (default, minimum, _meaning) in NUMERIC_SETTINGS.items():
+        value = _number(data.get(key, default), (key,), minimum, report)
+        settings[key] = int(value) if isinstance(default, int) else float(value)
+
+    repos_value = data.get("repos")
+    if not isinstance(repos_value, dict) or not repos_value:
+        raise report.error(("repos",), "must be a mapping of repo name -> {mirrorlist: URL} "
+                           "(or metalink: URL, or mirrors: [URL, ...]) with at least one repo")
+    repos = {}
+    for name, body in repos_value.items():
+        repo = _parse_repo(name, body, report)
+        repos[repo.name] = repo
+
+    return Config(
+        path=path,
+        virtual_hosts=frozenset(h.lower() for h in hosts),
+        accel_ports=frozenset(ports),
+        cache_dir=cache_dir,
+        log_file=log_file,
+        repos=repos,
+        settings=settings,
+    )
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a repos.yaml file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
+    return parse_config(text, path)

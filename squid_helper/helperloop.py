@@ -1,0 +1,133 @@
+"""The stdin/stdout loop shared by the url_rewrite and store_id helpers.
+
+Guarantees, whatever arrives on stdin: exactly one reply line per request line, carrying the
+request's channel-ID; nothing but replies on stdout; replies flushed as soon as they are ready;
+strict order when Squid sends no channel-IDs. Answers that are ready at once are written inline;
+the rest go to a bounded thread pool and are written when done (channel-IDs make that legal).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Callable, Iterator, Optional, Protocol, Tuple, Union
+
+from .protocol import MAX_LINE_BYTES, HelperRequest, Reply, bh, parse_request, split_channel
+
+log = logging.getLogger("squid_helper.loop")
+
+SlowAnswer = Callable[[], Reply]
+
+
+class Handler(Protocol):
+    def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
+        """A Reply when it is known at once, else a callable that works it out."""
+
+
+class _Stop(Exception):
+    """Raised from a signal handler to leave the blocking read."""
+
+
+def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[str, bool]]:
+    """Yield (line, too_long). An over-long line is cut at `limit` bytes and the rest of it is
+    skipped, so that it still produces exactly one reply and memory stays bounded."""
+    while True:
+        chunk = stream.readline(limit + 1)
+        if not chunk:
+            return
+        if chunk.endswith(b"\n") or len(chunk) <= limit:
+            yield chunk.rstrip(b"\r\n").decode("latin-1"), False
+            continue
+        while not chunk.endswith(b"\n"):
+            chunk = stream.readline(limit + 1)
+            if not chunk:
+                break
+        yield "", True
+
+
+class HelperLoop:
+    def __init__(self, handler: Handler, out: BinaryIO, workers: int,
+                 on_reload: Optional[Callable[[], None]] = None):
+        self.handler = handler
+        self.out = out
+        self.workers = workers
+        self.on_reload = on_reload
+        self._write_lock = threading.Lock()
+        self._reload_requested = False
+
+    def write(self, channel: Optional[str], reply: Reply) -> None:
+        data = (reply.format(channel) + "\n").encode("latin-1", "replace")
+        with self._write_lock:
+            self.out.write(data)
+            self.out.flush()
+
+    def _guarded(self, channel: Optional[str], work: SlowAnswer) -> None:
+        try:
+            reply = work()
+        except Exception as exc:  # a bug must cost one request, never the helper
+            log.exception("internal error while answering")
+            reply = bh(f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            self.write(channel, reply)
+        except Exception:
+            log.exception("cannot write a reply to Squid")
+
+    def handle_line(self, line: str, too_long: bool, pool: Optional[ThreadPoolExecutor]) -> None:
+        if too_long:
+            channel, _ = split_channel(line)
+            self.write(channel, bh(f"request line longer than {MAX_LINE_BYTES} bytes refused"))
+            return
+        channel, request, problem = parse_request(line)
+        if request is None:
+            self.write(channel, bh(problem or "unparsable request"))
+            return
+        try:
+            answer = self.handler.answer(request)
+        except Exception as exc:
+            log.exception("internal error while answering %r", request.url[:200])
+            self.write(channel, bh(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        if isinstance(answer, Reply):
+            self.write(channel, answer)
+        elif channel is not None and pool is not None:
+            pool.submit(self._guarded, channel, answer)
+        else:
+            self._guarded(channel, answer)  # no channel-ID: replies must stay in order
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum, frame):
+            raise _Stop()
+
+        def reload(signum, frame):
+            self._reload_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, reload)
+
+    def run(self, stdin: BinaryIO) -> int:
+        """Serve until EOF or SIGTERM/SIGINT; in-flight requests are answered before return."""
+        self._install_signals()
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="answer")
+        try:
+            for line, too_long in read_lines(stdin):
+                if self._reload_requested and self.on_reload is not None:
+                    self._reload_requested = False
+                    self.on_reload()
+                self.handle_line(line, too_long, pool)
+        except _Stop:
+            log.info("stop signal received; answering what is in flight, then exiting")
+        except BrokenPipeError:
+            log.info("Squid closed the reply pipe; exiting")
+        finally:
+            try:
+                pool.shutdown(wait=True)
+            except _Stop:
+                pass
+        return 0

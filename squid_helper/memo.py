@@ -1,0 +1,159 @@
+"""The memo: answers shared by every helper process through one diskcache directory.
+
+Whatever goes wrong with the directory (missing, read-only, corrupt, full), the helper keeps
+answering: every operation degrades to "no memo" and the problem is logged once a minute, and the
+directory is reopened a few seconds later so that the memo comes back by itself once it is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+
+import diskcache
+
+log = logging.getLogger("squid_helper.memo")
+T = TypeVar("T")
+
+_REOPEN_AFTER = 5.0
+_COMPLAINT_INTERVAL = 60.0
+# How long a process trusts its own copy of a path answer before asking the shared memo again.
+# This bounds how long a purge made by another process can go unnoticed.
+FRONT_CACHE_SECONDS = 1.0
+_FRONT_CACHE_MAX = 50_000
+
+
+class Memo:
+    def __init__(self, directory: str, size_limit: int = 1 << 30):
+        self.directory = directory
+        self.size_limit = size_limit
+        self._cache: Optional[diskcache.Cache] = None
+        self._broken_since: Optional[float] = None
+        self._last_complaint = 0.0
+        self._lock = threading.Lock()
+        self._front: Dict[str, Tuple[float, Any]] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _open(self) -> Optional[diskcache.Cache]:
+        if self._cache is not None:
+            return self._cache
+        with self._lock:
+            if self._cache is not None:
+                return self._cache
+            if self._broken_since and time.monotonic() - self._broken_since < _REOPEN_AFTER:
+                return None
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                self._cache = diskcache.Cache(
+                    self.directory, timeout=2.0, size_limit=self.size_limit,
+                    eviction_policy="least-recently-stored", statistics=False)
+                if self._broken_since is not None:
+                    log.warning("memo %s is usable again", self.directory)
+                self._broken_since = None
+            except Exception as exc:
+                self._fail(exc)
+            return self._cache
+
+    def _fail(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_complaint > _COMPLAINT_INTERVAL:
+            self._last_complaint = now
+            log.error("memo %s unusable, answering without it (probing every path): %s: %s",
+                      self.directory, type(exc).__name__, exc)
+        self._broken_since = now
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            try:
+                cache.close()
+            except Exception:
+                pass
+
+    def _do(self, operation: Callable[[diskcache.Cache], T], default: T) -> T:
+        cache = self._open()
+        if cache is None:
+            return default
+        try:
+            return operation(cache)
+        except Exception as exc:
+            with self._lock:
+                if self._cache is cache:
+                    self._fail(exc)
+            return default
+
+    @property
+    def healthy(self) -> bool:
+        return self._open() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
+
+    # -- generic keyed values -----------------------------------------------------------------
+    def get(self, key: str) -> Any:
+        return self._do(lambda c: c.get(key), None)
+
+    def set(self, key: str, value: Any, expire: Optional[float]) -> bool:
+        self._front.pop(key, None)
+        return self._do(lambda c: c.set(key, value, expire=expire), False)
+
+    def delete(self, key: str) -> bool:
+        self._front.pop(key, None)
+        return bool(self._do(lambda c: c.delete(key), False))
+
+    def get_front(self, key: str) -> Any:
+        """get() through a short-lived in-process copy, for the per-request hot path."""
+        now = time.monotonic()
+        cached = self._front.get(key)
+        if cached is not None and now - cached[0] < FRONT_CACHE_SECONDS:
+            return cached[1]
+        value = self.get(key)
+        if len(self._front) >= _FRONT_CACHE_MAX:
+            self._front.clear()
+        self._front[key] = (now, value)
+        return value
+
+    def peek_front(self, key: str) -> Tuple[bool, Any]:
+        """(hit, value) from the in-process copy only: no disk access at all."""
+        cached = self._front.get(key)
+        if cached is not None and time.monotonic() - cached[0] < FRONT_CACHE_SECONDS:
+            return True, cached[1]
+        return False, None
+
+    def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:
+        """Add mapping's new keys to the dict stored under key, atomically across processes.
+        Keys already there keep their value, so that what others derived from them stays."""
+        def update(cache: diskcache.Cache) -> bool:
+            with cache.transact():
+                current = cache.get(key) or {}
+                if all(k in current for k in mapping):
+                    return True
+                current.update((k, v) for k, v in mapping.items() if k not in current)
+                return cache.set(key, current, expire=expire)
+        return self._do(update, False)
+
+    # -- cross-process locks ------------------------------------------------------------------
+    def try_lock(self, name: str, hold_for: float) -> bool:
+        """Take a named lock shared by all processes; it expires by itself after hold_for
+        seconds, so a process that died holding it blocks nobody for long. Without a working
+        memo every caller gets the lock (no coordination is better than no answer)."""
+        token = f"{os.getpid()}:{threading.get_ident()}"
+        return self._do(lambda c: c.add(f"lock:{name}", token, expire=hold_for), True)
+
+    def unlock(self, name: str) -> None:
+        self._do(lambda c: c.delete(f"lock:{name}"), False)
+
+    def locked(self, name: str) -> bool:
+        return self._do(lambda c: f"lock:{name}" in c, False)
+
+    def clear_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with prefix; returns how many went."""
+        def sweep(cache: diskcache.Cache) -> int:
+            doomed = [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+            return sum(1 for k in doomed if cache.delete(k))
+        self._front.clear()
+        return self._do(sweep, 0)

@@ -1,0 +1,122 @@
+"""HTTP I/O towards mirrors: probe a path (HEAD, ranged GET fallback) and fetch small documents.
+
+One requests.Session per mirror host keeps connections alive between probes; sessions are
+shared by the threads of a process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import __version__
+
+FOUND, MISSING, FAILED = "found", "missing", "failed"
+# Statuses with which servers refuse HEAD although they would serve a GET.
+HEAD_REFUSED = {403, 405, 501}
+USER_AGENT = f"squid-helper/{__version__}"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    url: str
+    outcome: str  # FOUND, MISSING or FAILED
+    detail: str  # e.g. "HEAD 200", "GET 206 after HEAD 405", "timeout after 2.0s"
+    elapsed: float
+    content: Optional[bytes] = None  # only for fetch()
+
+
+class Prober:
+    """Probes and fetches with a per-host Session and a hard overall time limit per call."""
+
+    def __init__(self, timeout: float, max_document_bytes: int = 8 * 1024 * 1024):
+        self.timeout = timeout
+        self.max_document_bytes = max_document_bytes
+        self._sessions: Dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, url: str) -> requests.Session:
+        host = urlsplit(url).netloc
+        with self._lock:
+            session = self._sessions.get(host)
+            if session is None:
+                session = requests.Session()
+                session.trust_env = False  # never route probes through a proxy (Squid itself)
+                session.headers["User-Agent"] = USER_AGENT
+                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._sessions[host] = session
+            return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+    def _failure(self, url: str, exc: Exception, started: float) -> ProbeResult:
+        elapsed = time.monotonic() - started
+        if isinstance(exc, requests.Timeout):
+            detail = f"timeout after {elapsed:.1f}s"
+        elif isinstance(exc, requests.ConnectionError):
+            detail = "connection failed"
+        else:
+            detail = f"error {type(exc).__name__}"
+        return ProbeResult(url, FAILED, detail, elapsed)
+
+    @staticmethod
+    def _classify(status: int) -> str:
+        if status < 400:
+            return FOUND
+        if status >= 500 or status == 429:
+            return FAILED
+        return MISSING
+
+    def probe(self, url: str) -> ProbeResult:
+        """Does the mirror answer for url? HEAD first; ranged GET when HEAD is refused."""
+        started = time.monotonic()
+        session = self._session(url)
+        try:
+            response = session.head(url, timeout=self.timeout, allow_redirects=False)
+            response.close()
+            detail = f"HEAD {response.status_code}"
+            if response.status_code in HEAD_REFUSED:
+                response = session.get(url, timeout=self.timeout, allow_redirects=False,
+                                       headers={"Range": "bytes=0-0"}, stream=True)
+                response.close()
+                detail = f"GET {response.status_code} after {detail}"
+        except Exception as exc:  # any failure of one mirror is a verdict, not a crash
+            return self._failure(url, exc, started)
+        return ProbeResult(url, self._classify(response.status_code), detail,
+                           time.monotonic() - started)
+
+    def fetch(self, url: str) -> ProbeResult:
+        """GET a small document (mirrorlist, metalink, repomd.xml) within the time limit."""
+        started = time.monotonic()
+        deadline = started + self.timeout
+        try:
+            with self._session(url).get(url, timeout=self.timeout, stream=True) as response:
+                outcome = self._classify(response.status_code)
+                if outcome != FOUND:
+                    return ProbeResult(url, outcome, f"GET {response.status_code}",
+                                       time.monotonic() - started)
+                chunks, size = [], 0
+                for chunk in response.iter_content(64 * 1024):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > self.max_document_bytes:
+                        return ProbeResult(url, FAILED, f"larger than {self.max_document_bytes} "
+                                           "bytes", time.monotonic() - started)
+                    if time.monotonic() > deadline:
+                        raise requests.Timeout()
+                return ProbeResult(url, FOUND, f"GET {response.status_code}",
+                                   time.monotonic() - started, b"".join(chunks))
+        except Exception as exc:
+            return self._failure(url, exc, started)

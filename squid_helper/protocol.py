@@ -1,0 +1,90 @@
+"""Squid's helper line protocol: parse one request line, format one reply line.
+
+Pure functions only. Squid sends `[channel-ID SP] URL [SP extras...]`; with `concurrency=N>0`
+every line starts with a numeric channel-ID that the reply must echo. A URL never consists of
+digits alone, so a leading all-digit token is taken as the channel-ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+from urllib.parse import unquote
+
+# Squid's own request line buffer is 32 KiB; a longer line is not from Squid.
+MAX_LINE_BYTES = 32 * 1024
+_MAX_CHANNEL_DIGITS = 10
+
+
+@dataclass(frozen=True)
+class HelperRequest:
+    channel: Optional[str]
+    url: str
+    extras: Dict[str, str] = field(default_factory=dict)  # key=value extras, URL-decoded
+    fields: Tuple[str, ...] = ()  # every token after the URL, raw
+
+
+@dataclass(frozen=True)
+class Reply:
+    result: str  # "OK", "ERR" or "BH"
+    pairs: Tuple[Tuple[str, str], ...] = ()
+
+    def format(self, channel: Optional[str]) -> str:
+        return format_reply(channel, self.result, self.pairs)
+
+
+def ok(**pairs: str) -> Reply:
+    """OK with kv-pairs; keyword names use '_' where Squid's keys use '-' (rewrite_url=)."""
+    return Reply("OK", tuple((k.replace("_", "-"), v) for k, v in pairs.items()))
+
+
+def err(message: Optional[str] = None) -> Reply:
+    return Reply("ERR", (("message", message),) if message else ())
+
+
+def bh(message: str) -> Reply:
+    return Reply("BH", (("message", message),))
+
+
+def split_channel(line: str) -> Tuple[Optional[str], str]:
+    """Split a leading channel-ID from the rest of the line (no ID: None)."""
+    stripped = line.lstrip(" ")
+    head, _, rest = stripped.partition(" ")
+    if head.isdigit() and head.isascii() and len(head) <= _MAX_CHANNEL_DIGITS:
+        return head, rest
+    return None, stripped
+
+
+def parse_request(line: str) -> Tuple[Optional[str], Optional[HelperRequest], Optional[str]]:
+    """Parse one line (without its newline).
+
+    Returns (channel, request, problem): request is None when the line is unusable, and problem
+    then says why. The channel is returned either way so that the reply can carry it.
+    """
+    channel, rest = split_channel(line)
+    tokens = rest.split()
+    if not tokens:
+        return channel, None, "empty request line"
+    url, fields = tokens[0], tuple(tokens[1:])
+    extras: Dict[str, str] = {}
+    for token in fields:
+        key, sep, value = token.partition("=")
+        if sep and key:
+            extras[key] = unquote(value)
+    return channel, HelperRequest(channel, url, extras, fields), None
+
+
+def _quote_value(value: str) -> str:
+    # Squid accepts a double-quoted value with backslash escapes; CR/LF must never reach the
+    # stream, since they would end the reply line early and desynchronise every later reply.
+    cleaned = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in value)
+    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_reply(channel: Optional[str], result: str,
+                 pairs: Tuple[Tuple[str, str], ...] = ()) -> str:
+    """One reply line, without the trailing newline."""
+    parts = [channel] if channel is not None else []
+    parts.append(result)
+    parts.extend(f"{key}={_quote_value(value)}" for key, value in pairs)
+    return " ".join(parts)

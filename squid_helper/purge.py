@@ -1,0 +1,67 @@
+"""Purge repo paths from Squid's cache and from the helper's memo together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import requests
+
+from .config import Config
+from .memo import Memo
+from .resolver import Resolver
+from .urls import NotOurs, Refused, map_url
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    url: str
+    ok: bool
+    message: str
+
+
+def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
+    """Send `PURGE url` through the proxy, as `squidclient -m PURGE url` does. Squid passes the
+    request through the rewrite and store_id helpers, so the cached copy is found whichever
+    mirror it came from."""
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        response = session.request("PURGE", url, proxies={"http": f"http://{proxy}"},
+                                   timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        return PurgeResult(url, False, f"proxy {proxy} unreachable: {type(exc).__name__}")
+    finally:
+        session.close()
+    if response.status_code == 200:
+        return PurgeResult(url, True, "purged from Squid")
+    if response.status_code == 404:
+        return PurgeResult(url, True, "not in Squid's cache")
+    if response.status_code == 403:
+        return PurgeResult(url, False, f"Squid at {proxy} refused PURGE (403): allow it for "
+                           "this host with 'http_access allow PURGE <acl>' in squid.conf")
+    return PurgeResult(url, False, f"Squid at {proxy} answered {response.status_code}")
+
+
+def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) -> List[PurgeResult]:
+    results = []
+    resolver = Resolver(config, Memo(config.cache_dir))
+    try:
+        for url in urls:
+            mapped = map_url(url, {}, config)
+            if isinstance(mapped, NotOurs):
+                results.append(PurgeResult(url, False, "not a repo URL: its host is not in "
+                                           f"virtual_hosts ({', '.join(config.virtual_hosts)})"))
+                continue
+            if isinstance(mapped, Refused):
+                results.append(PurgeResult(url, False, f"refused: {mapped.reason}"))
+                continue
+            # Squid first: its PURGE is rewritten through the memo's answer for this path.
+            squid = purge_from_squid(url, proxy, timeout)
+            forgotten = resolver.forget(mapped)
+            results.append(PurgeResult(url, squid.ok, f"{squid.message}; memo: "
+                                       f"{forgotten} entr{'y' if forgotten == 1 else 'ies'} "
+                                       "dropped"))
+    finally:
+        resolver.close()
+    return results

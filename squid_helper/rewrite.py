@@ -1,0 +1,48 @@
+"""The url_rewrite_program: repo URLs to verified mirror URLs; everything else untouched."""
+
+from __future__ import annotations
+
+import logging
+from typing import Union
+
+from .helperloop import SlowAnswer
+from .protocol import HelperRequest, Reply, err, ok
+from .resolver import Resolution, Resolver
+from .urls import NotOurs, Refused, RepoPath, map_url
+
+log = logging.getLogger("squid_helper.rewrite")
+
+
+def reply_for(resolution: Resolution) -> Reply:
+    if resolution.url:
+        return ok(rewrite_url=resolution.url)
+    return err(resolution.reason)
+
+
+class RewriteHandler:
+    def __init__(self, resolver: Resolver):
+        self.resolver = resolver
+
+    def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
+        mapped = map_url(request.url, request.extras, self.resolver.config)
+        if isinstance(mapped, NotOurs):
+            return err()
+        if isinstance(mapped, Refused):
+            log.info("refused %s: %s", request.url[:300], mapped.reason)
+            return err(mapped.reason)
+        cached = self.resolver.cached(mapped)
+        if cached is not None:
+            log.debug("%s -> %s (memo)", request.url, cached.url)
+            return reply_for(cached)
+        return lambda: self._resolve(request.url, mapped)
+
+    def _resolve(self, client_url: str, request: RepoPath) -> Reply:
+        resolution = self.resolver.resolve(request)
+        level = logging.INFO if resolution.url else logging.WARNING
+        log.log(level, "%s -> %s [%s, %.3fs] %s%s", client_url, resolution.url or "ERR",
+                resolution.status, resolution.elapsed, resolution.reason,
+                ("; " + "; ".join(resolution.trace)) if resolution.trace else "")
+        return reply_for(resolution)
+
+    def close(self) -> None:
+        self.resolver.close()

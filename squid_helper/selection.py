@@ -1,0 +1,86 @@
+"""Mirror ordering: which mirrors to try for a path, and in what order (pure logic).
+
+A freshness survey fetches repodata/repomd.xml from the first mirrors of a repo. Each answer
+becomes an Observation; rank_mirrors turns the observations into the order in which mirrors are
+probed for every path of that repo, so a mirror with old metadata is never preferred to one with
+the current snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .sources import MirrorSet, SourceError, repomd_age_key
+
+FRESH, ALTERNATE, UNKNOWN, FAILED, STALE = "fresh", "alternate", "unknown", "failed", "stale"
+_TIER = {FRESH: 0, ALTERNATE: 1, UNKNOWN: 2, FAILED: 3, STALE: 4}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One mirror's answer to the survey's GET of repodata/repomd.xml."""
+
+    outcome: str  # "ok", "missing" (404/410) or "failed" (timeout, refused, 5xx)
+    age_key: Optional[Tuple[int, int]] = None  # from repomd_age_key, when outcome is ok
+    digest: Optional[str] = None  # "expected", "alternate" or "mismatch" against a metalink
+
+
+def observe(content: bytes, mirrors: MirrorSet) -> Observation:
+    """Judge one mirror's repomd.xml against the metalink's expectation, if there is one."""
+    try:
+        age = repomd_age_key(content)
+    except SourceError:
+        return Observation("missing")  # a mirror serving something else is as good as absent
+    digest = None
+    if mirrors.expected is not None:
+        if mirrors.expected.matches(content):
+            digest = "expected"
+        elif any(alt.matches(content) for alt in mirrors.alternates):
+            digest = "alternate"
+        else:
+            digest = "mismatch"
+    return Observation("ok", age, digest)
+
+
+def verdicts(bases: Sequence[str], observations: Dict[str, Observation],
+             use_digest: bool) -> Dict[str, Optional[str]]:
+    """Each base's verdict (FRESH ... STALE), or None when it must not be used for this repo.
+
+    use_digest: judge by the metalink's hashes; otherwise the newest (revision, timestamp)
+    among the answers is fresh and anything older is stale.
+    """
+    newest = max((o.age_key for o in observations.values() if o.outcome == "ok" and o.age_key),
+                 default=None)
+    result: Dict[str, Optional[str]] = {}
+    for base in bases:
+        seen = observations.get(base)
+        if seen is None:
+            result[base] = UNKNOWN
+        elif seen.outcome == "failed":
+            result[base] = FAILED
+        elif seen.outcome == "missing":
+            result[base] = None
+        elif use_digest:
+            result[base] = {"expected": FRESH, "alternate": ALTERNATE}.get(seen.digest or "")
+        else:
+            result[base] = FRESH if seen.age_key == newest else STALE
+    return result
+
+
+def digest_usable(observations: Dict[str, Observation]) -> bool:
+    """True when some mirror matches the metalink; if none does, the metalink itself is suspect."""
+    return any(o.digest == "expected" for o in observations.values())
+
+
+def rank_mirrors(bases: Sequence[str], verdict: Dict[str, Optional[str]]) -> List[str]:
+    """Usable bases, best verdict first, keeping the source's order within a verdict."""
+    usable = [(b, verdict.get(b, UNKNOWN)) for b in bases]
+    ordered = sorted(((_TIER[v], i, b) for i, (b, v) in enumerate(usable) if v is not None))
+    return [b for _, _, b in ordered]
+
+
+def drop_unhealthy(ranked: Iterable[str], unhealthy: Iterable[str]) -> List[str]:
+    """The ranked bases without those currently marked unhealthy."""
+    skip = set(unhealthy)
+    return [b for b in ranked if b not in skip]

@@ -1,0 +1,384 @@
+"""Test support: real HTTP mirrors on 127.0.0.1, repo snapshots, and a helper driver.
+
+Everything here starts real processes or sockets and offers a way to stop them; tests use them
+through context managers or fixtures so that nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import yaml
+
+GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
+# A hanging mirror holds each request at most this long, so no test can wait forever on one.
+HANG_LIMIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dead_url(path: str = "/") -> str:
+    """A URL on a loopback port that nothing listens on (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}{path}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _MirrorHTTPServer
+
+    def log_message(self, format: str, *args) -> None:  # keep test output quiet
+        pass
+
+    def _record(self) -> None:
+        with self.server.owner.lock:
+            self.server.owner.requests.append((self.command, self.path.split("?", 1)[0],
+                                               dict(self.headers.items())))
+
+    def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
+              head: bool = False) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head and body:
+            self.wfile.write(body)
+
+    def _serve(self, head: bool) -> None:
+        owner = self.server.owner
+        if owner.stopping.is_set():
+            self.close_connection = True
+            return
+        self._record()
+        if owner.behaviour == HANG:
+            owner.stopping.wait(HANG_LIMIT)
+            self.close_connection = True
+            return
+        if owner.behaviour == ERROR:
+            self._send(500, b"internal error\n", head=head)
+            return
+        if owner.behaviour == NO_HEAD and head:
+            self._send(405, b"", {"Allow": "GET"}, head=True)
+            return
+        path = self.path.split("?", 1)[0]
+        document = owner.documents.get(path)
+        if document is None and owner.root is not None:
+            candidate = (owner.root / path.lstrip("/")).resolve()
+            if candidate.is_file() and owner.root.resolve() in candidate.parents:
+                document = candidate.read_bytes()
+                mtime = candidate.stat().st_mtime
+            else:
+                document = None
+        else:
+            mtime = owner.started
+        if document is None:
+            self._send(404, b"not found\n", head=head)
+            return
+        last_modified = email.utils.formatdate(mtime, usegmt=True)
+        since = self.headers.get("If-Modified-Since")
+        if since:
+            try:
+                if email.utils.parsedate_to_datetime(since).timestamp() >= int(mtime):
+                    self._send(304, b"", {"Last-Modified": last_modified}, head=True)
+                    return
+            except (TypeError, ValueError):
+                pass
+        headers = {"Last-Modified": last_modified, "Content-Type": "application/octet-stream"}
+        byte_range = self.headers.get("Range", "")
+        if byte_range.startswith("bytes=") and "," not in byte_range:
+            start_text, _, end_text = byte_range[6:].partition("-")
+            if start_text.isdigit():
+                start = int(start_text)
+                end = min(int(end_text) if end_text.isdigit() else len(document) - 1,
+                          len(document) - 1)
+                if start <= end:
+                    headers["Content-Range"] = f"bytes {start}-{end}/{len(document)}"
+                    self._send(206, document[start:end + 1], headers, head=head)
+                    return
+        self._send(200, document, headers, head=head)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+
+class _MirrorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: MirrorServer
+
+    def get_request(self):
+        connection, address = super().get_request()
+        with self.owner.lock:
+            self.owner.connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request) -> None:
+        with self.owner.lock:
+            self.owner.connections.discard(request)
+        super().shutdown_request(request)
+
+
+class MirrorServer:
+    """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
+    `documents`), or hangs, or answers 500, or refuses HEAD. Records every request."""
+
+    def __init__(self, root: Optional[Path] = None, behaviour: str = GOOD,
+                 documents: Optional[Dict[str, bytes]] = None, port: int = 0):
+        self.root = Path(root) if root else None
+        self.behaviour = behaviour
+        self.documents: Dict[str, bytes] = dict(documents or {})
+        self.requests: List[Tuple[str, str, Dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.connections: set = set()
+        self.started = time.time()
+        self._server = _MirrorHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.owner = self
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> MirrorServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop like a dead machine: no new connections, and kept-alive ones are cut too."""
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> MirrorServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def count(self, method: Optional[str] = None, path_suffix: str = "",
+              path_contains: str = "") -> int:
+        with self.lock:
+            return sum(1 for m, p, _ in self.requests
+                       if (method is None or m == method) and p.endswith(path_suffix)
+                       and path_contains in p)
+
+    def paths(self) -> List[str]:
+        with self.lock:
+            return [p for _, p, _ in self.requests]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+
+def repomd_xml(revision: int) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<repomd xmlns="http://linux.duke.edu/metadata/repo">\n'
+            f'  <revision>{revision}</revision>\n'
+            f'  <data type="primary">\n'
+            f'    <location href="repodata/{revision:040x}-primary.xml.gz"/>\n'
+            f'    <timestamp>{revision}</timestamp>\n'
+            f'  </data>\n'
+            f'</repomd>\n').encode()
+
+
+def make_snapshot(root: Path, revision: int, packages: List[str]) -> Path:
+    """A fake repo tree: repodata/repomd.xml of `revision`, its primary file, and packages."""
+    (root / "repodata").mkdir(parents=True, exist_ok=True)
+    (root / "Packages").mkdir(parents=True, exist_ok=True)
+    (root / "repodata" / "repomd.xml").write_bytes(repomd_xml(revision))
+    (root / "repodata" / f"{revision:040x}-primary.xml.gz").write_bytes(b"primary %d" % revision)
+    for name in packages:
+        (root / "Packages" / name).write_bytes(f"rpm {name} of {revision}".encode())
+    return root
+
+
+def metalink_xml(bases: List[str], repomd: bytes, preferences: Optional[List[int]] = None,
+                 extra_urls: Optional[List[str]] = None) -> bytes:
+    """A Fedora-style metalink naming each base's repodata/repomd.xml and repomd's hashes."""
+    preferences = preferences or [100 - i for i in range(len(bases))]
+    urls = "\n".join(
+        f'        <url protocol="http" type="http" location="US" preference="{pref}">'
+        f'{base}repodata/repomd.xml</url>' for base, pref in zip(bases, preferences))
+    urls += "".join(f"\n        <url protocol=\"rsync\" type=\"rsync\" preference=\"1\">{u}</url>"
+                    for u in (extra_urls or []))
+    return f'''<?xml version="1.0" encoding="utf-8"?>
+<metalink version="3.0" xmlns="http://www.metalinker.org/"
+          xmlns:mm0="http://fedorahosted.org/mirrormanager">
+  <files>
+    <file name="repomd.xml">
+      <mm0:timestamp>1700000000</mm0:timestamp>
+      <size>{len(repomd)}</size>
+      <verification>
+        <hash type="md5">{hashlib.md5(repomd).hexdigest()}</hash>
+        <hash type="sha256">{hashlib.sha256(repomd).hexdigest()}</hash>
+      </verification>
+      <resources maxconnections="1">
+{urls}
+      </resources>
+    </file>
+  </files>
+</metalink>
+'''.encode()
+
+
+class WorldReadableDir:
+    """A temporary directory that Squid's `proxy` user can reach (pytest's tmp_path, under a
+    0700 directory, is not). Removed on exit."""
+
+    def __init__(self, prefix: str = "squid-helper-test-"):
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chmod(self.path, 0o755)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_config(directory: Path, repos: Dict[str, dict], **settings) -> Path:
+    """A repos.yaml in directory, with its memo and log file there too."""
+    data = {"virtual_hosts": ["repoproxy"], "accel_ports": [5000],
+            "cache_dir": str(directory / "memo"), "log_file": str(directory / "helper.log"),
+            "probe_timeout": 2, **settings, "repos": repos}
+    path = directory / "repos.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def helper_command() -> List[str]:
+    """The installed `squid-helper` beside the running interpreter, else the module."""
+    script = Path(sys.executable).parent / "squid-helper"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "squid_helper.cli"]
+
+
+DEFAULT_EXTRAS = "127.0.0.1/- - GET myip=127.0.0.1 myport=3128"
+
+
+class HelperProcess:
+    """Drives `squid-helper rewrite|storeid` over stdin/stdout, the way Squid does."""
+
+    def __init__(self, config: Path, mode: str = "rewrite", args: Optional[List[str]] = None):
+        self.process = subprocess.Popen(
+            [*helper_command(), mode, "--config", str(config), *(args or [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.replies: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._next_channel = 0
+
+    def _read(self) -> None:
+        for raw in self.process.stdout:
+            self.replies.put(raw.decode("latin-1").rstrip("\n"))
+        self.replies.put(None)
+
+    def send_raw(self, data: bytes) -> None:
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def reply(self, timeout: float = 30.0) -> str:
+        line = self.replies.get(timeout=timeout)
+        if line is None:
+            raise EOFError("helper closed stdout")
+        return line
+
+    def ask(self, url: str, extras: str = DEFAULT_EXTRAS, channel: bool = True,
+            timeout: float = 30.0) -> str:
+        """One request, its reply (without the channel-ID)."""
+        if channel:
+            self._next_channel += 1
+            cid = str(self._next_channel)
+            self.send_raw(f"{cid} {url} {extras}\n".encode())
+            line = self.reply(timeout)
+            assert line.split(" ", 1)[0] == cid, f"reply {line!r} for channel {cid}"
+            return line.split(" ", 1)[1]
+        self.send_raw(f"{url} {extras}\n".encode())
+        return self.reply(timeout)
+
+    def ask_many(self, urls: List[str], extras: str = DEFAULT_EXTRAS,
+                 timeout: float = 60.0) -> List[str]:
+        """All requests in flight at once; replies matched back by channel-ID, in url order."""
+        base = self._next_channel + 1
+        self._next_channel += len(urls)
+        self.send_raw("".join(f"{base + i} {u} {extras}\n" for i, u in enumerate(urls)).encode())
+        answers: Dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        while len(answers) < len(urls):
+            line = self.reply(max(0.1, deadline - time.monotonic()))
+            cid, _, rest = line.partition(" ")
+            assert int(cid) not in answers, f"two replies for channel {cid}"
+            answers[int(cid)] = rest
+        return [answers[base + i] for i in range(len(urls))]
+
+    def close(self, timeout: float = 15.0) -> int:
+        try:
+            self.process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise
+
+    def stderr_text(self) -> str:
+        return self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+
+    def __enter__(self) -> HelperProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            try:
+                self.close()
+            except subprocess.TimeoutExpired:
+                pass
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
+
+
+def rewritten_url(reply: str) -> Optional[str]:
+    """The URL from an `OK rewrite-url="..."` reply, else None."""
+    if not reply.startswith("OK rewrite-url="):
+        return None
+    value = reply[len("OK rewrite-url="):]
+    return value[1:-1] if value.startswith('"') else value

@@ -1,0 +1,218 @@
+"""The rewrite helper as Squid drives it, against real mirrors on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from conftest import NEW_ONLY
+from support import HelperProcess, MirrorServer, metalink_xml, rewritten_url, write_config
+
+PKG = "http://repoproxy/test/9/x86_64/Packages/"
+REPOMD = "http://repoproxy/test/9/x86_64/repodata/repomd.xml"
+
+
+def static(tmp_path: Path, bases, **settings) -> Path:
+    return write_config(tmp_path, {"test": {"mirrors": list(bases)}}, **settings)
+
+
+def test_first_new_path_fails_over_to_the_good_mirror_quickly(tmp_path, fleet):
+    good, hang, error, stale = fleet["good"], fleet["hang"], fleet["error"], fleet["stale"]
+    config = static(tmp_path, [fleet["dead"], hang.url, error.url, stale.url, good.url],
+                    probe_timeout=2)
+    with HelperProcess(config) as helper:
+        started = time.monotonic()
+        first = helper.ask(PKG + "new-2.0.rpm")
+        first_time = time.monotonic() - started
+        assert rewritten_url(first) == good.url + "Packages/new-2.0.rpm", first
+        assert first_time < 6, f"first new path took {first_time:.2f}s"
+
+        hang_seen, error_seen = hang.count(), error.count()
+        started = time.monotonic()
+        replies = [helper.ask(PKG + name) for name in NEW_ONLY[1:21]]
+        twenty_time = time.monotonic() - started
+        assert [rewritten_url(r) for r in replies] == [
+            good.url + "Packages/" + name for name in NEW_ONLY[1:21]]
+        assert twenty_time < 4, f"20 new paths took {twenty_time:.2f}s"
+        # Unhealthy mirrors are skipped, not waited on again.
+        assert hang.count() == hang_seen
+        assert error.count() == error_seen
+        # The stale mirror never had these packages asked of it: the fresh one ranks first.
+        assert stale.count(path_contains="/Packages/") == 0
+
+
+def test_each_path_is_probed_once_then_answered_from_the_memo(tmp_path, fleet):
+    good = fleet["good"]
+    config = static(tmp_path, [good.url])
+    with HelperProcess(config) as helper:
+        for _ in range(5):
+            assert rewritten_url(helper.ask(PKG + "common-1.0.rpm"))
+    assert good.count("HEAD", "/Packages/common-1.0.rpm") == 1
+
+
+def test_head_refusing_mirror_is_verified_with_a_ranged_get(tmp_path, fleet):
+    nohead = fleet["nohead"]
+    config = static(tmp_path, [nohead.url])
+    with HelperProcess(config) as helper:
+        reply = helper.ask(PKG + "common-1.0.rpm")
+    assert rewritten_url(reply) == nohead.url + "Packages/common-1.0.rpm"
+    gets = [h for m, p, h in nohead.requests if m == "GET" and p.endswith("common-1.0.rpm")]
+    assert nohead.count("HEAD", "common-1.0.rpm") == 1
+    assert len(gets) == 1 and gets[0].get("Range") == "bytes=0-0"
+
+
+def test_missing_everywhere_is_an_error_remembered_briefly(tmp_path, fleet):
+    good, stale = fleet["good"], fleet["stale"]
+    config = static(tmp_path, [stale.url, good.url], negative_ttl=30)
+    with HelperProcess(config) as helper:
+        first = helper.ask(PKG + "nonexistent.rpm")
+        second = helper.ask(PKG + "nonexistent.rpm")
+    assert first.startswith("ERR message=") and "no mirror has" in first
+    assert second == first
+    assert good.count("HEAD", "nonexistent.rpm") == 1
+
+
+def test_stale_mirror_never_serves_what_only_the_new_snapshot_has_static(tmp_path, fleet):
+    good, stale = fleet["good"], fleet["stale"]
+    config = static(tmp_path, [stale.url, good.url])
+    with HelperProcess(config) as helper:
+        assert rewritten_url(helper.ask(REPOMD)) == good.url + "repodata/repomd.xml"
+        assert rewritten_url(helper.ask(PKG + "new-2.0.rpm")).startswith(good.url)
+        # Common packages go to the fresh mirror too: it ranks first now.
+        assert rewritten_url(helper.ask(PKG + "common-1.0.rpm")).startswith(good.url)
+        good.stop()
+        # With the fresh mirror gone, a new-only package is an error, not the stale mirror.
+        reply = helper.ask(PKG + "bulk-3.rpm")
+        assert not (rewritten_url(reply) or "").startswith(stale.url), reply
+        assert reply.startswith("ERR")
+
+
+def test_metalink_mirror_with_a_mismatching_repomd_is_skipped(tmp_path, fleet, snapshots):
+    good, stale = fleet["good"], fleet["stale"]
+    new_repomd = (snapshots["new"] / "repodata" / "repomd.xml").read_bytes()
+    # The stale mirror has the higher preference: only the hash check keeps it out.
+    document = metalink_xml([stale.url, good.url], new_repomd, preferences=[100, 50])
+    with MirrorServer(documents={"/metalink": document}) as source:
+        config = write_config(tmp_path, {"test": {
+            "metalink": source.url + "metalink?repo=test-{releasever}&arch={arch}"}})
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask(REPOMD)) == good.url + "repodata/repomd.xml"
+            assert rewritten_url(helper.ask(PKG + "new-2.0.rpm")).startswith(good.url)
+            assert rewritten_url(helper.ask(PKG + "common-1.0.rpm")).startswith(good.url)
+            good.stop()
+            reply = helper.ask(PKG + "bulk-4.rpm")
+        assert reply.startswith("ERR"), reply
+        assert stale.count(path_contains="/Packages/") == 0
+        assert source.count("GET", "/metalink") == 1
+
+
+def test_mirrorlist_prefers_the_newest_repomd_over_list_order(tmp_path, fleet):
+    good, stale = fleet["good"], fleet["stale"]
+    listing = f"# mirrorlist for test\n\n{stale.url}\n{good.url}\n".encode()
+    with MirrorServer(documents={"/mirrorlist": listing}) as source:
+        config = write_config(tmp_path, {"test": {
+            "mirrorlist": source.url + "mirrorlist?repo=test-{releasever}&arch={arch}"}})
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask(REPOMD)) == good.url + "repodata/repomd.xml"
+            assert rewritten_url(helper.ask(PKG + "new-2.0.rpm")).startswith(good.url)
+        assert stale.count(path_contains="/Packages/") == 0
+
+
+def test_old_key_mirrorurl_still_works(tmp_path, fleet):
+    good = fleet["good"]
+    with MirrorServer(documents={"/ml": good.url.encode() + b"\n"}) as source:
+        config = write_config(tmp_path, {"test": {"mirrorurl": source.url + "ml"}})
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask(PKG + "common-1.0.rpm")).startswith(good.url)
+
+
+def test_two_processes_sharing_a_memo_probe_a_path_once(tmp_path, fleet):
+    good = fleet["good"]
+    config = static(tmp_path, [good.url])
+    with HelperProcess(config) as one, HelperProcess(config) as two:
+        # Warm the mirror survey, then race both processes on many new paths at once.
+        assert rewritten_url(one.ask(PKG + "common-1.0.rpm"))
+        names = NEW_ONLY[:20]
+        results = {}
+
+        def run(name, helper):
+            results[name] = helper.ask_many([PKG + n for n in names])
+
+        threads = [threading.Thread(target=run, args=(n, h)) for n, h in (("one", one),
+                                                                           ("two", two))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for name in ("one", "two"):
+        assert [rewritten_url(r) for r in results[name]] == [
+            good.url + "Packages/" + n for n in names]
+    for n in names:
+        assert good.count("HEAD", "/Packages/" + n) == 1, n
+
+
+def test_last_known_answer_is_used_when_no_mirror_answers(tmp_path, fleet):
+    good = fleet["good"]
+    config = static(tmp_path, [good.url], path_ttl=1, unhealthy_ttl=60)
+    with HelperProcess(config) as helper:
+        url = rewritten_url(helper.ask(PKG + "common-1.0.rpm"))
+        assert url == good.url + "Packages/common-1.0.rpm"
+        good.stop()
+        time.sleep(1.2)  # let the path answer go stale
+        assert rewritten_url(helper.ask(PKG + "common-1.0.rpm")) == url
+        # A path never seen before has no last-known answer.
+        assert helper.ask(PKG + "bulk-9.rpm").startswith("ERR message=")
+    log = (tmp_path / "helper.log").read_text()
+    assert "last-known" in log
+
+
+def test_mirrorlist_kept_when_its_server_fails(tmp_path, fleet):
+    good = fleet["good"]
+    source = MirrorServer(documents={"/ml": good.url.encode() + b"\n"}).start()
+    try:
+        config = write_config(tmp_path, {"test": {"mirrorlist": source.url + "ml"}},
+                              mirrorlist_ttl=1, path_ttl=1)
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask(PKG + "common-1.0.rpm"))
+            source.stop()
+            time.sleep(1.2)
+            assert rewritten_url(helper.ask(PKG + "new-2.0.rpm")).startswith(good.url)
+    finally:
+        if not source.stopping.is_set():
+            source.stop()
+
+
+def test_no_mirrorlist_at_all_is_a_clear_error(tmp_path):
+    with MirrorServer(documents={}) as source:
+        config = write_config(tmp_path, {"test": {"mirrorlist": source.url + "missing"}})
+        with HelperProcess(config) as helper:
+            reply = helper.ask(PKG + "common-1.0.rpm")
+    assert reply.startswith("ERR message=") and "no mirror list" in reply
+
+
+def test_many_requests_in_flight_each_get_their_own_answer(tmp_path, fleet):
+    good = fleet["good"]
+    config = static(tmp_path, [fleet["dead"], good.url])
+    urls = [PKG + n for n in NEW_ONLY] + ["http://example.org/x", "http://repoproxy/nope/1/x/y"]
+    with HelperProcess(config) as helper:
+        replies = helper.ask_many(urls * 3)
+    for url, reply in zip(urls * 3, replies):
+        if url.startswith(PKG):
+            assert rewritten_url(reply) == good.url + url[len(PKG) - len("Packages/"):]
+        elif "example.org" in url:
+            assert reply == "ERR"
+        else:
+            assert reply.startswith("ERR message=") and "unknown repo" in reply
+
+
+def test_accel_port_urls_map_by_myport(tmp_path, fleet):
+    good = fleet["good"]
+    config = static(tmp_path, [good.url])
+    with HelperProcess(config) as helper:
+        accel = helper.ask("http://proxyhost:5000/test/9/x86_64/Packages/common-1.0.rpm",
+                           extras="127.0.0.2/- - GET myip=127.0.0.1 myport=5000")
+        forward = helper.ask("http://proxyhost:5000/test/9/x86_64/Packages/common-1.0.rpm",
+                             extras="127.0.0.2/- - GET myip=127.0.0.1 myport=3128")
+    assert rewritten_url(accel) == good.url + "Packages/common-1.0.rpm"
+    assert forward == "ERR"
