@@ -31,8 +31,8 @@ class _Stop(Exception):
 
 
 def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[str, bool]]:
-    """Yield (line, too_long). An over-long line is cut at `limit` bytes and the rest of it is
-    skipped, so that it still produces exactly one reply and memory stays bounded."""
+    """Yield (line, too_long). Of an over-long line only its start is kept (for the channel-ID)
+    and the rest is skipped, so that it still gets exactly one reply and memory stays bounded."""
     while True:
         chunk = stream.readline(limit + 1)
         if not chunk:
@@ -40,11 +40,12 @@ def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[
         if chunk.endswith(b"\n") or len(chunk) <= limit:
             yield chunk.rstrip(b"\r\n").decode("latin-1"), False
             continue
+        head = chunk[:64].decode("latin-1")  # enough to find the channel-ID
         while not chunk.endswith(b"\n"):
             chunk = stream.readline(limit + 1)
             if not chunk:
                 break
-        yield "", True
+        yield head, True
 
 
 class HelperLoop:
@@ -96,9 +97,10 @@ class HelperLoop:
         else:
             self._guarded(channel, answer)  # no channel-ID: replies must stay in order
 
-    def _install_signals(self) -> None:
+    def _install_signals(self) -> dict:
+        """Install stop/reload handlers; returns the previous ones for restoring."""
         if threading.current_thread() is not threading.main_thread():
-            return
+            return {}
 
         def stop(signum, frame):
             raise _Stop()
@@ -106,14 +108,14 @@ class HelperLoop:
         def reload(signum, frame):
             self._reload_requested = True
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, reload)
+        previous = {signum: signal.signal(signum, stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
+        return previous
 
     def run(self, stdin: BinaryIO) -> int:
         """Serve until EOF or SIGTERM/SIGINT; in-flight requests are answered before return."""
-        self._install_signals()
+        previous_handlers = self._install_signals()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="answer")
         try:
             for line, too_long in read_lines(stdin):
@@ -130,4 +132,6 @@ class HelperLoop:
                 pool.shutdown(wait=True)
             except _Stop:
                 pass
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
         return 0

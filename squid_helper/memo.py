@@ -33,13 +33,26 @@ class Memo:
         self._cache: Optional[diskcache.Cache] = None
         self._broken_since: Optional[float] = None
         self._last_complaint = 0.0
+        self._checked_at = 0.0
         self._lock = threading.Lock()
         self._front: Dict[str, Tuple[float, Any]] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
+    def _still_there(self) -> bool:
+        """False when the memo's database was deleted under us: an open handle would go on
+        writing to a ghost file that no other process sees, so it must be reopened."""
+        now = time.monotonic()
+        if now - self._checked_at < _REOPEN_AFTER:
+            return True
+        self._checked_at = now
+        return os.path.exists(os.path.join(self.directory, diskcache.core.DBNAME))
+
     def _open(self) -> Optional[diskcache.Cache]:
         if self._cache is not None:
-            return self._cache
+            if self._still_there():
+                return self._cache
+            log.warning("memo %s was removed; recreating it", self.directory)
+            self.close()
         with self._lock:
             if self._cache is not None:
                 return self._cache
