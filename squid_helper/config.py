@@ -6,6 +6,7 @@ would be accepted, because the people who edit this file read Squid's cache.log,
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,11 @@ class Config:
         raise AttributeError(name)
 
 
-def _line_index(text: str) -> Dict[Tuple[str, ...], int]:
-    """Map each key path (('repos', 'fedora', 'mirrorlist')) to its 1-based line in the file."""
+def _line_index(text: str, duplicates: Optional[list] = None) -> Dict[Tuple[str, ...], int]:
+    """Map each key path (('repos', 'fedora', 'mirrorlist')) to its 1-based line in the file.
+
+    A key repeated in one mapping is appended to `duplicates` as (key path, line of the repeat).
+    """
     lines: Dict[Tuple[str, ...], int] = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -84,8 +88,12 @@ def _line_index(text: str) -> Dict[Tuple[str, ...], int]:
 
     def walk(node: Any, prefix: Tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen = set()
             for key_node, value_node in node.value:
                 key = (*prefix, str(key_node.value))
+                if key in seen and duplicates is not None:
+                    duplicates.append((key, key_node.start_mark.line + 1))
+                seen.add(key)
                 lines[key] = key_node.start_mark.line + 1
                 walk(value_node, key)
         elif isinstance(node, yaml.SequenceNode):
@@ -134,7 +142,7 @@ def validate_template(url: str) -> Optional[str]:
         return "has no host name"
     if parts.username or parts.password:
         return "must not carry a user name or password"
-    if "{" in parts.netloc:
+    if "{" in urlsplit(url).netloc:
         return "must not put placeholders in the host part"
     return None
 
@@ -142,6 +150,8 @@ def validate_template(url: str) -> Optional[str]:
 def _number(value: Any, keys: Tuple[str, ...], minimum: float, report: _Reporter) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise report.error(keys, f"must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise report.error(keys, f"must be a finite number (got {value!r})")
     if value < minimum:
         raise report.error(keys, f"must be at least {minimum:g} (got {value!r})")
     return value
@@ -160,7 +170,10 @@ def _string_list(value: Any, keys: Tuple[str, ...], report: _Reporter) -> list:
 
 def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
     keys = ("repos", str(name))
-    if not isinstance(name, str) or not _REPO_NAME_RE.match(name):
+    if not isinstance(name, str):
+        raise report.error(keys, f"YAML reads this repo name as a {type(name).__name__}; "
+                           f"quote it: \"{name}\":")
+    if not _REPO_NAME_RE.match(name):
         raise report.error(keys, "repo names may use letters, digits, '.', '_' and '-' only, "
                            "start with a letter or digit, and be at most 64 characters")
     if not isinstance(body, dict):
@@ -205,7 +218,8 @@ TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "repo
 
 def parse_config(text: str, path: str = "<config>") -> Config:
     """Validate the YAML text of a repos.yaml and return the Config it describes."""
-    report = _Reporter(path, _line_index(text))
+    duplicates: list = []
+    report = _Reporter(path, _line_index(text, duplicates))
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -213,6 +227,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if duplicates:
+        keys, line = duplicates[0]
+        raise ConfigError(f"{path}:{line}: {'.'.join(keys)}: appears twice in the same mapping; "
+                          "YAML would silently keep only the last one, so remove or rename one")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a YAML mapping with at least a 'repos:' key")
     for key in data:
@@ -222,10 +240,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
     hosts = _string_list(data.get("virtual_hosts", ["repoproxy"]), ("virtual_hosts",), report)
     for index, host in enumerate(hosts):
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.match(host) or not 0 < int(host.partition(":")[2] or 80) < 65536:
             raise report.error(("virtual_hosts", str(index)),
                                f"{host!r} is not a host name (letters, digits, '.', '-', "
-                               "optionally ':port')")
+                               "optionally ':port' with a port 1-65535)")
 
     ports_value = data.get("accel_ports", [])
     if not isinstance(ports_value, list):
@@ -248,6 +266,8 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     settings = {}
     for key, (default, minimum, _meaning) in NUMERIC_SETTINGS.items():
         value = _number(data.get(key, default), (key,), minimum, report)
+        if isinstance(default, int) and value != int(value):
+            raise report.error((key,), f"must be a whole number (got {value!r})")
         settings[key] = int(value) if isinstance(default, int) else float(value)
 
     repos_value = data.get("repos")

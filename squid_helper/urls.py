@@ -87,9 +87,12 @@ def _segment_problem(segment: str) -> Optional[str]:
         if "%" not in decoded:
             return None
         try:
-            decoded = unquote(decoded, errors="strict")
+            undone = unquote(decoded, errors="strict")
         except UnicodeDecodeError:
             return "percent-encoded bytes that are not UTF-8 in a path segment"
+        if undone == decoded:
+            return None  # a literal '%' (sent as %25) that no further decoding can change
+        decoded = undone
     return "percent-encoding nested too deep in a path segment"
 
 
@@ -159,11 +162,6 @@ def join_under_base(base: str, path: str) -> str:
     if normalised != base_path and not normalised.startswith(base_path.rstrip("/") + "/"):
         raise ValueError(f"{candidate!r} leaves mirror {base!r}")
     return candidate
-
-
-def is_under(url: str, base: str) -> bool:
-    """True when url lies inside base's tree (same scheme, host and path prefix)."""
-    return url.startswith(base if base.endswith("/") else base + "/")
 
 
 def relative_path_problem(path: str) -> Optional[str]:

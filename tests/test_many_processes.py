@@ -8,8 +8,9 @@ import random
 import threading
 import time
 
-from support import HelperProcess, MirrorServer, rewritten_url, write_config
 from squid_helper.memo import Memo
+
+from support import HelperProcess, MirrorServer, rewritten_url, write_config
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 PROCESSES = 8

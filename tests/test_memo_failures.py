@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from squid_helper.memo import Memo
+
 from support import (
     HelperProcess,
     MirrorServer,
@@ -21,7 +23,6 @@ from support import (
     rewritten_url,
     write_config,
 )
-from squid_helper.memo import Memo
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 

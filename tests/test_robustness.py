@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import random
 import signal
 import time
@@ -71,7 +72,7 @@ def test_malformed_lines_each_get_exactly_one_reply(config):
         helper.send_raw(b"".join(lines))
         replies = [helper.reply(10) for _ in lines]
         assert helper.ask(PKG + "common-1.0.rpm").startswith("OK rewrite-url=")
-        with pytest.raises(Exception):
+        with pytest.raises(queue.Empty):
             helper.reply(0.5)  # and no extra reply line was produced
     by_channel = {r.split(" ", 1)[0]: r for r in replies}
     assert by_channel["7"].startswith("7 BH message=")
