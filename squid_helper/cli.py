@@ -123,8 +123,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    setup_logging(None if args.quiet_log else config.log_file, "resolve",
-                  logging.DEBUG if args.debug else logging.WARNING)
+    # stderr, not the log file: run as root, it would create a log file Squid's helpers
+    # (running as `proxy`) could not write.
+    setup_logging(None, "resolve", logging.DEBUG if args.debug else logging.WARNING)
     extras = {"myport": str(args.myport)} if args.myport else {}
     mapped = map_url(args.url, extras, config)
     if isinstance(mapped, NotOurs):
@@ -197,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "repomd.xml")
     p.add_argument("--myport", type=int, help="the Squid port the request came in on "
                    "(for old-style accel URLs such as http://proxy:5000/...)")
-    p.add_argument("--quiet-log", action="store_true",
-                   help="do not write to the configured log file")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_resolve)
 

@@ -63,12 +63,28 @@ class Memo:
                 self._cache = diskcache.Cache(
                     self.directory, timeout=2.0, size_limit=self.size_limit,
                     eviction_policy="least-recently-stored", statistics=False)
+                if os.geteuid() == 0:
+                    self._give_files_to_directory_owner()
                 if self._broken_since is not None:
                     log.warning("memo %s is usable again", self.directory)
                 self._broken_since = None
             except Exception as exc:
                 self._fail(exc)
             return self._cache
+
+    def _give_files_to_directory_owner(self) -> None:
+        """An operator running `squid-helper resolve` or `purge` as root must not leave memo
+        files (database, WAL, shared memory) that the helpers, running as Squid's user, can no
+        longer write: files root created are handed to the owner of the directory."""
+        owner = os.stat(self.directory)
+        if owner.st_uid == 0:
+            return
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != owner.st_uid:
+                    os.chown(entry.path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+            except OSError:
+                pass
 
     def _fail(self, exc: Exception) -> None:
         now = time.monotonic()
