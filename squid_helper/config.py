@@ -53,7 +53,7 @@ NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
                     "slow one"),
     "survey_limit": (8, 1, "how many mirrors (in preference order) are checked for fresh "
                      "repodata"),
-    "workers": (16, 1, "threads answering new paths in one helper process"),
+    "workers": (8, 1, "threads answering new paths in one helper process"),
 }
 
 

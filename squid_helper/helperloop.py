@@ -11,41 +11,84 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable, Iterator, Optional, Protocol, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterator, Optional, Protocol, Tuple, Union
 
 from .protocol import MAX_LINE_BYTES, HelperRequest, Reply, bh, parse_request, split_channel
 
 log = logging.getLogger("squid_helper.loop")
 
 SlowAnswer = Callable[[], Reply]
+# How long a reusable reply is given again to the same URL without asking the handler.
+REUSE_SECONDS = 0.5
 
 
 class Handler(Protocol):
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
-        """A Reply when it is known at once, else a callable that works it out."""
+        """A Reply when it is known at once, else a callable that works it out. A Reply marked
+        reusable must depend on nothing but the URL and the myport= extra."""
 
 
 class _Stop(Exception):
     """Raised from a signal handler to leave the blocking read."""
 
 
-def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[str, bool]]:
-    """Yield (line, too_long). Of an over-long line only its start is kept (for the channel-ID)
-    and the rest is skipped, so that it still gets exactly one reply and memory stays bounded."""
+def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[bytes, bool]]:
+    """Yield (line without its newline, too_long). Of an over-long line only its start is kept
+    (for the channel-ID) and the rest is skipped, so that it still gets exactly one reply and
+    memory stays bounded."""
+    readline = stream.readline
     while True:
-        chunk = stream.readline(limit + 1)
+        chunk = readline(limit + 1)
         if not chunk:
             return
         if chunk.endswith(b"\n") or len(chunk) <= limit:
-            yield chunk.rstrip(b"\r\n").decode("latin-1"), False
+            yield chunk.rstrip(b"\r\n"), False
             continue
-        head = chunk[:64].decode("latin-1")  # enough to find the channel-ID
+        head = chunk[:64]  # enough to find the channel-ID
         while not chunk.endswith(b"\n"):
-            chunk = stream.readline(limit + 1)
+            chunk = readline(limit + 1)
             if not chunk:
                 break
         yield head, True
+
+
+def _reuse_key(request_text: bytes) -> bytes:
+    """What a reusable answer depends on: the URL and the port the request came in on."""
+    url, _, extras = request_text.partition(b" ")
+    port_at = extras.find(b"myport=")
+    if port_at < 0:
+        return url
+    return url + b" " + extras[port_at:].partition(b" ")[0]
+
+
+class ReplyCache:
+    """Reply bytes for recently answered reusable requests, keyed by URL and myport.
+
+    A repeated request then costs a dict lookup and a write, as in a minimal echo helper: no
+    parsing, no URL mapping, no memo lookup. Entries live REUSE_SECONDS, which together with the
+    memo's in-process copy keeps answers coherent with purges and TTLs within about a second.
+    """
+
+    def __init__(self, max_entries: int = 1024):
+        self.max_entries = max_entries
+        self._entries: Dict[bytes, Tuple[float, bytes]] = {}
+
+    def get(self, request_text: bytes) -> Optional[bytes]:
+        hit = self._entries.get(_reuse_key(request_text))
+        if hit is not None and time.monotonic() < hit[0]:
+            return hit[1]
+        return None
+
+    def put(self, request_text: bytes, reply: Reply) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # cheaper than LRU upkeep; refills within a second
+        self._entries[_reuse_key(request_text)] = (
+            time.monotonic() + REUSE_SECONDS, (reply.format(None) + "\n").encode("latin-1"))
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class HelperLoop:
@@ -57,6 +100,7 @@ class HelperLoop:
         self.on_reload = on_reload
         self._write_lock = threading.Lock()
         self._reload_requested = False
+        self.replies = ReplyCache()
 
     def write(self, channel: Optional[str], reply: Reply) -> None:
         data = (reply.format(channel) + "\n").encode("latin-1", "replace")
@@ -75,7 +119,19 @@ class HelperLoop:
         except Exception:
             log.exception("cannot write a reply to Squid")
 
-    def handle_line(self, line: str, too_long: bool, pool: Optional[ThreadPoolExecutor]) -> None:
+    def handle_line(self, raw: bytes, too_long: bool, pool: Optional[ThreadPoolExecutor]) -> None:
+        """Answer one request line (bytes, without its newline)."""
+        channel_bytes, space, rest = raw.partition(b" ")
+        reusable = bool(space) and not too_long and channel_bytes.isdigit() \
+            and len(channel_bytes) <= 10
+        if reusable:
+            ready = self.replies.get(rest)
+            if ready is not None:
+                with self._write_lock:
+                    self.out.write(channel_bytes + b" " + ready)
+                    self.out.flush()
+                return
+        line = raw.decode("latin-1")
         if too_long:
             channel, _ = split_channel(line)
             self.write(channel, bh(f"request line longer than {MAX_LINE_BYTES} bytes refused"))
@@ -92,6 +148,8 @@ class HelperLoop:
             return
         if isinstance(answer, Reply):
             self.write(channel, answer)
+            if answer.reusable and reusable:
+                self.replies.put(rest, answer)
         elif channel is not None and pool is not None:
             pool.submit(self._guarded, channel, answer)
         else:
@@ -121,6 +179,7 @@ class HelperLoop:
             for line, too_long in read_lines(stdin):
                 if self._reload_requested and self.on_reload is not None:
                     self._reload_requested = False
+                    self.replies.clear()
                     self.on_reload()
                 self.handle_line(line, too_long, pool)
         except _Stop:

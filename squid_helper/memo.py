@@ -22,8 +22,8 @@ _REOPEN_AFTER = 5.0
 _COMPLAINT_INTERVAL = 60.0
 # How long a process trusts its own copy of a path answer before asking the shared memo again.
 # This bounds how long a purge made by another process can go unnoticed.
-FRONT_CACHE_SECONDS = 1.0
-_FRONT_CACHE_MAX = 50_000
+FRONT_CACHE_SECONDS = 0.5
+_FRONT_CACHE_MAX = 4096
 
 
 class Memo:
@@ -62,7 +62,10 @@ class Memo:
                 os.makedirs(self.directory, exist_ok=True)
                 self._cache = diskcache.Cache(
                     self.directory, timeout=2.0, size_limit=self.size_limit,
-                    eviction_policy="least-recently-stored", statistics=False)
+                    eviction_policy="least-recently-stored", statistics=False,
+                    # One SQLite connection per thread: no memory-mapped file and a small page
+                    # cache each keep a helper's memory flat however large the memo grows.
+                    sqlite_mmap_size=0, sqlite_cache_size=64)
                 if os.geteuid() == 0:
                     self._give_files_to_directory_owner()
                 if self._broken_since is not None:
@@ -106,6 +109,8 @@ class Memo:
             return default
         try:
             return operation(cache)
+        except diskcache.Timeout:
+            return default  # another process holds the database a moment: not a broken memo
         except Exception as exc:
             with self._lock:
                 if self._cache is cache:
@@ -141,17 +146,19 @@ class Memo:
         if cached is not None and now - cached[0] < FRONT_CACHE_SECONDS:
             return cached[1]
         value = self.get(key)
-        if len(self._front) >= _FRONT_CACHE_MAX:
-            self._front.clear()
-        self._front[key] = (now, value)
+        front = self._front
+        if len(front) >= _FRONT_CACHE_MAX:
+            # Insertion order is age order: drop expired entries from the old end.
+            for old_key in list(front):
+                entry = front.get(old_key)  # worker threads may have dropped it meanwhile
+                if entry is not None and now - entry[0] < FRONT_CACHE_SECONDS:
+                    break
+                front.pop(old_key, None)
+            if len(front) >= _FRONT_CACHE_MAX:
+                front.clear()
+        front.pop(key, None)
+        front[key] = (now, value)
         return value
-
-    def peek_front(self, key: str) -> Tuple[bool, Any]:
-        """(hit, value) from the in-process copy only: no disk access at all."""
-        cached = self._front.get(key)
-        if cached is not None and time.monotonic() - cached[0] < FRONT_CACHE_SECONDS:
-            return True, cached[1]
-        return False, None
 
     def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:
         """Add mapping's new keys to the dict stored under key, atomically across processes.

@@ -7,6 +7,7 @@ digits alone, so a leading all-digit token is taken as the channel-ID.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 from urllib.parse import unquote
@@ -28,6 +29,12 @@ class HelperRequest:
 class Reply:
     result: str  # "OK", "ERR" or "BH"
     pairs: Tuple[Tuple[str, str], ...] = ()
+    # May the helper loop give this reply again, for a short while, to a request for the same
+    # URL (and myport) without asking the handler? Only for answers that depend on nothing else.
+    reusable: bool = False
+
+    def reused(self) -> Reply:
+        return Reply(self.result, self.pairs, True)
 
     def format(self, channel: Optional[str]) -> str:
         return format_reply(channel, self.result, self.pairs)
@@ -74,10 +81,13 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[HelperRequest], Op
     return channel, HelperRequest(channel, url, extras, fields), None
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _quote_value(value: str) -> str:
     # Squid accepts a double-quoted value with backslash escapes; CR/LF must never reach the
     # stream, since they would end the reply line early and desynchronise every later reply.
-    cleaned = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in value)
+    cleaned = _CONTROL_CHARS.sub(" ", value)
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

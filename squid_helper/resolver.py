@@ -63,7 +63,7 @@ class Resolver:
         self.config = config
         self.memo = memo
         self.prober = prober or Prober(config.probe_timeout)
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="probe")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
         self._inflight: Dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
         # Long enough to cover a survey plus a probe round, so a live holder is never

@@ -11,6 +11,7 @@ from .resolver import Resolution, Resolver
 from .urls import NotOurs, Refused, RepoPath, map_url
 
 log = logging.getLogger("squid_helper.rewrite")
+NOT_OURS_REPLY = err().reused()
 
 
 def reply_for(resolution: Resolution) -> Reply:
@@ -25,15 +26,17 @@ class RewriteHandler:
 
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
         mapped = map_url(request.url, request.extras, self.resolver.config)
+        # Mapping depends on the URL and myport only, and memo answers stay valid for longer
+        # than the loop reuses a reply: all three kinds of immediate answer are reusable.
         if isinstance(mapped, NotOurs):
-            return err()
+            return NOT_OURS_REPLY
         if isinstance(mapped, Refused):
             log.info("refused %s: %s", request.url[:300], mapped.reason)
-            return err(mapped.reason)
+            return err(mapped.reason).reused()
         cached = self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)
-            return reply_for(cached)
+            return reply_for(cached).reused()
         return lambda: self._resolve(request.url, mapped)
 
     def _resolve(self, client_url: str, request: RepoPath) -> Reply:
