@@ -66,7 +66,7 @@ def test_default_numeric_values():
     assert config.metadata_ttl == 300.0
     assert config.mirrorlist_ttl == 21600.0
     assert config.negative_ttl == 60.0
-    assert config.workers == 16
+    assert config.workers == 8
     assert config.survey_limit == 8
 
 
