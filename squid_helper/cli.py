@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="/var/tmp/squid-helper",
                    help="private directory for squid.conf, cache, memo and logs "
                    "(default: %(default)s)")
+    p.add_argument("--allow", action="append", metavar="NETWORK",
+                   help="a network of the lab allowed to use the proxy (and to PURGE); repeat "
+                   "for several (default: 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16; localhost "
+                   "is always allowed)")
+    p.add_argument("--cache-size", type=int, default=20000, metavar="MB",
+                   help="Squid's disk cache size in MB (default: %(default)s)")
+    p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
+                   "else /usr/sbin/squid)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures")

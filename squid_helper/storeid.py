@@ -18,13 +18,16 @@ from .helperloop import SlowAnswer
 from .memo import Memo
 from .protocol import HelperRequest, Reply, err, ok
 from .resolver import BASE_INDEX_KEY
-from .urls import Refused, RepoPath, map_url, relative_path_problem, template_pattern
+from .urls import RepoPath, map_url, relative_path_problem, template_pattern
 
 log = logging.getLogger("squid_helper.storeid")
 
 STORE_ID_HOST = "squid-helper.internal"
-# How often the list of known mirror bases is re-read from the memo at most.
-_INDEX_REFRESH = 2.0
+# How often the list of known mirror bases is re-read from the memo at most, when a URL matches
+# no known base. Zero: the rewrite helper publishes a new list's bases before it answers with a
+# URL under one of them, so re-reading at once is what keeps the first objects fetched from a
+# new mirror list from being stored under their raw URLs (a key that no later request uses).
+_INDEX_REFRESH = 0.0
 
 
 def store_key(repo: str, releasever: str, arch: str, path: str) -> str:
@@ -65,23 +68,27 @@ class StoreIdMapper:
                     return f"http://{STORE_ID_HOST}/{triple}/{path}"
         return None
 
-    def key(self, url: str, extras: Dict[str, str]) -> Optional[str]:
-        mapped = map_url(url, extras, self.config)
-        if isinstance(mapped, RepoPath):
-            return key_for(mapped)
-        if isinstance(mapped, Refused):
-            return None
+    def _mirror_key(self, url: str, force: bool) -> Optional[str]:
         for repo, pattern in self._static:
             match = pattern.match(url)
             if match and relative_path_problem(match["path"]) is None:
                 return store_key(repo, match["releasever"] if "releasever" in
                                  pattern.groupindex else "-", match["arch"] if "arch" in
                                  pattern.groupindex else "-", match["path"])
-        self._refresh(force=False)
-        found = self._from_bases(url)
-        if found is None and url.startswith(("http://", "https://")):
-            self._refresh(force=True)  # a mirror list fetched since we last looked
-            found = self._from_bases(url)
+        if force and not url.startswith(("http://", "https://")):
+            return None
+        self._refresh(force=force)  # force: a mirror list fetched since we last looked
+        return self._from_bases(url)
+
+    def key(self, url: str, extras: Dict[str, str]) -> Optional[str]:
+        # Mirror URLs first: on an accel port Squid passes the rewritten mirror URL with the
+        # client's myport=, and map_url would take any URL on that port for a virtual one.
+        found = self._mirror_key(url, force=False)
+        if found is None:
+            mapped = map_url(url, extras, self.config)
+            if isinstance(mapped, RepoPath):
+                return key_for(mapped)
+            found = self._mirror_key(url, force=True)
         return found
 
 
@@ -91,7 +98,8 @@ class StoreIdHandler:
 
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
         key = self.mapper.key(request.url, request.extras)
-        return ok(store_id=key) if key else err()
+        # A key never changes for a URL; "no key" may, once a new mirror list is published.
+        return ok(store_id=key).reused() if key else err()
 
     def close(self) -> None:
         self.mapper.memo.close()

@@ -56,7 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
+        if status != 304:
+            # A 304 must not carry "Content-Length: 0" (RFC 9110 8.6): Squid 5.7 copies it into
+            # the cached headers and then serves the whole body under "Content-Length: 0".
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head and body:
             self.wfile.write(body)

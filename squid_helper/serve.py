@@ -1,0 +1,303 @@
+"""`squid-helper serve`: run the installed Squid in the foreground with the helpers wired in.
+
+Everything lives in one private directory (--dir): a copy of repos.yaml whose memo and log file
+point inside it, squid.conf rendered from the same template as squid.conf.example, Squid's disk
+cache and its logs. Problems a new user meets (no Squid, a port in use, a helper that the proxy
+user cannot run, a bad repos.yaml) are reported in one sentence each, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from .config import ConfigError, load_config
+from .squidconf import DEFAULT_LAB_NETWORKS, SquidConfError, SquidConfParams, render
+
+SQUID_USER = "proxy"
+START_TIMEOUT = 60.0
+SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
+
+
+class ServeError(Exception):
+    """Something that stops serve, worded for the person who ran it."""
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def find_squid(explicit: Optional[str]) -> str:
+    if explicit:
+        if os.access(explicit, os.X_OK) and Path(explicit).is_file():
+            return explicit
+        raise ServeError(f"{explicit} is not an executable Squid binary")
+    for candidate in (shutil.which("squid"), "/usr/sbin/squid", "/usr/local/sbin/squid"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServeError("Squid is not installed (on Debian/Ubuntu: sudo apt-get install squid; "
+                     "or point --squid at the binary)")
+
+
+def helper_executable() -> str:
+    """The squid-helper command of this installation: the one beside this Python, else the
+    one that is running."""
+    beside = Path(sys.executable).parent / "squid-helper"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    running = Path(sys.argv[0])
+    if running.name == "squid-helper" and running.is_file():
+        return str(running.resolve())
+    found = shutil.which("squid-helper")
+    if found:
+        return found
+    raise ServeError("cannot find the squid-helper executable to give Squid; install the "
+                     "package (pip install .) so that the console script exists")
+
+
+def check_port_free(address: str, port: int, what: str) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except PermissionError:
+            raise ServeError(f"{what} {port}: permission denied (ports below 1024 need root)"
+                             ) from None
+        except OSError as exc:
+            option = "--port" if what == "forward port" else "--accel-port"
+            raise ServeError(f"{what} {port} on {address} is already in use ({exc.strerror}); "
+                             f"is another Squid running? (see: ss -ltnp 'sport = :{port}'). "
+                             f"Pick another with {option}") from None
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _chown(paths: List[Path], user: pwd.struct_passwd) -> None:
+    for path in paths:
+        for root, dirs, files in os.walk(path):
+            os.chown(root, user.pw_uid, user.pw_gid)
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+
+
+def _run_as(user: str, command: List[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *command], capture_output=True,
+                          text=True, timeout=60)
+
+
+def check_helper_runnable(helper: str, config: Path, user: str) -> None:
+    """Squid starts the helpers as `user`: make sure that user can run them and read the
+    config, before Squid finds out by killing itself over dying helpers."""
+    if shutil.which("runuser") is None:
+        return
+    for command in ([helper, "--version"], [helper, "check", "--config", str(config)]):
+        result = _run_as(user, command)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            detail = lines[-1] if lines else f"exit {result.returncode}"
+            raise ServeError(
+                f"the {user} user (Squid's cache_effective_user) cannot run "
+                f"'{' '.join(command)}': {detail}"
+                f". The helper, its Python and venv, and {config.parent} must be readable by "
+                f"{user}: install the venv outside /root (e.g. /opt/squid-helper/venv, built "
+                "from /usr/bin/python3) and chmod -R a+rX it")
+
+
+def write_private_config(source: str, directory: Path, accel_port: int) -> Path:
+    """A copy of repos.yaml whose memo, log file and accel port belong to this directory."""
+    load_config(source)  # report the user's own file and line numbers first
+    data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    data["cache_dir"] = str(directory / "memo")
+    data["log_file"] = str(directory / "logs" / "helper.log")
+    data["accel_ports"] = [accel_port]
+    target = directory / "repos.yaml"
+    target.write_text(f"# written by squid-helper serve from {os.path.abspath(source)}; "
+                      "edit that file, not this one\n"
+                      + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    target.chmod(0o644)
+    load_config(str(target))
+    return target
+
+
+def _wait_listening(process: subprocess.Popen, address: str, port: int,
+                    timeout: float) -> bool:
+    host = "127.0.0.1" if address in ("0.0.0.0", "") else ("::1" if address == "::" else address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=SHUTDOWN_LIFETIME + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+def _instructions(args: argparse.Namespace, config_path: Path, directory: Path) -> str:
+    config = load_config(str(config_path))
+    host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
+    vhost = sorted(config.virtual_hosts)[0]
+    repo = next(iter(config.repos))
+    return f"""
+Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on port \
+{args.accel_port}). On each build slave:
+
+  in /etc/dnf/dnf.conf, under [main]:
+    proxy=http://{host}:{args.port}
+
+  and a repo file such as /etc/yum.repos.d/{repo}-repoproxy.repo:
+    [{repo}-repoproxy]
+    name={repo} via squid-helper
+    baseurl=http://{vhost}/{repo}/$releasever/$basearch/
+    enabled=1
+
+  or, without proxy=, the old repoproxy style:
+    baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
+
+Files: {directory}/squid.conf, logs in {directory}/logs (access.log, cache.log, helper.log).
+Purge a file: squid-helper purge --config {config_path} --proxy {host}:{args.port} \
+http://{vhost}/{repo}/<releasever>/<arch>/<path>
+Stop with Ctrl-C.
+"""
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        return _serve(args)
+    except (ServeError, SquidConfError) as exc:
+        print(f"squid-helper serve: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except ConfigError as exc:
+        print(f"squid-helper serve: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.port == args.accel_port:
+        raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
+    load_config(args.config)
+    squid = find_squid(getattr(args, "squid", None))
+    root = _is_root()
+    user_name = SQUID_USER if root else pwd.getpwuid(os.geteuid()).pw_name
+    if root:
+        try:
+            user = pwd.getpwnam(SQUID_USER)
+        except KeyError:
+            raise ServeError(f"there is no {SQUID_USER!r} user to run Squid's helpers as "
+                             "(it comes with the squid package)") from None
+    else:
+        user = pwd.getpwuid(os.geteuid())
+    for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
+        check_port_free(args.listen, port, what)
+
+    directory = Path(args.dir).resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+        for sub in ("cache", "memo", "logs", "run"):
+            (directory / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"cannot create the directory {directory}: {exc.strerror}") from None
+    config_path = write_private_config(args.config, directory, args.accel_port)
+    helper = helper_executable()
+    conf = directory / "squid.conf"
+    params = SquidConfParams(
+        forward_port=args.port, accel_port=args.accel_port,
+        listen_address=None if args.listen in ("", "*") else args.listen,
+        helper_command=helper, helper_config=str(config_path),
+        cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
+        log_dir=str(directory / "logs"), pid_file=str(directory / "run" / "squid.pid"),
+        coredump_dir=str(directory / "cache"),
+        lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
+        shutdown_lifetime=SHUTDOWN_LIFETIME,
+        generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
+                     "every start")
+    conf.write_text(render(params), encoding="utf-8")
+    conf.chmod(0o644)
+    if root:
+        _chown([directory / "cache", directory / "memo", directory / "logs", directory / "run"],
+               user)
+        check_helper_runnable(helper, config_path, SQUID_USER)
+    pid_file = directory / "run" / "squid.pid"
+    if pid_file.exists():
+        pid_file.unlink()  # the ports are free, so no Squid of ours is running
+
+    _say(f"squid-helper serve: initialising the cache in {directory / 'cache'} (squid -z)")
+    try:
+        init = subprocess.run([squid, "-z", "-N", "-f", str(conf)], capture_output=True,
+                              text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ServeError("squid -z did not finish within 300 s") from None
+    if init.returncode != 0:
+        raise ServeError(f"squid -z failed (exit {init.returncode}):\n{init.stderr.strip()}\n"
+                         f"{_tail(directory / 'logs' / 'cache.log')}")
+
+    stopping = {"signal": None}
+    process = subprocess.Popen([squid, "-N", "-d1", "-f", str(conf)],
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def on_signal(signum, _frame) -> None:
+        stopping["signal"] = signum
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        started = _wait_listening(process, args.listen, args.port, START_TIMEOUT)
+        if not started and stopping["signal"] is None:
+            code = _stop(process)
+            raise ServeError(f"Squid did not start (exit {code}); the end of "
+                             f"{directory / 'logs' / 'cache.log'}:\n"
+                             f"{_tail(directory / 'logs' / 'cache.log')}")
+        if stopping["signal"] is None:
+            _say(_instructions(args, config_path, directory))
+        while process.poll() is None:
+            try:
+                process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                continue
+        if stopping["signal"] is not None:
+            code = _stop(process)
+            _say(f"squid-helper serve: Squid stopped (exit {code})")
+            return 0
+        _say(f"squid-helper serve: Squid exited by itself (exit {process.returncode}); see "
+             f"{directory / 'logs' / 'cache.log'}:\n{_tail(directory / 'logs' / 'cache.log')}")
+        return 1
+    finally:
+        _stop(process)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

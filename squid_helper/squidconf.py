@@ -1,0 +1,151 @@
+"""Render squid.conf from the package's template (templates/squid.conf.in).
+
+squid.conf.example at the repository root is this module's output for the defaults (a unit test
+keeps the two equal), and `squid-helper serve` and the end-to-end tests render the same template
+with their own ports and directories, so what is tested is what is shipped.
+
+Pure: render() reads the template and returns text; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Dict, Optional, Tuple
+
+TEMPLATE = "squid.conf.in"
+DEFAULT_HELPER = "/opt/squid-helper/venv/bin/squid-helper"
+DEFAULT_CONFIG = "/etc/squid-helper/repos.yaml"
+EXAMPLE_NOTE = ("Rendered by `python -m squid_helper.squidconf`. Install as "
+                "/etc/squid/squid.conf; edit the lab acl.")
+# RFC 1918 networks; the admin narrows them to the lab's own.
+DEFAULT_LAB_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+_PLACEHOLDER_RE = re.compile(r"@([A-Z_]+)@")
+_TOKEN_RE = re.compile(r"^[^\s#\"'\\]+$")
+_SIZE_RE = re.compile(r"^[0-9]+ (KB|MB|GB)$")
+
+
+class SquidConfError(ValueError):
+    """A parameter that cannot go into squid.conf as given."""
+
+
+@dataclass(frozen=True)
+class SquidConfParams:
+    forward_port: int = 3128
+    accel_port: int = 5000
+    listen_address: Optional[str] = None  # None: all addresses
+    helper_command: str = DEFAULT_HELPER  # the squid-helper executable (one path)
+    helper_config: str = DEFAULT_CONFIG  # repos.yaml as the helpers read it
+    cache_dir: str = "/var/spool/squid"
+    cache_dir_type: str = "aufs"
+    cache_size_mb: int = 20000
+    cache_mem: str = "256 MB"
+    maximum_object_size: str = "4096 MB"
+    maximum_object_size_in_memory: str = "16 MB"
+    log_dir: str = "/var/log/squid"
+    pid_file: str = "/run/squid.pid"
+    coredump_dir: str = "/var/spool/squid"
+    lab_networks: Tuple[str, ...] = DEFAULT_LAB_NETWORKS
+    effective_user: str = "proxy"
+    visible_hostname: str = "squid-helper"
+    rewrite_children: int = 20
+    rewrite_startup: int = 2
+    rewrite_idle: int = 2
+    rewrite_concurrency: int = 50
+    storeid_children: int = 10
+    storeid_startup: int = 1
+    storeid_idle: int = 1
+    storeid_concurrency: int = 100
+    shutdown_lifetime: int = 10
+    generated_by: str = EXAMPLE_NOTE
+
+
+def template_text() -> str:
+    return resources.files("squid_helper").joinpath("templates", TEMPLATE).read_text("utf-8")
+
+
+def _token(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+        raise SquidConfError(f"{name} must be one word without spaces, quotes, '#' or "
+                             f"backslashes (got {value!r})")
+    return value
+
+
+def _count(name: str, value: int, minimum: int = 0, maximum: int = 1 << 31) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise SquidConfError(f"{name} must be a whole number from {minimum} to {maximum} "
+                             f"(got {value!r})")
+    return str(value)
+
+
+def _size(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _SIZE_RE.match(value):
+        raise SquidConfError(f"{name} must look like '512 MB' (got {value!r})")
+    return value
+
+
+def substitutions(params: SquidConfParams) -> Dict[str, str]:
+    """Each template placeholder's text, validated: nothing can add a line to squid.conf."""
+    p = params
+    if p.forward_port == p.accel_port:
+        raise SquidConfError(f"the forward port and the accel port are both {p.forward_port}")
+    if not p.lab_networks:
+        raise SquidConfError("lab_networks must name at least one network (e.g. 10.1.2.0/24)")
+    if "\n" in p.generated_by or "\r" in p.generated_by:
+        raise SquidConfError("generated_by must be one line")
+    listen = "" if p.listen_address in (None, "") else _token("listen_address",
+                                                               p.listen_address)
+    if ":" in listen and not listen.startswith("["):
+        listen = f"[{listen}]"  # an IPv6 address
+    values = {
+        "FORWARD_PORT": _count("forward_port", p.forward_port, 1, 65535),
+        "ACCEL_PORT": _count("accel_port", p.accel_port, 1, 65535),
+        "LISTEN_PREFIX": f"{listen}:" if listen else "",
+        "HELPER_COMMAND": _token("helper_command", p.helper_command),
+        "HELPER_CONFIG": _token("helper_config", p.helper_config),
+        "CACHE_DIR": _token("cache_dir", p.cache_dir),
+        "CACHE_DIR_TYPE": _token("cache_dir_type", p.cache_dir_type),
+        "CACHE_SIZE_MB": _count("cache_size_mb", p.cache_size_mb, 1),
+        "CACHE_MEM": _size("cache_mem", p.cache_mem),
+        "MAXIMUM_OBJECT_SIZE": _size("maximum_object_size", p.maximum_object_size),
+        "MAXIMUM_OBJECT_SIZE_IN_MEMORY": _size("maximum_object_size_in_memory",
+                                               p.maximum_object_size_in_memory),
+        "LOG_DIR": _token("log_dir", p.log_dir),
+        "PID_FILE": _token("pid_file", p.pid_file),
+        "COREDUMP_DIR": _token("coredump_dir", p.coredump_dir),
+        "LAB_NETWORKS": " ".join(_token("lab_networks", n) for n in p.lab_networks),
+        "EFFECTIVE_USER": _token("effective_user", p.effective_user),
+        "VISIBLE_HOSTNAME": _token("visible_hostname", p.visible_hostname),
+        "REWRITE_CHILDREN": _count("rewrite_children", p.rewrite_children, 1),
+        "REWRITE_STARTUP": _count("rewrite_startup", p.rewrite_startup),
+        "REWRITE_IDLE": _count("rewrite_idle", p.rewrite_idle, 1),
+        "REWRITE_CONCURRENCY": _count("rewrite_concurrency", p.rewrite_concurrency),
+        "STOREID_CHILDREN": _count("storeid_children", p.storeid_children, 1),
+        "STOREID_STARTUP": _count("storeid_startup", p.storeid_startup),
+        "STOREID_IDLE": _count("storeid_idle", p.storeid_idle, 1),
+        "STOREID_CONCURRENCY": _count("storeid_concurrency", p.storeid_concurrency),
+        "SHUTDOWN_LIFETIME": _count("shutdown_lifetime", p.shutdown_lifetime),
+        "GENERATED_BY": p.generated_by,
+    }
+    return values
+
+
+def render(params: Optional[SquidConfParams] = None, template: Optional[str] = None) -> str:
+    """squid.conf text for params (the defaults give squid.conf.example)."""
+    values = substitutions(params or SquidConfParams())
+    text = template_text() if template is None else template
+    missing = sorted(set(_PLACEHOLDER_RE.findall(text)) - set(values))
+    if missing:
+        raise SquidConfError(f"template placeholders without a value: {', '.join(missing)}")
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], text)
+
+
+PARAMETER_NAMES = tuple(f.name for f in fields(SquidConfParams))
+
+
+if __name__ == "__main__":  # python -m squid_helper.squidconf > squid.conf.example
+    import sys
+
+    sys.stdout.write(render())

@@ -1,0 +1,318 @@
+"""End to end: the real Squid with the installed helper, real RPM repositories on local mirrors,
+and the real dnf client (isolated installroot, cache and config for every "build slave").
+
+Fails (never skips) with CI=true when squid, squidclient, dnf, createrepo_c or rpmbuild is
+missing; elsewhere it skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+import yaml
+
+# isort: split
+from squid_helper.memo import FRONT_CACHE_SECONDS
+
+# isort: split
+from squid_harness import (
+    DnfClient,
+    SquidInstance,
+    build_rpm,
+    chown_proxy,
+    dnf_output,
+    http_get,
+    make_rpm_repo,
+    require,
+)
+from support import (
+    ERROR,
+    GOOD,
+    MirrorServer,
+    WorldReadableDir,
+    dead_url,
+    free_port,
+    helper_command,
+)
+
+REPO = "testrepo"
+VIRTUAL_BASE = f"http://repoproxy/{REPO}/$releasever/$basearch/"
+TREE = "pub/9/x86_64"  # where a mirror keeps the repo for releasever 9, arch x86_64
+TEMPLATE_PATH = "pub/{releasever}/{arch}/"
+# gamma requires alpha: the run downloads alpha-1.0, beta-2.0 and gamma-1.0 (new snapshot).
+WANTED = ["gamma", "beta"]
+NEW_RPMS = ["alpha-1.0-1.noarch.rpm", "beta-2.0-1.noarch.rpm", "gamma-1.0-1.noarch.rpm"]
+PACKAGES_URL = f"http://repoproxy/{REPO}/9/x86_64/Packages/"
+PACKAGES_PATH = f"/{TREE}/Packages/"
+
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory) -> Dict[str, Path]:
+    """Two snapshots of one real RPM repository: old (revision 1000) and new (revision 2000)."""
+    require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
+    base = tmp_path_factory.mktemp("rpmrepo")
+    build = base / "build"
+    alpha = build_rpm(build, "alpha", "1.0")
+    beta1 = build_rpm(build, "beta", "1.0")
+    beta2 = build_rpm(build, "beta", "2.0")
+    gamma = build_rpm(build, "gamma", "1.0", requires=["alpha"])
+    old = make_rpm_repo(base / "old" / TREE, [alpha, beta1], revision=1000)
+    new = make_rpm_repo(base / "new" / TREE, [alpha, beta2, gamma], revision=2000)
+    return {"old": old.parents[2], "new": new.parents[2]}
+
+
+@pytest.fixture
+def world() -> Iterator[Path]:
+    """A directory the proxy user can reach, for Squid, the helper's config, memo and log."""
+    require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
+    with WorldReadableDir("squid-helper-e2e-") as path:
+        yield path
+
+
+@pytest.fixture
+def servers() -> Iterator[List[MirrorServer]]:
+    """Mirror servers a test starts; each is stopped at the end if the test has not."""
+    started: List[MirrorServer] = []
+    yield started
+    for server in started:
+        if not server.stopping.is_set():
+            server.stop()
+
+
+def mirror(servers: List[MirrorServer], root: Path, behaviour: str = GOOD,
+           documents=None) -> MirrorServer:
+    server = MirrorServer(root, behaviour, documents=documents).start()
+    servers.append(server)
+    return server
+
+
+def helper_config(directory: Path, repos: dict, accel_port: int, **settings) -> Path:
+    """repos.yaml for the helpers, with its memo and log file owned by proxy."""
+    data = {"virtual_hosts": ["repoproxy"], "accel_ports": [accel_port],
+            "cache_dir": str(directory / "memo"), "log_file": str(directory / "helper.log"),
+            "probe_timeout": 2, **settings, "repos": repos}
+    path = directory / "repos.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (directory / "helper.log").touch()
+    chown_proxy(directory / "memo", directory / "helper.log")
+    return path
+
+
+def alpha(mirror: MirrorServer, method: str) -> int:
+    return mirror.count(method, "alpha-1.0-1.noarch.rpm", PACKAGES_PATH)
+
+
+def diagnosis(squid: SquidInstance, *mirrors: MirrorServer) -> str:
+    """What the mirrors saw and what Squid logged, for an assertion message."""
+    seen = "\n".join(f"{m.url}: {method} {path}" for m in mirrors
+                     for method, path, _ in list(m.requests))
+    helper_log = squid.helper_config.parent / "helper.log"
+    return (f"mirror requests:\n{seen}\naccess.log:\n"
+            + "\n".join(map(str, squid.access_log()[-30:]))
+            + f"\nhelper.log:\n{helper_log.read_text()[-6000:]}")
+
+
+def rpm_requests(*mirrors: MirrorServer, method=None) -> int:
+    """Requests for this test's packages. Only paths under TREE count: another test running
+    at the same time may take one of these ports for a 'dead' mirror of its own and probe it."""
+    return sum(m.count(method, ".rpm", PACKAGES_PATH) for m in mirrors)
+
+
+def start_squid(directory: Path, repos: dict, squid_params: Optional[dict] = None,
+                **settings):
+    accel = free_port()
+    config = helper_config(directory, repos, accel, **settings)
+    squid = SquidInstance(directory / "squid", config, accel_port=accel, **(squid_params or {}))
+    return squid, config
+
+
+def slave(world: Path, name: str, squid: SquidInstance, baseurl: str = VIRTUAL_BASE,
+          proxy: bool = True) -> DnfClient:
+    """One build slave's `dnf install --downloadonly`, which must succeed."""
+    client = DnfClient(world, name)
+    result = client.install(baseurl, WANTED, proxy=squid.proxy_url if proxy else None)
+    assert_installed(client, result, squid)
+    return client
+
+
+def assert_installed(client: DnfClient, result: subprocess.CompletedProcess,
+                     squid: SquidInstance) -> None:
+    if result.returncode != 0 or client.downloaded() != NEW_RPMS:
+        helper_log = squid.helper_config.parent / "helper.log"
+        pytest.fail(f"{client.directory.name}: dnf failed or downloaded {client.downloaded()}"
+                    f"\n{dnf_output(result)}\naccess.log:\n"
+                    + "\n".join(map(str, squid.access_log()[-30:]))
+                    + f"\nhelper.log:\n{helper_log.read_text()[-5000:]}"
+                    + f"\ncache.log:\n{squid.cache_log()[-3000:]}", pytrace=False)
+
+
+def test_cold_then_warm_then_every_mirror_down(world, snapshots, servers):
+    """Cold run past a dead and a 500 mirror; a second slave costs the mirrors no RPM; a third
+    slave succeeds from Squid's cache alone with every mirror and the mirrorlist server down."""
+    error = mirror(servers, snapshots["new"], ERROR)
+    stale = mirror(servers, snapshots["old"])
+    good = mirror(servers, snapshots["new"])
+    bases = [dead_url("/"), error.url, stale.url, good.url]
+    listing = "# test mirrorlist\n" + "".join(f"{b}{TREE}/\n" for b in bases)
+    source = mirror(servers, None, documents={"/mirrorlist": listing.encode()})
+    repos = {REPO: {"mirrorlist": source.url + "mirrorlist?repo=test-{releasever}&arch={arch}"}}
+    squid, config = start_squid(world, repos)
+    # Freshly published files (Last-Modified a second ago): Squid's heuristic would call them
+    # stale a second after caching unless refresh_pattern says override-lastmod.
+    published = time.time() - 1
+    for path in snapshots["new"].rglob("*"):
+        os.utime(path, (published, published))
+    with squid:
+        first = DnfClient(world, "slave1")
+        started = time.monotonic()
+        result = first.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+        cold = time.monotonic() - started
+        assert_installed(first, result, squid)
+        assert rpm_requests(good, method="GET") == 3
+        assert rpm_requests(stale) == 0, "stale mirror served packages"
+        assert rpm_requests(error) == 0
+        assert cold < 60, f"cold run took {cold:.1f}s"
+
+        # Second slave, a little later: every RPM and checksum-named repodata file is a hit.
+        time.sleep(2)
+        before = rpm_requests(error, stale, good)
+        logged = len(squid.wait_rpm_entries(3))
+        second = DnfClient(world, "slave2")
+        result = second.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+        assert_installed(second, result, squid)
+        assert rpm_requests(error, stale, good) == before, diagnosis(squid, good)
+        entries = squid.wait_rpm_entries(3, start=logged)
+        rpms = [e for e in entries if e.url.endswith(".rpm")]
+        assert len(rpms) == 3 and all("HIT" in e.code for e in rpms), entries
+
+        # Every mirror and the mirrorlist server gone; the helpers' path answers expired too
+        # (short TTLs, picked up by `squid -k reconfigure`): last-known answers + Squid's copy.
+        data = yaml.safe_load(config.read_text())
+        data.update(path_ttl=1, metadata_ttl=1, mirrorlist_ttl=1)
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        for server in (error, stale, good, source):
+            server.stop()
+        squid.reconfigure()
+        time.sleep(1.5)
+        logged = len(squid.wait_rpm_entries(6))
+        third = DnfClient(world, "slave3")
+        result = third.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+        assert_installed(third, result, squid)
+        entries = squid.wait_rpm_entries(3, start=logged)
+        repomd = [e for e in entries if e.url.endswith("/repomd.xml")]
+        assert repomd and all(e.status == 200 for e in repomd), entries
+    assert "last-known" in (world / "helper.log").read_text()
+
+
+def test_store_id_keeps_the_cache_across_a_mirror_failover(world, snapshots, servers):
+    """Warm via mirror A; A dies and the helper's path answers expire, so it re-verifies every
+    path on B; Squid's copies fetched from A are still hits (one store key per repo path)."""
+    a = mirror(servers, snapshots["new"])
+    b = mirror(servers, snapshots["new"])
+    repos = {REPO: {"mirrors": [a.url + TEMPLATE_PATH, b.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos, path_ttl=1, metadata_ttl=1, unhealthy_ttl=600)
+    with squid:
+        slave(world, "slave1", squid)
+        assert rpm_requests(a, method="GET") == 3
+        assert rpm_requests(b) == 0
+        a.stop()
+        time.sleep(1.5)
+        slave(world, "slave2", squid)
+    # The helper did move to B (it verified the packages there) ...
+    assert rpm_requests(b, method="HEAD") + b.count("GET", "repomd.xml") > 0
+    log = (world / "helper.log").read_text()
+    assert f"-> {b.url}{TREE}/Packages/" in log, log[-3000:]
+    # ... and yet B sent no package: Squid found A's copies under the same store-id.
+    assert rpm_requests(b, method="GET") == 0, b.paths()
+
+
+def test_purge_with_squidclient_and_with_squid_helper_purge(world, snapshots, servers):
+    good = mirror(servers, snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    squid, config = start_squid(world, repos)
+    url = PACKAGES_URL + "alpha-1.0-1.noarch.rpm"
+    with squid:
+        slave(world, "slave1", squid)
+        fetched = alpha(good, "GET")
+        assert fetched == 1
+        status, _, body = squid.get(url)
+        assert status == 200 and body[:4] == b"\xed\xab\xee\xdb"  # the RPM lead's magic
+        assert alpha(good, "GET") == fetched, "not a cache hit"
+
+        purged = subprocess.run(["squidclient", "-h", "127.0.0.1", "-p", str(squid.port),
+                                 "-m", "PURGE", url], capture_output=True, text=True, timeout=30)
+        assert purged.returncode == 0 and " 200 " in purged.stdout.splitlines()[0], purged
+        assert squid.get(url)[0] == 200
+        assert alpha(good, "GET") == fetched + 1
+        assert squid.get(url)[0] == 200  # cached again
+        assert alpha(good, "GET") == fetched + 1
+
+        heads = alpha(good, "HEAD")
+        purged = subprocess.run([*helper_command(), "purge", "--config", str(config),
+                                 "--proxy", squid.proxy, url],
+                                capture_output=True, text=True, timeout=60)
+        assert purged.returncode == 0, purged
+        assert purged.stdout.startswith("OK") and "purged from Squid" in purged.stdout, purged
+        # A helper process may reuse its own copy of the memo's answer this long.
+        time.sleep(FRONT_CACHE_SECONDS + 0.2)
+        assert squid.get(url)[0] == 200
+        assert alpha(good, "GET") == fetched + 2
+        # The memo's answer went too: the helper verified the path on the mirror again.
+        assert alpha(good, "HEAD") > heads
+
+        # Purging what is not cached is not a failure; a non-repo URL is.
+        again = subprocess.run([*helper_command(), "purge", "--config", str(config),
+                                "--proxy", squid.proxy, PACKAGES_URL + "nothing.rpm"],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "not in Squid's cache" in again.stdout, again
+        foreign = subprocess.run([*helper_command(), "purge", "--config", str(config),
+                                  "--proxy", squid.proxy, "http://example.org/x.rpm"],
+                                 capture_output=True, text=True, timeout=60)
+        assert foreign.returncode == 1 and foreign.stdout.startswith("FAIL"), foreign
+
+        # A root-run purge left the memo usable by the helpers (still owned by proxy).
+        slave(world, "slave2", squid)
+    assert "memo" not in "".join(line for line in (world / "helper.log").read_text()
+                                 .splitlines() if "unusable" in line)
+
+
+def test_old_style_urls_on_the_accel_port(world, snapshots, servers):
+    """dnf with baseurl=http://proxy:ACCEL/<repo>/$releasever/$basearch/ and no proxy=."""
+    stale = mirror(servers, snapshots["old"])
+    good = mirror(servers, snapshots["new"])
+    repos = {REPO: {"mirrors": [dead_url("/") + TEMPLATE_PATH, stale.url + TEMPLATE_PATH,
+                                good.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+    baseurl = f"http://127.0.0.1:{squid.accel_port}/{REPO}/$releasever/$basearch/"
+    with squid:
+        slave(world, "slave1", squid, baseurl, proxy=False)
+        assert rpm_requests(good, method="GET") == 3
+        assert rpm_requests(stale) == 0
+        slave(world, "slave2", squid, baseurl, proxy=False)
+        assert rpm_requests(good, method="GET") == 3, "the second slave's packages were not hits"
+
+
+def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, snapshots, servers):
+    """The lab acl decides: a lab address may fetch and PURGE, any other address gets 403."""
+    good = mirror(servers, snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    lab, outsider = "127.0.0.2", "127.0.0.3"
+    squid, _ = start_squid(world, repos, squid_params={"lab_networks": (f"{lab}/32",)})
+    url = PACKAGES_URL + "alpha-1.0-1.noarch.rpm"
+    with squid:
+        assert squid.get(url, source=lab)[0] == 200
+        assert squid.get(url, source=outsider)[0] == 403
+        accel = http_get("127.0.0.1", squid.accel_port, f"/{REPO}/9/x86_64/Packages/"
+                         "alpha-1.0-1.noarch.rpm", {"Host": f"127.0.0.1:{squid.accel_port}"},
+                         source=outsider)
+        assert accel[0] == 403
+        assert squid.get(url, method="PURGE", source=outsider)[0] == 403
+        assert squid.get(url, method="PURGE", source=lab)[0] == 200
+        assert squid.get(url, method="PURGE", source="127.0.0.1")[0] == 404  # already gone
+    assert alpha(good, "GET") == 1
