@@ -45,8 +45,10 @@ def ok(**pairs: str) -> Reply:
     return Reply("OK", tuple((k.replace("_", "-"), v) for k, v in pairs.items()))
 
 
-def err(message: Optional[str] = None) -> Reply:
-    return Reply("ERR", (("message", message),) if message else ())
+def err(message: Optional[str] = None, **pairs: str) -> Reply:
+    """ERR (leave the URL alone), with an optional message= and other kv-pairs (notes)."""
+    head = (("message", message),) if message else ()
+    return Reply("ERR", head + tuple((k.replace("_", "-"), v) for k, v in pairs.items()))
 
 
 def bh(message: str) -> Reply:

@@ -7,17 +7,26 @@ from typing import Union
 
 from .helperloop import SlowAnswer
 from .protocol import HelperRequest, Reply, err, ok
-from .resolver import Resolution, Resolver
+from .resolver import NOT_FOUND, UNAVAILABLE, Resolution, Resolver
 from .urls import NotOurs, Refused, RepoPath, map_url
 
 log = logging.getLogger("squid_helper.rewrite")
 NOT_OURS_REPLY = err().reused()
 
 
+# ERR replies for repo URLs carry a note (repo-error=...) that squid.conf turns into a proper
+# HTTP error with adapted_http_access + deny_info. Without it Squid would forward the untouched
+# URL to the virtual host (which does not exist) or, on an accel port, to itself.
+REPO_ERROR_NOTE = "repo_error"
+NOTE_FOR_STATUS = {NOT_FOUND: "not-found", UNAVAILABLE: "unavailable"}
+REFUSED_NOTE = "refused"
+
+
 def reply_for(resolution: Resolution) -> Reply:
     if resolution.url:
         return ok(rewrite_url=resolution.url)
-    return err(resolution.reason)
+    return err(resolution.reason,
+               **{REPO_ERROR_NOTE: NOTE_FOR_STATUS.get(resolution.status, "unavailable")})
 
 
 class RewriteHandler:
@@ -32,7 +41,7 @@ class RewriteHandler:
             return NOT_OURS_REPLY
         if isinstance(mapped, Refused):
             log.info("refused %s: %s", request.url[:300], mapped.reason)
-            return err(mapped.reason).reused()
+            return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reused()
         cached = self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)

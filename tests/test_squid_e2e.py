@@ -316,3 +316,31 @@ def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, snapshots,
         assert squid.get(url, method="PURGE", source=lab)[0] == 200
         assert squid.get(url, method="PURGE", source="127.0.0.1")[0] == 404  # already gone
     assert alpha(good, "GET") == 1
+
+
+def test_repo_urls_the_helper_cannot_serve_get_a_plain_http_error(world, snapshots, servers):
+    """404 for a file no mirror has, 400 for a refused URL, 503 with every mirror down: on both
+    ports, quickly, never a forwarding loop or a DNS error for the virtual host."""
+    good = mirror(servers, snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+
+    def accel(path: str, method: str = "GET") -> int:
+        return http_get("127.0.0.1", squid.accel_port, path,
+                        {"Host": f"127.0.0.1:{squid.accel_port}"}, method=method)[0]
+
+    with squid:
+        started = time.monotonic()
+        assert squid.get(PACKAGES_URL + "alpha-1.0-1.noarch.rpm")[0] == 200
+        assert squid.get(PACKAGES_URL + "no-such-1.0.rpm")[0] == 404
+        assert accel(f"/{REPO}/9/x86_64/Packages/no-such-1.0.rpm") == 404
+        assert squid.get("http://repoproxy/unknown/9/x86_64/x.rpm")[0] == 400
+        assert accel("/unknown/9/x86_64/x.rpm") == 400
+        assert accel(f"/{REPO}/9/x86_64/Packages/%2e%2e/%2e%2e/x") == 400
+        # A PURGE is never refused by these rules: there may be a copy to drop.
+        assert squid.get(PACKAGES_URL + "no-such-1.0.rpm", method="PURGE")[0] == 404
+        good.stop()
+        # Never verified, no last-known answer, no mirror: 503.
+        assert squid.get(PACKAGES_URL + "beta-2.0-1.noarch.rpm")[0] == 503
+        assert time.monotonic() - started < 20
+    assert rpm_requests(good, method="GET") == 1
