@@ -42,6 +42,9 @@ class _BrokenConfigHandler:
     def answer(self, request: HelperRequest) -> Reply:
         return err(f"squid-helper configuration error: {self.problem}")
 
+    def reuse_token(self) -> object:
+        return None
+
     def close(self) -> None:
         pass
 

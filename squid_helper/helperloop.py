@@ -20,14 +20,18 @@ from .protocol import MAX_LINE_BYTES, HelperRequest, Reply, bh, parse_request, s
 log = logging.getLogger("squid_helper.loop")
 
 SlowAnswer = Callable[[], Reply]
-# How long a reusable reply is given again to the same URL without asking the handler.
-REUSE_SECONDS = 0.5
 
 
 class Handler(Protocol):
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
         """A Reply when it is known at once, else a callable that works it out. A Reply marked
         reusable must depend on nothing but the URL and the myport= extra."""
+
+    def reuse_token(self) -> object:
+        """Changes whenever reusable replies given so far may no longer hold (e.g. a purge)."""
+
+    def close(self) -> None:
+        """Release what the handler holds (memo, sessions)."""
 
 
 class _Stop(Exception):
@@ -64,28 +68,30 @@ def _reuse_key(request_text: bytes) -> bytes:
 
 
 class ReplyCache:
-    """Reply bytes for recently answered reusable requests, keyed by URL and myport.
+    """Reply bytes for reusable answers, keyed by URL and myport.
 
     A repeated request then costs a dict lookup and a write, as in a minimal echo helper: no
-    parsing, no URL mapping, no memo lookup. Entries live REUSE_SECONDS, which together with the
-    memo's in-process copy keeps answers coherent with purges and TTLs within about a second.
+    parsing, no URL mapping, no memo lookup. An entry holds for the reply's reuse_for seconds
+    (a memo answer: the rest of its TTL) and only while the handler's reuse token is the one it
+    was stored under, so that a purge in any process ends it as fast as the memo notices.
     """
 
-    def __init__(self, max_entries: int = 1024):
+    def __init__(self, max_entries: int = 4096):
         self.max_entries = max_entries
-        self._entries: Dict[bytes, Tuple[float, bytes]] = {}
+        self._entries: Dict[bytes, Tuple[float, object, bytes]] = {}
 
-    def get(self, request_text: bytes) -> Optional[bytes]:
+    def get(self, request_text: bytes, token: object) -> Optional[bytes]:
         hit = self._entries.get(_reuse_key(request_text))
-        if hit is not None and time.monotonic() < hit[0]:
-            return hit[1]
+        if hit is not None and hit[1] == token and time.monotonic() < hit[0]:
+            return hit[2]
         return None
 
-    def put(self, request_text: bytes, reply: Reply) -> None:
+    def put(self, request_text: bytes, reply: Reply, token: object) -> None:
         if len(self._entries) >= self.max_entries:
-            self._entries.clear()  # cheaper than LRU upkeep; refills within a second
+            self._entries.clear()  # cheaper than LRU upkeep; refills from the memo's copy
         self._entries[_reuse_key(request_text)] = (
-            time.monotonic() + REUSE_SECONDS, (reply.format(None) + "\n").encode("latin-1"))
+            time.monotonic() + reply.reuse_for, token,
+            (reply.format(None) + "\n").encode("latin-1"))
 
     def clear(self) -> None:
         self._entries.clear()
@@ -124,8 +130,9 @@ class HelperLoop:
         channel_bytes, space, rest = raw.partition(b" ")
         reusable = bool(space) and not too_long and channel_bytes.isdigit() \
             and len(channel_bytes) <= 10
+        token = self.handler.reuse_token() if reusable else None
         if reusable:
-            ready = self.replies.get(rest)
+            ready = self.replies.get(rest, token)
             if ready is not None:
                 with self._write_lock:
                     self.out.write(channel_bytes + b" " + ready)
@@ -148,8 +155,8 @@ class HelperLoop:
             return
         if isinstance(answer, Reply):
             self.write(channel, answer)
-            if answer.reusable and reusable:
-                self.replies.put(rest, answer)
+            if answer.reuse_for > 0 and reusable:
+                self.replies.put(rest, answer, token)
         elif channel is not None and pool is not None:
             pool.submit(self._guarded, channel, answer)
         else:

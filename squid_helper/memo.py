@@ -7,6 +7,7 @@ directory is reopened a few seconds later so that the memo comes back by itself 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -20,9 +21,10 @@ T = TypeVar("T")
 
 _REOPEN_AFTER = 5.0
 _COMPLAINT_INTERVAL = 60.0
-# How long a process trusts its own copy of a path answer before asking the shared memo again.
-# This bounds how long a purge made by another process can go unnoticed.
+# How often a process looks for a purge made by another (the memo's generation), and how long
+# it trusts that a key is absent: this bounds how long a purge or a new answer goes unnoticed.
 FRONT_CACHE_SECONDS = 0.5
+GENERATION_KEY = "generation"
 _FRONT_CACHE_MAX = 4096
 
 
@@ -36,6 +38,8 @@ class Memo:
         self._checked_at = 0.0
         self._lock = threading.Lock()
         self._front: Dict[str, Tuple[float, Any]] = {}
+        self._generation: Any = None
+        self._generation_checked_at = float("-inf")
 
     # -- plumbing -----------------------------------------------------------------------------
     def _still_there(self) -> bool:
@@ -139,26 +143,52 @@ class Memo:
         self._front.pop(key, None)
         return bool(self._do(lambda c: c.delete(key), False))
 
+    def _check_generation(self, now: float) -> None:
+        if now - self._generation_checked_at < FRONT_CACHE_SECONDS:
+            return
+        self._generation_checked_at = now
+        generation = self.get(GENERATION_KEY)
+        if generation != self._generation:
+            self._generation = generation
+            self._front.clear()
+
+    def generation(self) -> Any:
+        """The memo's generation as this process last saw it (rechecked at most every
+        FRONT_CACHE_SECONDS): it changes when any process purges."""
+        self._check_generation(time.monotonic())
+        return self._generation
+
     def get_front(self, key: str) -> Any:
-        """get() through a short-lived in-process copy, for the per-request hot path."""
+        """get() through an in-process copy, for the per-request hot path.
+
+        A copy of a stored value is kept until some process bumps the memo's generation (a
+        purge), which every process notices within FRONT_CACHE_SECONDS; so a hot path costs no
+        disk read at all. The absence of a value is rechecked after FRONT_CACHE_SECONDS, since
+        another process may publish one at any time. A caller that finds the copy outdated by
+        its content (an answer past its TTL) asks refresh() for the stored value."""
         now = time.monotonic()
+        self._check_generation(now)
         cached = self._front.get(key)
-        if cached is not None and now - cached[0] < FRONT_CACHE_SECONDS:
+        if cached is not None and (cached[1] is not None or now - cached[0] < FRONT_CACHE_SECONDS):
             return cached[1]
+        return self.refresh(key)
+
+    def refresh(self, key: str) -> Any:
+        """The stored value, also replacing the in-process copy."""
         value = self.get(key)
         front = self._front
         if len(front) >= _FRONT_CACHE_MAX:
-            # Insertion order is age order: drop expired entries from the old end.
-            for old_key in list(front):
-                entry = front.get(old_key)  # worker threads may have dropped it meanwhile
-                if entry is not None and now - entry[0] < FRONT_CACHE_SECONDS:
-                    break
-                front.pop(old_key, None)
-            if len(front) >= _FRONT_CACHE_MAX:
-                front.clear()
+            # Insertion order is age order: the oldest quarter goes.
+            for old_key in list(itertools.islice(front, _FRONT_CACHE_MAX // 4)):
+                front.pop(old_key, None)  # worker threads may have dropped it meanwhile
         front.pop(key, None)
-        front[key] = (now, value)
+        front[key] = (time.monotonic(), value)
         return value
+
+    def bump_generation(self) -> None:
+        """Tell every process to drop its in-process copies (after a purge)."""
+        self._front.clear()
+        self._do(lambda c: c.incr(GENERATION_KEY, default=0), 0)
 
     def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:
         """Add mapping's new keys to the dict stored under key, atomically across processes.
@@ -185,11 +215,3 @@ class Memo:
 
     def locked(self, name: str) -> bool:
         return self._do(lambda c: f"lock:{name}" in c, False)
-
-    def clear_prefix(self, prefix: str) -> int:
-        """Delete every key that starts with prefix; returns how many went."""
-        def sweep(cache: diskcache.Cache) -> int:
-            doomed = [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
-            return sum(1 for k in doomed if cache.delete(k))
-        self._front.clear()
-        return self._do(sweep, 0)

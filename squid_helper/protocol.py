@@ -29,12 +29,13 @@ class HelperRequest:
 class Reply:
     result: str  # "OK", "ERR" or "BH"
     pairs: Tuple[Tuple[str, str], ...] = ()
-    # May the helper loop give this reply again, for a short while, to a request for the same
-    # URL (and myport) without asking the handler? Only for answers that depend on nothing else.
-    reusable: bool = False
+    # For how many seconds may the helper loop give this reply again to a request for the same
+    # URL (and myport) without asking the handler (while the handler's reuse_token() stays the
+    # same)? Zero: never. Only for answers that depend on nothing but the URL and myport.
+    reuse_for: float = 0.0
 
-    def reused(self) -> Reply:
-        return Reply(self.result, self.pairs, True)
+    def reusable_for(self, seconds: float) -> Reply:
+        return Reply(self.result, self.pairs, max(0.0, seconds))
 
     def format(self, channel: Optional[str]) -> str:
         return format_reply(channel, self.result, self.pairs)

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .config import Config
@@ -52,6 +52,7 @@ class Resolution:
     reason: str
     trace: List[str] = field(default_factory=list)
     elapsed: float = 0.0
+    fresh_for: float = 0.0  # seconds this memoised answer stays fresh
 
 
 def _host(url: str) -> str:
@@ -78,26 +79,33 @@ class Resolver:
     def _ttl(self, request: RepoPath) -> float:
         return self.config.metadata_ttl if request.is_metadata else self.config.path_ttl
 
-    def _fresh_answer(self, entry: Optional[dict], request: RepoPath) -> Optional[str]:
-        if entry and time.time() - entry["at"] < self._ttl(request):
-            return entry["url"]
-        return None
+    def _current(self, key: str, is_fresh: Callable[[dict], bool], front: bool) -> Optional[dict]:
+        entry = (self.memo.get_front if front else self.memo.get)(key)
+        if front and entry is not None and not is_fresh(entry):
+            entry = self.memo.refresh(key)  # our copy may predate another process's answer
+        return entry if entry is not None and is_fresh(entry) else None
 
     def cached(self, request: RepoPath, front: bool = True) -> Optional[Resolution]:
         """The memoised answer if it is still fresh; never probes (the per-request hot path).
         front=False reads the shared memo only, for waiters that need another's fresh answer."""
-        get = self.memo.get_front if front else self.memo.get
-        url = self._fresh_answer(get(f"path:{request.key}"), request)
-        if url:
-            return Resolution(url, MEMO, "memoised answer")
-        miss = get(f"miss:{request.key}")
-        if miss and time.time() - miss["at"] < self.config.negative_ttl:
-            return Resolution(None, NOT_FOUND, miss["reason"])
+        now = time.time()
+        ttl = self._ttl(request)
+        answer = self._current(f"path:{request.key}", lambda e: now - e["at"] < ttl, front)
+        if answer:
+            return Resolution(answer["url"], MEMO, "memoised answer",
+                              fresh_for=ttl - (now - answer["at"]))
+        negative_ttl = self.config.negative_ttl
+        miss = self._current(f"miss:{request.key}", lambda e: now - e["at"] < negative_ttl, front)
+        if miss:
+            return Resolution(None, NOT_FOUND, miss["reason"],
+                              fresh_for=negative_ttl - (now - miss["at"]))
         return None
 
     def forget(self, request: RepoPath) -> int:
-        """Drop what the memo knows about one path (used by purge)."""
-        return sum(self.memo.delete(f"{kind}:{request.key}") for kind in ("path", "miss"))
+        """Drop what the memo knows about one path (used by purge), in every process."""
+        dropped = sum(self.memo.delete(f"{kind}:{request.key}") for kind in ("path", "miss"))
+        self.memo.bump_generation()
+        return dropped
 
     def _unhealthy(self, bases: List[str]) -> List[str]:
         return [b for b in bases if self.memo.get(f"health:{_host(b)}") is not None]

@@ -11,7 +11,9 @@ from .resolver import NOT_FOUND, UNAVAILABLE, Resolution, Resolver
 from .urls import NotOurs, Refused, RepoPath, map_url
 
 log = logging.getLogger("squid_helper.rewrite")
-NOT_OURS_REPLY = err().reused()
+# Whether a URL is ours depends only on the config, and a new config clears the loop's cache.
+CONFIG_ANSWER_SECONDS = 3600.0
+NOT_OURS_REPLY = err().reusable_for(CONFIG_ANSWER_SECONDS)
 
 
 # ERR replies for repo URLs carry a note (repo-error=...) that squid.conf turns into a proper
@@ -41,11 +43,12 @@ class RewriteHandler:
             return NOT_OURS_REPLY
         if isinstance(mapped, Refused):
             log.info("refused %s: %s", request.url[:300], mapped.reason)
-            return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reused()
+            return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reusable_for(
+                CONFIG_ANSWER_SECONDS)
         cached = self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)
-            return reply_for(cached).reused()
+            return reply_for(cached).reusable_for(cached.fresh_for)
         return lambda: self._resolve(request.url, mapped)
 
     def _resolve(self, client_url: str, request: RepoPath) -> Reply:
@@ -55,6 +58,9 @@ class RewriteHandler:
                 resolution.status, resolution.elapsed, resolution.reason,
                 ("; " + "; ".join(resolution.trace)) if resolution.trace else "")
         return reply_for(resolution)
+
+    def reuse_token(self) -> object:
+        return self.resolver.memo.generation()
 
     def close(self) -> None:
         self.resolver.close()

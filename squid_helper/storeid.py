@@ -23,6 +23,8 @@ from .urls import RepoPath, map_url, relative_path_problem, template_pattern
 log = logging.getLogger("squid_helper.storeid")
 
 STORE_ID_HOST = "squid-helper.internal"
+# A URL's store key never changes while the config stays; a new config clears the loop's cache.
+KEY_REUSE_SECONDS = 3600.0
 # How often the list of known mirror bases is re-read from the memo at most, when a URL matches
 # no known base. Zero: the rewrite helper publishes a new list's bases before it answers with a
 # URL under one of them, so re-reading at once is what keeps the first objects fetched from a
@@ -99,7 +101,10 @@ class StoreIdHandler:
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
         key = self.mapper.key(request.url, request.extras)
         # A key never changes for a URL; "no key" may, once a new mirror list is published.
-        return ok(store_id=key).reused() if key else err()
+        return ok(store_id=key).reusable_for(KEY_REUSE_SECONDS) if key else err()
+
+    def reuse_token(self) -> object:
+        return None  # keys are only ever added to the index, never changed
 
     def close(self) -> None:
         self.mapper.memo.close()

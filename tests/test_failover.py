@@ -216,3 +216,27 @@ def test_accel_port_urls_map_by_myport(tmp_path, fleet):
                              extras="127.0.0.2/- - GET myip=127.0.0.1 myport=3128")
     assert rewritten_url(accel) == good.url + "Packages/common-1.0.rpm"
     assert forward == "ERR"
+
+
+def test_a_purge_in_another_process_is_seen_within_a_second(tmp_path, fleet):
+    from squid_helper.config import load_config
+    from squid_helper.memo import Memo
+    from squid_helper.resolver import Resolver
+    from squid_helper.urls import map_url
+
+    good = fleet["good"]
+    config_path = static(tmp_path, [good.url])
+    url = PKG + "common-1.0.rpm"
+    with HelperProcess(config_path) as helper:
+        for _ in range(3):  # verified once, then answered from the loop's reply cache
+            assert rewritten_url(helper.ask(url))
+        assert good.count("HEAD", "common-1.0.rpm") == 1
+        config = load_config(str(config_path))
+        purger = Resolver(config, Memo(config.cache_dir))
+        try:
+            assert purger.forget(map_url(url, {}, config)) == 1
+        finally:
+            purger.close()
+        time.sleep(1.0)
+        assert rewritten_url(helper.ask(url))
+    assert good.count("HEAD", "common-1.0.rpm") == 2  # re-verified after the purge

@@ -94,6 +94,9 @@ class _MappingHandler:
                                mapped.arch)
         return lambda: ok(rewrite_url=join_under_base(base, mapped.path))
 
+    def reuse_token(self):
+        return None
+
     def close(self):
         pass
 
