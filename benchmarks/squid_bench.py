@@ -19,9 +19,7 @@ import os
 import random
 import re
 import selectors
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -34,7 +32,7 @@ import common  # noqa: F401  (puts tests/ on sys.path)
 # isort: split
 from squid_helper.squidconf import render
 
-from squid_harness import START_TIMEOUT, SquidInstance, chown_proxy, descendants
+from squid_harness import SquidInstance, descendants
 
 HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
 
@@ -67,8 +65,7 @@ def write_echo_helper(directory: Path) -> Path:
 class BenchSquid(SquidInstance):
     """SquidInstance whose squid.conf can drop the helpers or gain extra lines.
 
-    start() repeats SquidInstance.start() with the rendered text transformed; the harness has
-    no hook for that (yet)."""
+    It overrides conf_text(), which SquidInstance.start() writes."""
 
     def __init__(self, directory: Path, helper_config: Path, helpers: bool = True,
                  extra_lines: Sequence[str] = (), programs: Optional[Dict[str, str]] = None,
@@ -92,28 +89,6 @@ class BenchSquid(SquidInstance):
                      for ln in lines]
         return "\n".join(lines + ["", "# added by benchmarks/squid_bench.py"]
                          + self.extra_lines) + "\n"
-
-    def start(self) -> BenchSquid:
-        for path in (self.log_dir, self.cache_dir, self.pid_file.parent):
-            path.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(self.conf_text())
-        chown_proxy(self.log_dir, self.cache_dir, self.pid_file.parent)
-        squid = shutil.which("squid")
-        init = subprocess.run([squid, "-z", "-N", "-f", str(self.conf)], capture_output=True,
-                              text=True, timeout=START_TIMEOUT)
-        if init.returncode != 0:
-            raise RuntimeError(f"squid -z failed ({init.returncode}): {init.stderr[-2000:]}"
-                               f"\n{self.cache_log()[-2000:]}")
-        self._stderr = open(self.directory / "squid.stderr", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen([squid, "-N", "-d1", "-f", str(self.conf)],
-                                        stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                        stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _helpers_started(self) -> bool:
         return bool(self.helper_pids()) if self.helpers else True

@@ -189,10 +189,14 @@ class SquidInstance:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def conf_text(self) -> str:
+        """The squid.conf to run; subclasses (benchmarks) may transform it."""
+        return render(self.params)
+
     def start(self) -> SquidInstance:
         for path in (self.log_dir, self.cache_dir, self.pid_file.parent):
             path.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render(self.params))
+        self.conf.write_text(self.conf_text())
         chown_proxy(self.log_dir, self.cache_dir, self.pid_file.parent)
         squid = shutil.which("squid")
         init = subprocess.run([squid, "-z", "-N", "-f", str(self.conf)], capture_output=True,
