@@ -313,8 +313,12 @@ class LinePipe:
                            first_reply)
 
 
+# What the shipped squid.conf sends after the URL (url_rewrite_extras "myport=%lp").
+SQUID_CONF_EXTRAS = "myport=3128"
+
+
 def request_lines(urls: Sequence[str]) -> List[bytes]:
-    return [f"{url} {DEFAULT_EXTRAS}".encode() for url in urls]
+    return [f"{url} {SQUID_CONF_EXTRAS}".encode() for url in urls]
 
 
 def wait_ready(pipe: LinePipe, timeout: float = 30.0) -> float:

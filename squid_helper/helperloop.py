@@ -13,19 +13,21 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable, Dict, Iterator, Optional, Protocol, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Optional, Protocol, Tuple, Union
 
 from .protocol import MAX_LINE_BYTES, HelperRequest, Reply, bh, parse_request, split_channel
 
 log = logging.getLogger("squid_helper.loop")
 
 SlowAnswer = Callable[[], Reply]
+# How often the reply cache asks the handler whether its replies still hold.
+TOKEN_CHECK_SECONDS = 0.1
 
 
 class Handler(Protocol):
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
-        """A Reply when it is known at once, else a callable that works it out. A Reply marked
-        reusable must depend on nothing but the URL and the myport= extra."""
+        """A Reply when it is known at once, else a callable that works it out. A reusable
+        Reply (reuse_for > 0) must depend on nothing but the request."""
 
     def reuse_token(self) -> object:
         """Changes whenever reusable replies given so far may no longer hold (e.g. a purge)."""
@@ -38,60 +40,55 @@ class _Stop(Exception):
     """Raised from a signal handler to leave the blocking read."""
 
 
-def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[Tuple[bytes, bool]]:
-    """Yield (line without its newline, too_long). Of an over-long line only its start is kept
-    (for the channel-ID) and the rest is skipped, so that it still gets exactly one reply and
-    memory stays bounded."""
-    readline = stream.readline
-    while True:
-        chunk = readline(limit + 1)
-        if not chunk:
-            return
-        if chunk.endswith(b"\n") or len(chunk) <= limit:
-            yield chunk.rstrip(b"\r\n"), False
-            continue
-        head = chunk[:64]  # enough to find the channel-ID
-        while not chunk.endswith(b"\n"):
-            chunk = readline(limit + 1)
-            if not chunk:
-                break
-        yield head, True
+def skip_rest_of_line(chunk: bytes, readline: Callable[[int], bytes], limit: int) -> bytes:
+    """Of an over-long line keep only its start (enough for the channel-ID) and read past the
+    rest, so that it still gets exactly one reply and memory stays bounded."""
+    head = chunk[:64]
+    while chunk and not chunk.endswith(b"\n"):
+        chunk = readline(limit)
+    return head
 
 
-def _reuse_key(request_text: bytes) -> bytes:
-    """What a reusable answer depends on: the URL and the port the request came in on."""
-    url, _, extras = request_text.partition(b" ")
-    port_at = extras.find(b"myport=")
-    if port_at < 0:
-        return url
-    return url + b" " + extras[port_at:].partition(b" ")[0]
+def _is_channel(token: bytes) -> bool:
+    return token.isdigit() and len(token) <= 10
 
 
 class ReplyCache:
-    """Reply bytes for reusable answers, keyed by URL and myport.
+    """Reply bytes for reusable answers, keyed by the request text after the channel-ID.
 
     A repeated request then costs a dict lookup and a write, as in a minimal echo helper: no
-    parsing, no URL mapping, no memo lookup. An entry holds for the reply's reuse_for seconds
-    (a memo answer: the rest of its TTL) and only while the handler's reuse token is the one it
-    was stored under, so that a purge in any process ends it as fast as the memo notices.
+    parsing, no URL mapping, no memo lookup. The shipped squid.conf sends only the URL and
+    myport=, so all clients asking one URL share an entry; with Squid's default extras (client
+    address first) each client has its own. An entry holds for the reply's reuse_for seconds
+    (a memo answer: the rest of its TTL). Every TOKEN_CHECK_SECONDS the handler's reuse token
+    is compared with the one the entries were made under, and all go when it changed, so that
+    a purge in any process ends them as soon as the memo notices it.
     """
 
-    def __init__(self, max_entries: int = 4096):
+    def __init__(self, token_source: Callable[[], object], max_entries: int = 2048):
         self.max_entries = max_entries
-        self._entries: Dict[bytes, Tuple[float, object, bytes]] = {}
+        self._token_source = token_source
+        self._token: object = object()  # matches no real token: the first get() checks
+        self._checked_at = float("-inf")
+        self._entries: Dict[bytes, Tuple[float, bytes]] = {}
 
-    def get(self, request_text: bytes, token: object) -> Optional[bytes]:
-        hit = self._entries.get(_reuse_key(request_text))
-        if hit is not None and hit[1] == token and time.monotonic() < hit[0]:
-            return hit[2]
+    def get(self, request_text: bytes, now: float) -> Optional[bytes]:
+        if now - self._checked_at >= TOKEN_CHECK_SECONDS:
+            self._checked_at = now
+            token = self._token_source()
+            if token != self._token:
+                self._token = token
+                self._entries.clear()
+        hit = self._entries.get(request_text)
+        if hit is not None and now < hit[0]:
+            return hit[1]
         return None
 
-    def put(self, request_text: bytes, reply: Reply, token: object) -> None:
+    def put(self, request_text: bytes, reply: Reply, now: float) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # cheaper than LRU upkeep; refills from the memo's copy
-        self._entries[_reuse_key(request_text)] = (
-            time.monotonic() + reply.reuse_for, token,
-            (reply.format(None) + "\n").encode("latin-1"))
+        self._entries[request_text] = (
+            now + reply.reuse_for, (reply.format(None) + "\n").encode("latin-1"))
 
     def clear(self) -> None:
         self._entries.clear()
@@ -106,13 +103,21 @@ class HelperLoop:
         self.on_reload = on_reload
         self._write_lock = threading.Lock()
         self._reload_requested = False
-        self.replies = ReplyCache()
+        self.replies = ReplyCache(lambda: self.handler.reuse_token())
 
     def write(self, channel: Optional[str], reply: Reply) -> None:
-        data = (reply.format(channel) + "\n").encode("latin-1", "replace")
+        self._write_bytes((reply.format(channel) + "\n").encode("latin-1", "replace"))
+
+    def _write_bytes(self, data: bytes) -> None:
         with self._write_lock:
             self.out.write(data)
             self.out.flush()
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        if self.on_reload is not None:
+            self.replies.clear()
+            self.on_reload()
 
     def _guarded(self, channel: Optional[str], work: SlowAnswer) -> None:
         try:
@@ -126,18 +131,9 @@ class HelperLoop:
             log.exception("cannot write a reply to Squid")
 
     def handle_line(self, raw: bytes, too_long: bool, pool: Optional[ThreadPoolExecutor]) -> None:
-        """Answer one request line (bytes, without its newline)."""
+        """Answer one request line (bytes, without its newline) that the reply cache could not."""
         channel_bytes, space, rest = raw.partition(b" ")
-        reusable = bool(space) and not too_long and channel_bytes.isdigit() \
-            and len(channel_bytes) <= 10
-        token = self.handler.reuse_token() if reusable else None
-        if reusable:
-            ready = self.replies.get(rest, token)
-            if ready is not None:
-                with self._write_lock:
-                    self.out.write(channel_bytes + b" " + ready)
-                    self.out.flush()
-                return
+        reusable = bool(space) and not too_long and _is_channel(channel_bytes)
         line = raw.decode("latin-1")
         if too_long:
             channel, _ = split_channel(line)
@@ -156,7 +152,7 @@ class HelperLoop:
         if isinstance(answer, Reply):
             self.write(channel, answer)
             if answer.reuse_for > 0 and reusable:
-                self.replies.put(rest, answer, token)
+                self.replies.put(rest, answer, time.monotonic())
         elif channel is not None and pool is not None:
             pool.submit(self._guarded, channel, answer)
         else:
@@ -183,12 +179,29 @@ class HelperLoop:
         previous_handlers = self._install_signals()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="answer")
         try:
-            for line, too_long in read_lines(stdin):
-                if self._reload_requested and self.on_reload is not None:
-                    self._reload_requested = False
-                    self.replies.clear()
-                    self.on_reload()
-                self.handle_line(line, too_long, pool)
+            readline, limit = stdin.readline, MAX_LINE_BYTES + 1
+            cached_reply, monotonic = self.replies.get, time.monotonic
+            lock, out = self._write_lock, self.out
+            while True:
+                raw = readline(limit)
+                if not raw:
+                    break
+                if self._reload_requested:
+                    self._reload()
+                if not raw.endswith(b"\n") and len(raw) == limit:
+                    self.handle_line(skip_rest_of_line(raw, readline, limit), True, pool)
+                    continue
+                raw = raw.rstrip(b"\r\n")
+                # The hot path, kept inline: a repeated request answered from the reply cache.
+                channel, space, rest = raw.partition(b" ")
+                if space and channel.isdigit():
+                    ready = cached_reply(rest, monotonic())
+                    if ready is not None:
+                        with lock:
+                            out.write(channel + b" " + ready)
+                            out.flush()
+                        continue
+                self.handle_line(raw, False, pool)
         except _Stop:
             log.info("stop signal received; answering what is in flight, then exiting")
         except BrokenPipeError:

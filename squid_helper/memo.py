@@ -25,7 +25,7 @@ _COMPLAINT_INTERVAL = 60.0
 # it trusts that a key is absent: this bounds how long a purge or a new answer goes unnoticed.
 FRONT_CACHE_SECONDS = 0.5
 GENERATION_KEY = "generation"
-_FRONT_CACHE_MAX = 4096
+_FRONT_CACHE_MAX = 2048
 
 
 class Memo:
