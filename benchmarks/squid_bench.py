@@ -93,19 +93,6 @@ class BenchSquid(SquidInstance):
     def _helpers_started(self) -> bool:
         return bool(self.helper_pids()) if self.helpers else True
 
-    def helper_pids(self) -> List[int]:
-        if self.process is None:
-            return []
-        found = []
-        for pid in descendants(self.process.pid):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    if self.marker in cmdline.read():
-                        found.append(pid)
-            except OSError:
-                continue
-        return found
-
     @property
     def pid(self) -> int:
         assert self.process is not None

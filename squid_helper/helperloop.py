@@ -88,7 +88,7 @@ class ReplyCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # cheaper than LRU upkeep; refills from the memo's copy
         self._entries[request_text] = (
-            now + reply.reuse_for, (reply.format(None) + "\n").encode("latin-1"))
+            now + reply.reuse_for, (reply.format(None) + "\n").encode("latin-1", "replace"))
 
     def clear(self) -> None:
         self._entries.clear()

@@ -180,6 +180,8 @@ class SquidInstance:
             generated_by="rendered by tests/squid_harness.py"), **overrides)
         self.process: Optional[subprocess.Popen] = None
         self._stderr = None
+        # What identifies a helper among Squid's children (their command line contains it).
+        self.marker = self.params.helper_command.encode()
 
     @property
     def proxy(self) -> str:
@@ -265,7 +267,7 @@ class SquidInstance:
         for pid in descendants(self.process.pid):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    if self.params.helper_command.encode() in cmdline.read():
+                    if self.marker in cmdline.read():
                         found.append(pid)
             except OSError:
                 continue
