@@ -15,7 +15,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable, Dict, Optional, Protocol, Tuple, Union
 
-from .protocol import MAX_LINE_BYTES, HelperRequest, Reply, bh, parse_request, split_channel
+from .protocol import (
+    MAX_CHANNEL_DIGITS,
+    MAX_LINE_BYTES,
+    HelperRequest,
+    Reply,
+    bh,
+    parse_request,
+    split_channel,
+)
 
 log = logging.getLogger("squid_helper.loop")
 
@@ -50,7 +58,8 @@ def skip_rest_of_line(chunk: bytes, readline: Callable[[int], bytes], limit: int
 
 
 def _is_channel(token: bytes) -> bool:
-    return token.isdigit() and len(token) <= 10
+    """The bytes form of split_channel's rule, for the loop's hot path."""
+    return token.isdigit() and len(token) <= MAX_CHANNEL_DIGITS
 
 
 class ReplyCache:

@@ -121,10 +121,6 @@ class Memo:
                     self._fail(exc)
             return default
 
-    @property
-    def healthy(self) -> bool:
-        return self._open() is not None
-
     def close(self) -> None:
         with self._lock:
             if self._cache is not None:
@@ -212,6 +208,3 @@ class Memo:
 
     def unlock(self, name: str) -> None:
         self._do(lambda c: c.delete(f"lock:{name}"), False)
-
-    def locked(self, name: str) -> bool:
-        return self._do(lambda c: f"lock:{name}" in c, False)

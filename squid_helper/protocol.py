@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 # Squid's own request line buffer is 32 KiB; a longer line is not from Squid.
 MAX_LINE_BYTES = 32 * 1024
-_MAX_CHANNEL_DIGITS = 10
+MAX_CHANNEL_DIGITS = 10
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,20 @@ class Reply:
         return format_reply(channel, self.result, self.pairs)
 
 
+def _squid_keys(pairs: Dict[str, str]) -> Tuple[Tuple[str, str], ...]:
+    # Keyword names use '_' where Squid's keys use '-' (rewrite_url= for rewrite-url=).
+    return tuple((k.replace("_", "-"), v) for k, v in pairs.items())
+
+
 def ok(**pairs: str) -> Reply:
-    """OK with kv-pairs; keyword names use '_' where Squid's keys use '-' (rewrite_url=)."""
-    return Reply("OK", tuple((k.replace("_", "-"), v) for k, v in pairs.items()))
+    """OK with kv-pairs, e.g. ok(rewrite_url=...)."""
+    return Reply("OK", _squid_keys(pairs))
 
 
 def err(message: Optional[str] = None, **pairs: str) -> Reply:
     """ERR (leave the URL alone), with an optional message= and other kv-pairs (notes)."""
     head = (("message", message),) if message else ()
-    return Reply("ERR", head + tuple((k.replace("_", "-"), v) for k, v in pairs.items()))
+    return Reply("ERR", head + _squid_keys(pairs))
 
 
 def bh(message: str) -> Reply:
@@ -60,7 +65,7 @@ def split_channel(line: str) -> Tuple[Optional[str], str]:
     """Split a leading channel-ID from the rest of the line (no ID: None)."""
     stripped = line.lstrip(" ")
     head, _, rest = stripped.partition(" ")
-    if head.isdigit() and head.isascii() and len(head) <= _MAX_CHANNEL_DIGITS:
+    if head.isdigit() and head.isascii() and len(head) <= MAX_CHANNEL_DIGITS:
         return head, rest
     return None, stripped
 

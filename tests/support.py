@@ -203,10 +203,6 @@ class MirrorServer:
         with self.lock:
             return [p for _, p, _ in self.requests]
 
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-
 
 def repomd_xml(revision: int) -> bytes:
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
