@@ -140,7 +140,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         return 1
     resolver = Resolver(config, Memo(config.cache_dir))
     try:
-        resolution = resolver.resolve(mapped)
+        resolution = resolver.resolve(mapped, settle=True)
     finally:
         resolver.close()
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "

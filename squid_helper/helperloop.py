@@ -22,6 +22,7 @@ from .protocol import (
     Reply,
     bh,
     parse_request,
+    reuse_key,
     split_channel,
 )
 
@@ -63,15 +64,16 @@ def _is_channel(token: bytes) -> bool:
 
 
 class ReplyCache:
-    """Reply bytes for reusable answers, keyed by the request text after the channel-ID.
+    """Reply bytes for reusable answers, keyed by what they depend on (protocol.reuse_key: the
+    URL and the port the request came in on, whatever other extras Squid sends).
 
-    A repeated request then costs a dict lookup and a write, as in a minimal echo helper: no
-    parsing, no URL mapping, no memo lookup. The shipped squid.conf sends only the URL and
-    myport=, so all clients asking one URL share an entry; with Squid's default extras (client
-    address first) each client has its own. An entry holds for the reply's reuse_for seconds
-    (a memo answer: the rest of its TTL). Every TOKEN_CHECK_SECONDS the handler's reuse token
-    is compared with the one the entries were made under, and all go when it changed, so that
-    a purge in any process ends them as soon as the memo notices it.
+    A repeated request then costs a key, a dict lookup and a write, as in a minimal echo helper:
+    no parsing, no URL mapping, no memo lookup; every client asking one URL shares the entry.
+    An entry holds for the reply's reuse_for seconds (a memo answer: the rest of its
+    freshness, see lifetimes). Every TOKEN_CHECK_SECONDS the handler's reuse token (the memo's
+    generation) is compared with the one the entries were made under, and all go when it
+    changed, so that a purge or a mirror found dead, in any process, ends them as soon as the
+    memo notices it.
     """
 
     def __init__(self, token_source: Callable[[], object], max_entries: int = 2048):
@@ -81,22 +83,22 @@ class ReplyCache:
         self._checked_at = float("-inf")
         self._entries: Dict[bytes, Tuple[float, bytes]] = {}
 
-    def get(self, request_text: bytes, now: float) -> Optional[bytes]:
+    def get(self, key: bytes, now: float) -> Optional[bytes]:
         if now - self._checked_at >= TOKEN_CHECK_SECONDS:
             self._checked_at = now
             token = self._token_source()
             if token != self._token:
                 self._token = token
                 self._entries.clear()
-        hit = self._entries.get(request_text)
+        hit = self._entries.get(key)
         if hit is not None and now < hit[0]:
             return hit[1]
         return None
 
-    def put(self, request_text: bytes, reply: Reply, now: float) -> None:
+    def put(self, key: bytes, reply: Reply, now: float) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # cheaper than LRU upkeep; refills from the memo's copy
-        self._entries[request_text] = (
+        self._entries[key] = (
             now + reply.reuse_for, (reply.format(None) + "\n").encode("latin-1", "replace"))
 
     def clear(self) -> None:
@@ -161,7 +163,7 @@ class HelperLoop:
         if isinstance(answer, Reply):
             self.write(channel, answer)
             if answer.reuse_for > 0 and reusable:
-                self.replies.put(rest, answer, time.monotonic())
+                self.replies.put(reuse_key(rest), answer, time.monotonic())
         elif channel is not None and pool is not None:
             pool.submit(self._guarded, channel, answer)
         else:
@@ -189,7 +191,7 @@ class HelperLoop:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="answer")
         try:
             readline, limit = stdin.readline, MAX_LINE_BYTES + 1
-            cached_reply, monotonic = self.replies.get, time.monotonic
+            cached_reply, monotonic, key_of = self.replies.get, time.monotonic, reuse_key
             lock, out = self._write_lock, self.out
             while True:
                 raw = readline(limit)
@@ -204,7 +206,7 @@ class HelperLoop:
                 # The hot path, kept inline: a repeated request answered from the reply cache.
                 channel, space, rest = raw.partition(b" ")
                 if space and channel.isdigit():
-                    ready = cached_reply(rest, monotonic())
+                    ready = cached_reply(key_of(rest), monotonic())
                     if ready is not None:
                         with lock:
                             out.write(channel + b" " + ready)

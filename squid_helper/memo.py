@@ -12,9 +12,12 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import diskcache
+
+from .lifetimes import GENERATION_KEY, Fact
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")
@@ -24,8 +27,26 @@ _COMPLAINT_INTERVAL = 60.0
 # How often a process looks for a purge made by another (the memo's generation), and how long
 # it trusts that a key is absent: this bounds how long a purge or a new answer goes unnoticed.
 FRONT_CACHE_SECONDS = 0.5
-GENERATION_KEY = "generation"
 _FRONT_CACHE_MAX = 2048
+_TOKENS = itertools.count()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A fact as the memo holds it: the value and the wall-clock time it was learnt. How long
+    it stays fresh is the fact's (lifetimes), judged when it is read, so that a new config's
+    TTLs apply to what was learnt before."""
+
+    value: Any
+    at: float
+
+    def fresh_for(self, fact: Fact, now: float) -> float:
+        """Seconds of freshness left at `now` (wall clock); zero or less: stale."""
+        return self.at + fact.fresh_for - now
+
+
+# Learnt "at the epoch": stale from the start, yet there as the last-known value.
+NEVER_FRESH = 0.0
 
 
 class Memo:
@@ -198,13 +219,65 @@ class Memo:
                 return cache.set(key, current, expire=expire)
         return self._do(update, False)
 
-    # -- cross-process locks ------------------------------------------------------------------
-    def try_lock(self, name: str, hold_for: float) -> bool:
-        """Take a named lock shared by all processes; it expires by itself after hold_for
-        seconds, so a process that died holding it blocks nobody for long. Without a working
-        memo every caller gets the lock (no coordination is better than no answer)."""
-        token = f"{os.getpid()}:{threading.get_ident()}"
-        return self._do(lambda c: c.add(f"lock:{name}", token, expire=hold_for), True)
+    # -- facts (see lifetimes) -----------------------------------------------------------------
+    def put(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
+        """Store value as `fact`, learnt now (or at `at`: a value that replaces an earlier one
+        of the same age, or NEVER_FRESH)."""
+        return self.set(fact.key, Stored(value, time.time() if at is None else at),
+                        expire=fact.keep_for)
 
-    def unlock(self, name: str) -> None:
-        self._do(lambda c: c.delete(f"lock:{name}"), False)
+    def put_if_absent(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
+        """put(), unless the memo holds that fact already (fresh or not)."""
+        self._front.pop(fact.key, None)
+        stored = Stored(value, time.time() if at is None else at)
+        return bool(self._do(lambda c: c.add(fact.key, stored, expire=fact.keep_for), False))
+
+    def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
+        """The stored fact, fresh or not (for last-known answers). front: through this
+        process's copy, refreshed from the shared memo when the copy is no longer fresh,
+        since another process may have stored a fresher one meanwhile."""
+        if not front:
+            stored = self.get(fact.key)
+        else:
+            stored = self.get_front(fact.key)
+            if isinstance(stored, Stored) and stored.fresh_for(fact, time.time()) <= 0:
+                stored = self.refresh(fact.key)
+        return stored if isinstance(stored, Stored) else None
+
+    def fresh(self, fact: Fact, front: bool = False) -> Optional[Stored]:
+        """The stored fact if it is still fresh, else None."""
+        stored = self.last(fact, front)
+        return stored if stored is not None and stored.fresh_for(fact, time.time()) > 0 else None
+
+    # -- cross-process locks ------------------------------------------------------------------
+    def try_lock(self, name: str, hold_for: float) -> Optional[str]:
+        """Take a named lock shared by all processes, or None when another holder has it.
+        Returns the holder's token, which unlock() needs: a lock that expired (hold_for
+        seconds, so that a holder that died blocks nobody for long) and was taken by another
+        is not released by its first holder. Without a working memo every caller gets the
+        lock (no coordination is better than no answer); a memo that is merely busy (another
+        process holds the database a moment) gives it to nobody."""
+        token = f"{os.getpid()}:{threading.get_ident()}:{next(_TOKENS)}"
+        cache = self._open()
+        if cache is None:
+            return token
+        try:
+            return token if cache.add(f"lock:{name}", token, expire=hold_for) else None
+        except diskcache.Timeout:
+            return None
+        except Exception as exc:
+            with self._lock:
+                if self._cache is cache:
+                    self._fail(exc)
+            return token
+
+    def locked(self, name: str) -> bool:
+        """Whether some process holds the named lock now."""
+        return self.get(f"lock:{name}") is not None
+
+    def unlock(self, name: str, token: str) -> None:
+        def release(cache: diskcache.Cache) -> None:
+            with cache.transact():
+                if cache.get(f"lock:{name}") == token:
+                    cache.delete(f"lock:{name}")
+        self._do(release, None)

@@ -89,6 +89,21 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[HelperRequest], Op
     return channel, HelperRequest(channel, url, extras, fields), None
 
 
+def reuse_key(rest: bytes) -> bytes:
+    """What a reusable answer depends on, taken from a request line after its channel-ID: the
+    URL and the myport= extra (the Squid port the request came in on). The client's address,
+    user name and method vary from client to client but change no answer, so that every client
+    asking for one URL on one port shares one reply cache entry."""
+    url, _, extras = rest.partition(b" ")
+    start = extras.find(b"myport=")
+    while start > 0 and extras[start - 1] != 0x20:  # only a whole field, not "xmyport="
+        start = extras.find(b"myport=", start + 1)
+    if start < 0:
+        return url
+    end = extras.find(b" ", start)
+    return url + b" " + (extras[start:] if end < 0 else extras[start:end])
+
+
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 

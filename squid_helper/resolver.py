@@ -1,12 +1,17 @@
-"""Resolve a repo path to a verified mirror URL: memo, mirror sources, freshness, probes.
+"""Resolve a repo path to a mirror URL: a pipeline of sources -> survey -> choose -> answer.
 
-This is where the pure pieces (urls, sources, selection) meet the I/O ones (probe, memo).
-The rules, in order:
-  1. a fresh memoised answer is reused, whichever helper process found it;
-  2. otherwise one process (single-flight, across processes) probes the mirrors, freshest
-     first, skipping those marked unhealthy, and publishes the answer for everybody;
-  3. when nothing can be verified, the last-known answer is reused so that Squid can serve
-     the copy it holds; only without one does the client get an error.
+1. A fresh memoised answer on a healthy mirror is reused, whichever helper process found it.
+2. Otherwise: the repo's mirror list (mirrorlists), which of its mirrors hold the current
+   repodata (survey), the healthy ones in order, fastest fresh mirror first (choose), and the
+   answer:
+   * repomd.xml: the first mirror that served the current one to the survey just now;
+   * a package or checksum-named repodata: the same mirror at once, since it holds the snapshot
+     whose repomd.xml it served; the path is verified in the background, and a request for it
+     that arrives before the verification ends waits for it, so that dnf's retry after a
+     half-synced mirror's 404 goes to a mirror that has the file;
+   * anything else: probed on the mirrors in order (one process at a time, across processes).
+3. When nothing can be verified, the last-known answer is reused so that Squid can serve the
+   copy it holds; only without one does the client get an error.
 """
 
 from __future__ import annotations
@@ -16,47 +21,33 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Dict, List, Optional, Tuple
 
 from .config import Config
-from .memo import Memo
+from .flight import SingleFlight
+from .health import MirrorHealth
+from .lifetimes import Lifetimes
+from .memo import NEVER_FRESH, Memo
+from .mirrorlists import MirrorLists
 from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
-from .selection import (
-    FRESH,
-    Observation,
-    digest_usable,
-    drop_unhealthy,
-    observe,
-    rank_mirrors,
-    verdicts,
-)
-from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
-from .urls import REPOMD_PATH, RepoPath, expand_template, join_under_base
+from .survey import Survey, Surveys
+from .urls import RepoPath, join_under_base
 
 log = logging.getLogger("squid_helper.resolver")
 
-VERIFIED, MEMO, LAST_KNOWN, NOT_FOUND, UNAVAILABLE = (
-    "verified", "memo", "last-known", "not-found", "unavailable")
-# base URL -> "repo/releasever/arch" for every mirror a list ever named; the store_id helper
-# uses it to give every mirror's copy of a path the same cache key.
-BASE_INDEX_KEY = "base-index"
-_WAIT_STEP = 0.02
+VERIFIED, OPTIMISTIC, MEMO, LAST_KNOWN, NOT_FOUND, UNAVAILABLE = (
+    "verified", "optimistic", "memo", "last-known", "not-found", "unavailable")
 _MAX_PARALLEL_PROBES = 4
 
 
 @dataclass
 class Resolution:
     url: Optional[str]
-    status: str  # VERIFIED, MEMO, LAST_KNOWN, NOT_FOUND or UNAVAILABLE
+    status: str  # VERIFIED, OPTIMISTIC, MEMO, LAST_KNOWN, NOT_FOUND or UNAVAILABLE
     reason: str
     trace: List[str] = field(default_factory=list)
     elapsed: float = 0.0
     fresh_for: float = 0.0  # seconds this memoised answer stays fresh
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).netloc
 
 
 class Resolver:
@@ -64,229 +55,184 @@ class Resolver:
         self.config = config
         self.memo = memo
         self.prober = prober or Prober(config.probe_timeout)
+        self.lifetimes = Lifetimes(config)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
-        self._inflight: Dict[str, Future] = {}
-        self._inflight_lock = threading.Lock()
+        # Background verifications wait on probes: they get threads of their own, so that a
+        # burst of them cannot take every probe thread and wait on probes that never start.
+        self._verifiers = ThreadPoolExecutor(max_workers=int(config.workers),
+                                             thread_name_prefix="verify")
         # Long enough to cover a survey plus a probe round, so a live holder is never
         # overtaken; short enough that a crashed holder blocks others only briefly.
-        self.lock_hold = config.probe_timeout * 4 + 2
+        self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2)
+        self._active = 0  # resolutions and background verifications under way
+        self._active_lock = threading.Lock()
+        self.health = MirrorHealth(memo, self.lifetimes)
+        self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights)
+        self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
+                               self.health, self.mirror_lists, self._pool)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Release threads and connections once the work under way is done: after a reload,
+        requests already with the old configuration still finish on it."""
+        threading.Thread(target=self._close_when_idle, name="close", daemon=True).start()
+
+    def _close_when_idle(self) -> None:
+        deadline = time.monotonic() + self.flights.hold_for
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._verifiers.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
         self.prober.close()
 
-    # -- memo access --------------------------------------------------------------------------
-    def _ttl(self, request: RepoPath) -> float:
-        return self.config.metadata_ttl if request.is_metadata else self.config.path_ttl
+    def _busy(self, delta: int) -> None:
+        with self._active_lock:
+            self._active += delta
 
-    def _current(self, key: str, is_fresh: Callable[[dict], bool], front: bool) -> Optional[dict]:
-        entry = (self.memo.get_front if front else self.memo.get)(key)
-        if front and entry is not None and not is_fresh(entry):
-            entry = self.memo.refresh(key)  # our copy may predate another process's answer
-        return entry if entry is not None and is_fresh(entry) else None
-
+    # -- memoised answers ---------------------------------------------------------------------
     def cached(self, request: RepoPath, front: bool = True) -> Optional[Resolution]:
-        """The memoised answer if it is still fresh; never probes (the per-request hot path).
-        front=False reads the shared memo only, for waiters that need another's fresh answer."""
+        """The memoised answer if it is still fresh and its mirror healthy; never probes (the
+        per-request hot path). front=False reads the shared memo only, for waiters that need
+        another process's fresh answer."""
         now = time.time()
-        ttl = self._ttl(request)
-        answer = self._current(f"path:{request.key}", lambda e: now - e["at"] < ttl, front)
-        if answer:
-            return Resolution(answer["url"], MEMO, "memoised answer",
-                              fresh_for=ttl - (now - answer["at"]))
-        negative_ttl = self.config.negative_ttl
-        miss = self._current(f"miss:{request.key}", lambda e: now - e["at"] < negative_ttl, front)
-        if miss:
-            return Resolution(None, NOT_FOUND, miss["reason"],
-                              fresh_for=negative_ttl - (now - miss["at"]))
+        fact = self.lifetimes.answer(request)
+        answer = self.memo.fresh(fact, front)
+        if answer is not None and self.health.is_healthy(answer.value["base"]):
+            return Resolution(answer.value["url"], MEMO, "memoised answer",
+                              fresh_for=answer.fresh_for(fact, now))
+        fact = self.lifetimes.miss(request)
+        miss = self.memo.fresh(fact, front)
+        if miss is not None:
+            return Resolution(None, NOT_FOUND, miss.value, fresh_for=miss.fresh_for(fact, now))
         return None
 
     def forget(self, request: RepoPath) -> int:
         """Drop what the memo knows about one path (used by purge), in every process."""
-        dropped = sum(self.memo.delete(f"{kind}:{request.key}") for kind in ("path", "miss"))
+        dropped = sum(self.memo.delete(fact.key) for fact in (
+            self.lifetimes.answer(request), self.lifetimes.miss(request)))
         self.memo.bump_generation()
         return dropped
 
-    def _unhealthy(self, bases: List[str]) -> List[str]:
-        return [b for b in bases if self.memo.get(f"health:{_host(b)}") is not None]
+    # -- the pipeline -------------------------------------------------------------------------
+    def resolve(self, request: RepoPath, settle: bool = False) -> Resolution:
+        """Answer for one path; works it out only when no fresh answer is memoised.
+        settle: an optimistic answer is not enough, wait for its verification (for operators
+        asking why, not for Squid)."""
+        started = time.monotonic()
+        answer = self.cached(request)
+        if answer is None:
+            self._busy(+1)
+            try:
+                answer = self._work_out(request)
+                if settle and answer.status == OPTIMISTIC:
+                    answer = self._settled(request, answer)
+            finally:
+                self._busy(-1)
+        answer.elapsed = time.monotonic() - started
+        return answer
 
-    def _record_failure(self, result: ProbeResult) -> None:
-        self.memo.set(f"health:{_host(result.url)}",
-                      {"detail": result.detail, "at": time.time()},
-                      expire=self.config.unhealthy_ttl)
-        log.warning("mirror %s marked unhealthy for %gs: %s", _host(result.url),
-                    self.config.unhealthy_ttl, result.detail)
+    def _settled(self, request: RepoPath, optimistic: Resolution) -> Resolution:
+        verifying = self.flights.running(self.lifetimes.answer(request).key)
+        settled = verifying.result() if verifying is not None else self.cached(request)
+        if settled is None:
+            return optimistic
+        return Resolution(settled.url, settled.status, settled.reason,
+                          optimistic.trace + settled.trace, fresh_for=settled.fresh_for)
 
-    # -- single flight ------------------------------------------------------------------------
-    def _single_flight(self, name: str, compute, ready):
-        """Run compute() once across threads and processes; others wait for ready() to see
-        the published answer. A waiter that outlives the lock computes by itself."""
-        with self._inflight_lock:
-            running = self._inflight.get(name)
-            if running is None:
-                running = Future()
-                self._inflight[name] = running
-                owner = True
-            else:
-                owner = False
+    def _work_out(self, request: RepoPath) -> Resolution:
+        flight = self.lifetimes.answer(request).key
+        verifying = self.flights.running(flight)
+        if verifying is not None:
+            return verifying.result()  # e.g. dnf's retry while its 404 is being looked into
+        trace: List[str] = []
+        mirrors = self.mirror_lists.mirrors(request, trace)
+        if mirrors is None:
+            return self._fallback(request, trace, "no mirror list is available "
+                                  f"for {request.triple}")
+        survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
+        candidates = self._choose(survey, trace)
+        fresh = candidates[0] if candidates and candidates[0] in survey.fresh else None
+        if fresh is not None and request.is_metadata:
+            return self._publish(request, fresh, trace, "served the current repomd.xml to "
+                                 "the survey")
+        if fresh is not None and request.in_snapshot and not self.flights.busy(flight):
+            url = join_under_base(fresh, request.path)
+            # Stored stale at once: not an answer to reuse before the verification, but the
+            # last-known answer if the mirror dies first (Squid may hold the copy by then).
+            # Never in place of an answer that another process has verified meanwhile.
+            self.memo.put_if_absent(self.lifetimes.answer(request), {"url": url, "base": fresh},
+                                    at=NEVER_FRESH)
+            self._verify_later(request, candidates)
+            trace.append(f"{fresh} holds the current snapshot; verifying in the background")
+            return Resolution(url, OPTIMISTIC, f"on {fresh} (it served the current "
+                              "repomd.xml)", trace)
+        return self.flights.run(flight, lambda: self._verify(request, candidates, trace),
+                                lambda: self.cached(request, front=False))
+
+    def _choose(self, survey: Survey, trace: List[str]) -> List[str]:
+        unhealthy = self.health.unhealthy(survey.ranked)
+        if unhealthy:
+            trace.append("skipped unhealthy: " + ", ".join(unhealthy))
+        return [b for b in survey.ranked if b not in unhealthy]
+
+    def _publish(self, request: RepoPath, base: str, trace: List[str],
+                 why: str) -> Resolution:
+        url = join_under_base(base, request.path)
+        self.memo.put(self.lifetimes.answer(request), {"url": url, "base": base})
+        self.memo.delete(self.lifetimes.miss(request).key)
+        trace.append(f"{base}: {why}")
+        return Resolution(url, VERIFIED, f"verified on {base}", trace)
+
+    # -- verification -------------------------------------------------------------------------
+    def _verify_later(self, request: RepoPath, candidates: List[str]) -> None:
+        """Verify an optimistic answer in the background. The flight is claimed before the
+        answer goes out, so that a request for the same path arriving meanwhile waits for it."""
+        name = self.lifetimes.answer(request).key
+        future, owner = self.flights.claim(name)
         if not owner:
-            return running.result()
-        try:
-            result = self._across_processes(name, compute, ready)
-            running.set_result(result)
-            return result
-        except BaseException as exc:
-            running.set_exception(exc)
-            raise
-        finally:
-            with self._inflight_lock:
-                self._inflight.pop(name, None)
+            return
+        trace: List[str] = []
 
-    def _across_processes(self, name: str, compute, ready):
-        deadline = time.monotonic() + self.lock_hold
-        while not self.memo.try_lock(name, self.lock_hold):
-            time.sleep(_WAIT_STEP)
-            answer = ready()
-            if answer is not None:
-                return answer
-            if time.monotonic() > deadline:
-                break  # the holder died or hangs: answer without it
-        try:
-            answer = ready()  # published while we were queueing for the lock
-            return answer if answer is not None else compute()
-        finally:
-            self.memo.unlock(name)
+        def verify() -> Resolution:
+            try:
+                resolution = self.flights.finish(
+                    name, future, lambda: self._verify(request, candidates, trace),
+                    lambda: self.cached(request, front=False))
+            finally:
+                self._busy(-1)
+            if resolution.url != join_under_base(candidates[0], request.path):
+                log.warning("optimistic answer for %s corrected: %s [%s] %s; %s", request.key,
+                            resolution.url or "ERR", resolution.status, resolution.reason,
+                            "; ".join(trace))
+            return resolution
 
-    # -- mirror sources -----------------------------------------------------------------------
-    def mirror_set(self, request: RepoPath, trace: List[str],
-                   force: bool = False) -> Optional[MirrorSet]:
-        """The repo's mirrors for this releasever/arch, memoised; stale when a refetch fails."""
-        repo = self.config.repos[request.repo]
-        if repo.kind == "mirrors":
-            return MirrorSet(tuple(expand_template(t, request.releasever, request.arch)
-                                   for t in repo.templates))
-        key = f"mirrors:{request.triple}"
-        entry = self.memo.get(key)
-        fresh = entry and time.time() - entry["at"] < self.config.mirrorlist_ttl
-        if fresh and not force:
-            return entry["set"]
-        if entry and self.memo.get(f"mirrors-retry:{request.triple}") and not force:
-            return entry["set"]  # the source failed a moment ago; do not hammer it
+        self._busy(+1)
+        self._verifiers.submit(verify)
 
-        def fetch() -> Optional[MirrorSet]:
-            url = expand_template(repo.templates[0], request.releasever, request.arch)
-            result = self.prober.fetch(url)
-            problem = None
-            if result.outcome == FOUND:
-                try:
-                    mirrors = (parse_metalink(result.content) if repo.kind == "metalink"
-                               else parse_mirrorlist(result.content.decode("utf-8", "replace")))
-                    self.memo.set(key, {"set": mirrors, "at": time.time()},
-                                  expire=self.config.last_known_ttl)
-                    self.memo.add_to_dict(BASE_INDEX_KEY,
-                                          dict.fromkeys(mirrors.bases, request.triple),
-                                          expire=self.config.last_known_ttl)
-                    trace.append(f"{repo.kind} {url}: {len(mirrors.bases)} mirrors")
-                    return mirrors
-                except SourceError as exc:
-                    problem = str(exc)
-            else:
-                problem = result.detail
-            self.memo.set(f"mirrors-retry:{request.triple}", True,
-                          expire=min(self.config.unhealthy_ttl, self.config.mirrorlist_ttl))
-            log.warning("%s %s unusable: %s%s", repo.kind, url, problem,
-                        "; keeping the last good list" if entry else "")
-            trace.append(f"{repo.kind} {url}: {problem}")
-            return entry["set"] if entry else None
+    def _verify(self, request: RepoPath, candidates: List[str],
+                trace: List[str]) -> Resolution:
+        base, results = self._probe_in_order(candidates, request)
+        for probed, result in results.items():
+            trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
+        if base is not None:
+            return self._publish(request, base, trace, "answered")
+        failures = [r for r in results.values() if r.outcome == FAILED]
+        if results and not failures and all(r.outcome == MISSING for r in results.values()):
+            reason = f"no mirror has {request.path} ({len(results)} answered 404)"
+            self.memo.put(self.lifetimes.miss(request), reason)
+            return Resolution(None, NOT_FOUND, reason, trace)
+        if not candidates:
+            why = "no healthy mirror holds the current metadata"
+        else:
+            why = f"no mirror answered for {request.path} ({len(failures)} failed)"
+        return self._fallback(request, trace, why)
 
-        def published() -> Optional[MirrorSet]:
-            latest = self.memo.get(key)
-            if latest and (entry is None or latest["at"] > entry["at"]):
-                return latest["set"]
-            return None
-
-        return self._single_flight(key, fetch, published)
-
-    # -- freshness survey ---------------------------------------------------------------------
-    def _survey(self, bases: List[str]) -> Tuple[Dict[str, ProbeResult], List[str]]:
-        healthy = drop_unhealthy(bases, self._unhealthy(bases))[: self.config.survey_limit]
-        futures = {b: self._pool.submit(self.prober.fetch, join_under_base(b, REPOMD_PATH))
-                   for b in healthy}
-        results = {b: f.result() for b, f in futures.items()}
-        for result in results.values():
-            if result.outcome == FAILED:
-                self._record_failure(result)
-        return results, healthy
-
-    def ranking(self, request: RepoPath, mirrors: MirrorSet, trace: List[str],
-                force: bool = False) -> dict:
-        """Mirrors in probing order for this repo, from a (memoised) repomd.xml survey."""
-        key = f"survey:{request.triple}"
-        entry = self.memo.get(key)
-        if (entry and not force and entry["bases"] == mirrors.bases
-                and time.time() - entry["at"] < self.config.metadata_ttl):
-            return entry
-
-        def survey() -> dict:
-            nonlocal mirrors
-            results, _ = self._survey(list(mirrors.bases))
-            observations = self._observations(results, mirrors)
-            use_digest = mirrors.expected is not None
-            if use_digest and not digest_usable(observations) and any(
-                    o.outcome == "ok" for o in observations.values()):
-                # No mirror matches the metalink: our copy of it may predate the mirrors.
-                refreshed = self.mirror_set(request, trace, force=True)
-                if refreshed is not None and refreshed.expected != mirrors.expected:
-                    mirrors = refreshed
-                    observations = self._observations(results, mirrors)
-                if not digest_usable(observations):
-                    trace.append("no mirror matches the metalink's repomd.xml; ranking by age")
-                    use_digest = False
-            verdict = verdicts(mirrors.bases, observations, use_digest)
-            for base in mirrors.bases:
-                result = results.get(base)
-                trace.append(f"survey {base}: {verdict[base] or 'excluded'}"
-                             + (f" ({result.detail})" if result else ""))
-            published = {
-                "bases": mirrors.bases,
-                "ranked": rank_mirrors(mirrors.bases, verdict),
-                "verdicts": verdict,
-                # Bases that just served the freshest repomd.xml: verified for that path.
-                "repomd_ok": [b for b in mirrors.bases if verdict[b] == FRESH],
-                "at": time.time(),
-            }
-            self.memo.set(key, published, expire=self.config.last_known_ttl)
-            return published
-
-        def published() -> Optional[dict]:
-            latest = self.memo.get(key)
-            if latest and (entry is None or latest["at"] > entry["at"]):
-                return latest
-            return None
-
-        return self._single_flight(key, survey, published)
-
-    @staticmethod
-    def _observations(results: Dict[str, ProbeResult],
-                      mirrors: MirrorSet) -> Dict[str, Observation]:
-        observations = {}
-        for base, result in results.items():
-            if result.outcome == FOUND:
-                observations[base] = observe(result.content or b"", mirrors)
-            else:
-                observations[base] = Observation("failed" if result.outcome == FAILED
-                                                 else "missing")
-        return observations
-
-    # -- probing ------------------------------------------------------------------------------
     def _probe_task(self, url: str) -> ProbeResult:
         result = self.prober.probe(url)
-        if result.outcome == FAILED:
-            self._record_failure(result)
+        self.health.record(result)
         return result
 
-    def _probe_in_order(self, candidates: List[str], request: RepoPath, trace: List[str],
-                        preverified: List[str]) -> Tuple[Optional[str], Dict[str, ProbeResult]]:
+    def _probe_in_order(self, candidates: List[str], request: RepoPath
+                        ) -> Tuple[Optional[str], Dict[str, ProbeResult]]:
         """First mirror, in candidate order, that answers for the path. A slow mirror gets
         company after hedge_delay: the next one is probed in parallel, but an earlier mirror's
         good answer still wins over a later one's."""
@@ -301,9 +247,6 @@ class Resolver:
             if first_open is None:
                 break
             if first_open in results:  # earlier mirrors all failed or lacked it: this one wins
-                return candidates[first_open], {candidates[i]: r for i, r in results.items()}
-            if candidates[first_open] in preverified:
-                trace.append(f"{candidates[first_open]}: verified by the repomd.xml survey")
                 return candidates[first_open], {candidates[i]: r for i, r in results.items()}
             now = time.monotonic()
             may_hedge = (now - last_start >= self.config.hedge_delay
@@ -322,56 +265,10 @@ class Resolver:
                 results[index] = future.result()
         return None, {candidates[i]: r for i, r in results.items()}
 
-    # -- the whole resolution -----------------------------------------------------------------
-    def resolve(self, request: RepoPath) -> Resolution:
-        """Answer for one path; probes only when no fresh answer is memoised."""
-        started = time.monotonic()
-        answer = self.cached(request)
-        if answer is None:
-            answer = self._single_flight(f"path:{request.key}",
-                                         lambda: self._verify(request),
-                                         lambda: self.cached(request, front=False))
-        answer.elapsed = time.monotonic() - started
-        return answer
-
-    def _verify(self, request: RepoPath) -> Resolution:
-        trace: List[str] = []
-        mirrors = self.mirror_set(request, trace)
-        if mirrors is None:
-            return self._fallback(request, trace, "no mirror list is available "
-                                  f"for {request.triple}")
-        survey = self.ranking(request, mirrors, trace, force=request.is_metadata)
-        ranked = survey["ranked"]
-        unhealthy = self._unhealthy(ranked)
-        candidates = drop_unhealthy(ranked, unhealthy)
-        if unhealthy:
-            trace.append("skipped unhealthy: " + ", ".join(unhealthy))
-        preverified = survey["repomd_ok"] if request.is_metadata else []
-        base, results = self._probe_in_order(candidates, request, trace, preverified)
-        for probed, result in results.items():
-            trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
-        if base is not None:
-            url = join_under_base(base, request.path)
-            self.memo.set(f"path:{request.key}", {"url": url, "base": base, "at": time.time()},
-                          expire=self.config.last_known_ttl)
-            self.memo.delete(f"miss:{request.key}")
-            return Resolution(url, VERIFIED, f"verified on {base}", trace)
-        failures = [r for r in results.values() if r.outcome == FAILED]
-        if results and not failures and all(r.outcome == MISSING for r in results.values()):
-            reason = f"no mirror has {request.path} ({len(results)} answered 404)"
-            self.memo.set(f"miss:{request.key}", {"reason": reason, "at": time.time()},
-                          expire=max(self.config.negative_ttl, 1))
-            return Resolution(None, NOT_FOUND, reason, trace)
-        if not candidates:
-            why = f"all {len(ranked)} usable mirrors are marked unhealthy" if ranked else \
-                "no mirror is usable (none has current metadata)"
-        else:
-            why = f"no mirror answered for {request.path} ({len(failures)} failed)"
-        return self._fallback(request, trace, why)
-
     def _fallback(self, request: RepoPath, trace: List[str], why: str) -> Resolution:
-        entry = self.memo.get(f"path:{request.key}")
-        if entry:
+        known = self.memo.last(self.lifetimes.answer(request))
+        if known is not None:
             trace.append(f"{why}; using the last-known answer")
-            return Resolution(entry["url"], LAST_KNOWN, f"{why}; last-known mirror", trace)
+            return Resolution(known.value["url"], LAST_KNOWN, f"{why}; last-known mirror",
+                              trace)
         return Resolution(None, UNAVAILABLE, why, trace)

@@ -84,3 +84,58 @@ def drop_unhealthy(ranked: Iterable[str], unhealthy: Iterable[str]) -> List[str]
     """The ranked bases without those currently marked unhealthy."""
     skip = set(unhealthy)
     return [b for b in ranked if b not in skip]
+
+
+# -- when the survey may decide ------------------------------------------------------------------
+def survey_wait(asked: int, observations: Dict[str, Observation], has_digest: bool,
+                started: float, first_answer: Optional[float], window: float,
+                now: float) -> Optional[float]:
+    """How much longer a running survey should wait for more answers; None: decide now.
+
+    A metalink's hash proves a mirror fresh by itself, so one matching answer decides. Without
+    a hash, freshness is relative (the newest snapshot among the answers): after the first
+    repomd.xml arrives, the others get `window` seconds, or as long again as the first one
+    took, whichever is longer, so that a mirror a little farther away still counts but a
+    hanging one costs nothing. Failures and 404s alone never start the window.
+    """
+    if len(observations) >= asked:
+        return None
+    if has_digest and any(o.digest == "expected" for o in observations.values()):
+        return None
+    if first_answer is None:
+        return float("inf")
+    deadline = first_answer + max(window, first_answer - started)
+    return None if now >= deadline else deadline - now
+
+
+# -- the fastest fresh mirror --------------------------------------------------------------------
+# A mirror must be this much faster than the current choice to replace it, so that two mirrors
+# of about the same speed do not take turns (and split Squid's fetches between them).
+FASTER_BY = 0.25
+
+
+def order_by_speed(ranked: Sequence[str], verdict: Dict[str, Optional[str]],
+                   latency: Dict[str, float], current: Optional[str] = None) -> List[str]:
+    """ranked (best verdict first) with each verdict's mirrors fastest first.
+
+    latency: seconds each mirror took to answer lately (missing: never measured). Measured
+    mirrors come before unmeasured ones, which keep their list order: the source's order is
+    the prior, measurements the evidence. `current`, the mirror chosen before, stays first of
+    its verdict unless another one of that verdict is FASTER_BY faster.
+    """
+    position = {base: index for index, base in enumerate(ranked)}
+
+    def key(base: str) -> Tuple[int, float, int]:
+        return (_TIER[verdict.get(base) or UNKNOWN], latency.get(base, float("inf")),
+                position[base])
+
+    ordered = sorted(ranked, key=key)
+    if current in position:
+        tier = _TIER[verdict.get(current) or UNKNOWN]
+        rivals = [b for b in ordered if _TIER[verdict.get(b) or UNKNOWN] == tier]
+        mine, fastest = latency.get(current), latency.get(rivals[0])
+        if (rivals[0] != current and mine is not None and fastest is not None
+                and fastest > mine * (1 - FASTER_BY)):
+            ordered.remove(current)
+            ordered.insert(ordered.index(rivals[0]), current)
+    return ordered

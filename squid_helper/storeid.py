@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from .config import Config
 from .helperloop import SlowAnswer
+from .lifetimes import BASE_INDEX_KEY
 from .memo import Memo
 from .protocol import HelperRequest, Reply, err, ok
-from .resolver import BASE_INDEX_KEY
 from .urls import RepoPath, map_url, relative_path_problem, template_pattern
 
 log = logging.getLogger("squid_helper.storeid")

@@ -24,6 +24,9 @@ _PCHAR_RE = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*$")
 _FORBIDDEN_DECODED = ("\x00", "\r", "\n", "\\", "/")
 _DECODE_ROUNDS = 3
 REPOMD_PATH = "repodata/repomd.xml"
+# Metadata files named by their checksum (createrepo --unique-md-filenames, as every distribution
+# publishes them): never changed in place, listed by the repomd.xml they belong to.
+_CHECKSUM_NAMED_RE = re.compile(r"^repodata/[0-9a-f]{32,128}-[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ class RepoPath:
     @property
     def is_metadata(self) -> bool:
         return self.path == REPOMD_PATH
+
+    @property
+    def in_snapshot(self) -> bool:
+        """A file that a mirror serving the repo's current repomd.xml can be expected to hold:
+        a package, or checksum-named repodata (what dnf fetches after repomd.xml)."""
+        return self.path.endswith((".rpm", ".drpm")) or bool(
+            _CHECKSUM_NAMED_RE.match(self.path))
 
 
 @dataclass(frozen=True)

@@ -57,5 +57,5 @@ def test_eight_processes_share_one_memo_under_load(tmp_path, snapshots):
     memo = Memo(str(tmp_path / "memo"))
     for name in names:
         entry = memo.get(f"path:test/9/x86_64/Packages/{name}")
-        assert entry["url"] == good.url + "Packages/" + name
+        assert entry.value["url"] == good.url + "Packages/" + name
     memo.close()

@@ -15,6 +15,7 @@ from squid_helper.protocol import (
     format_reply,
     ok,
     parse_request,
+    reuse_key,
     split_channel,
 )
 
@@ -254,3 +255,27 @@ def test_channel_round_trip(number, url):
     assert channel == str(number)
     assert request.url == url
     assert format_reply(channel, "ERR").split(" ")[0] == str(number)
+
+
+# --- reuse_key: what a reusable answer depends on -----------------------------------------
+
+
+@pytest.mark.parametrize("rest, key", [
+    (b"http://repoproxy/a/1/x/p.rpm myport=3128", b"http://repoproxy/a/1/x/p.rpm myport=3128"),
+    (b"http://r/a/1/x/p.rpm 10.1.2.3/- - GET myip=10.0.0.1 myport=3128",
+     b"http://r/a/1/x/p.rpm myport=3128"),
+    (b"http://r/a/1/x/p.rpm 10.1.2.3/- - GET myport=5000 myip=10.0.0.1",
+     b"http://r/a/1/x/p.rpm myport=5000"),
+    (b"http://r/a/1/x/p.rpm", b"http://r/a/1/x/p.rpm"),
+    (b"http://r/a/1/x/p.rpm 10.1.2.3/- xmyport=1 GET", b"http://r/a/1/x/p.rpm"),
+    (b"http://r/a/1/x/p.rpm xmyport=1 myport=5000", b"http://r/a/1/x/p.rpm myport=5000"),
+])
+def test_reuse_key_is_the_url_and_the_port(rest, key):
+    assert reuse_key(rest) == key
+
+
+def test_reuse_key_is_shared_by_every_client():
+    keys = {reuse_key(f"http://r/a/1/x/p.rpm 10.0.{i}.1/- user{i} GET myip=10.9.9.9 "
+                      f"myport=3128".encode()) for i in range(50)}
+    assert len(keys) == 1
+    assert reuse_key(b"http://r/a/1/x/p.rpm 10.0.0.1/- - GET myport=5000") not in keys

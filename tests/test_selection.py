@@ -19,7 +19,9 @@ from squid_helper.selection import (
     digest_usable,
     drop_unhealthy,
     observe,
+    order_by_speed,
     rank_mirrors,
+    survey_wait,
     verdicts,
 )
 from squid_helper.sources import MirrorSet, RepomdDigest, parse_mirrorlist
@@ -255,3 +257,83 @@ def test_drop_unhealthy():
 def test_drop_unhealthy_accepts_iterators_and_keeps_order():
     assert drop_unhealthy(iter([C, A, B]), iter([A])) == [C, B]
     assert drop_unhealthy((b for b in [C, A, B]), {E}) == [C, A, B]
+
+
+# --- survey_wait ----------------------------------------------------------------------------
+WINDOW = 0.25
+
+
+def test_survey_decides_at_once_on_a_metalink_hash_match():
+    seen = {A: observe(NEW, METALINK)}
+    assert survey_wait(3, seen, True, 0.0, 0.01, WINDOW, 0.01) is None
+
+
+def test_survey_with_a_metalink_waits_past_alternates_and_mismatches():
+    seen = {A: observe(OLD, METALINK), B: observe(OLDER, METALINK)}
+    assert survey_wait(3, seen, True, 0.0, 0.01, WINDOW, 0.02) == pytest.approx(0.24)
+
+
+def test_survey_without_a_hash_waits_a_window_after_the_first_answer():
+    seen = {A: observe(NEW, STATIC)}
+    assert survey_wait(3, seen, False, 0.0, 0.01, WINDOW, 0.01) == pytest.approx(0.25)
+    assert survey_wait(3, seen, False, 0.0, 0.01, WINDOW, 0.26) is None
+
+
+def test_survey_window_grows_with_a_far_first_answer():
+    # The first answer took 0.4 s: the others get as long again, not only the window.
+    seen = {A: observe(NEW, STATIC)}
+    assert survey_wait(2, seen, False, 1.0, 1.4, WINDOW, 1.7) == pytest.approx(0.1)
+    assert survey_wait(2, seen, False, 1.0, 1.4, WINDOW, 1.8) is None
+
+
+def test_survey_failures_alone_do_not_start_the_window():
+    seen = {A: Observation("failed"), B: Observation("missing")}
+    assert survey_wait(3, seen, False, 0.0, None, WINDOW, 5.0) == float("inf")
+
+
+def test_survey_ends_when_every_mirror_answered():
+    seen = {A: Observation("failed"), B: Observation("missing")}
+    assert survey_wait(2, seen, False, 0.0, None, WINDOW, 0.0) is None
+    assert survey_wait(0, {}, True, 0.0, None, WINDOW, 0.0) is None
+
+
+# --- order_by_speed -------------------------------------------------------------------------
+
+
+def test_fastest_fresh_mirror_comes_first():
+    verdict = {A: FRESH, B: FRESH, C: STALE}
+    assert order_by_speed([A, B, C], verdict, {A: 0.3, B: 0.1, C: 0.01}) == [B, A, C]
+
+
+def test_unmeasured_mirrors_keep_the_source_order_after_measured_ones():
+    verdict = {A: FRESH, B: FRESH, C: FRESH, D: FRESH}
+    assert order_by_speed([A, B, C, D], verdict, {C: 0.2}) == [C, A, B, D]
+
+
+def test_speed_never_beats_freshness():
+    verdict = {A: FRESH, B: ALTERNATE, C: UNKNOWN}
+    assert order_by_speed([A, B, C], verdict, {A: 9.0, B: 0.1, C: 0.01}) == [A, B, C]
+
+
+def test_the_current_choice_stays_unless_another_is_clearly_faster():
+    verdict = {A: FRESH, B: FRESH}
+    assert order_by_speed([A, B], verdict, {A: 0.100, B: 0.080}, current=A) == [A, B]
+    assert order_by_speed([A, B], verdict, {A: 0.100, B: 0.070}, current=A) == [B, A]
+    # Without a measurement of the current choice, measurements decide.
+    assert order_by_speed([A, B], verdict, {B: 0.080}, current=A) == [B, A]
+    # A current choice that is no longer usable is simply not there.
+    assert order_by_speed([B], {B: FRESH}, {A: 0.01, B: 0.5}, current=A) == [B]
+
+
+@given(st.lists(st.sampled_from([A, B, C, D, E]), unique=True),
+       st.dictionaries(st.sampled_from([A, B, C, D, E]),
+                       st.sampled_from([FRESH, ALTERNATE, UNKNOWN, FAILED, STALE])),
+       st.dictionaries(st.sampled_from([A, B, C, D, E]), st.floats(0.0, 10.0)),
+       st.sampled_from([None, A, B, C, D, E]))
+def test_order_by_speed_is_a_reordering_within_tiers(bases, verdict, latency, current):
+    ranked = rank_mirrors(bases, verdict)
+    ordered = order_by_speed(ranked, verdict, latency, current)
+    assert sorted(ordered) == sorted(ranked)
+    order = [FRESH, ALTERNATE, UNKNOWN, FAILED, STALE]
+    tiers = [order.index(verdict.get(b, UNKNOWN)) for b in ordered]
+    assert tiers == sorted(tiers)

@@ -219,6 +219,8 @@ def test_store_id_keeps_the_cache_across_a_mirror_failover(world, snapshots, ser
     squid, _ = start_squid(world, repos, path_ttl=1, metadata_ttl=1, unhealthy_ttl=600)
     with squid:
         slave(world, "slave1", squid)
+        # Both are as fast: whichever the helper measured faster served every package.
+        a, b = (a, b) if rpm_requests(a, method="GET") else (b, a)
         assert rpm_requests(a, method="GET") == 3
         assert rpm_requests(b) == 0
         a.stop()
@@ -343,4 +345,6 @@ def test_repo_urls_the_helper_cannot_serve_get_a_plain_http_error(world, snapsho
         # Never verified, no last-known answer, no mirror: 503.
         assert squid.get(PACKAGES_URL + "beta-2.0-1.noarch.rpm")[0] == 503
         assert time.monotonic() - started < 20
-    assert rpm_requests(good, method="GET") == 1
+    # One package fetched; the missing one was asked of the mirror, which said 404 itself.
+    assert alpha(good, "GET") == 1
+    assert rpm_requests(good, method="GET") == 1 + good.count("GET", "no-such-1.0.rpm")

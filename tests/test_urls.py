@@ -75,6 +75,23 @@ def test_repomd_is_metadata():
     assert not mapped(BASE + "repodata/abc-primary.xml.gz").is_metadata
 
 
+@pytest.mark.parametrize("path, in_snapshot", [
+    ("Packages/b/bash-5.2.rpm", True),
+    ("Packages/b/bash-5.2.src.rpm", True),
+    ("drpms/bash-5.1_5.2.drpm", True),
+    ("repodata/" + "a" * 64 + "-primary.xml.gz", True),
+    ("repodata/" + "0f" * 16 + "-comps.xml", True),
+    ("repodata/repomd.xml", False),
+    ("repodata/repomd.xml.asc", False),
+    ("repodata/primary.xml.gz", False),
+    ("repodata/abc-primary.xml.gz", False),
+    ("images/pxeboot/vmlinuz", False),
+    (".treeinfo", False),
+])
+def test_snapshot_files_are_packages_and_checksum_named_repodata(path, in_snapshot):
+    assert mapped(BASE + path).in_snapshot is in_snapshot
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -1,0 +1,77 @@
+"""The memo's vocabulary: which key holds which fact, and how long each fact holds (pure).
+
+Every fact the helper processes share goes into the memo under a key made here, with two
+durations decided here and nowhere else:
+
+* fresh_for: how long the fact may be used as it is (an answer's TTL). The memo stores when a
+  fact was learnt beside its value; every reader, in any process, judges its freshness by the
+  rule here, with the TTLs of the config it runs (a shorter TTL applies to what is known).
+* keep_for: how long the memo keeps the fact at all. Past its freshness a fact is still worth
+  having as the last-known answer or mirror list, for when nothing fresher can be had.
+
+The memo's in-process copy and the helper loop's reply cache reuse a fact until it stops being
+fresh and no longer, and forget everything when the memo's generation changes (a purge, a mirror
+found dead): that is the one model of "how long an answer holds".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import Config
+from .urls import RepoPath
+
+GENERATION_KEY = "generation"
+# base URL -> "repo/releasever/arch" for every mirror a list ever named; the store_id helper
+# uses it to give every mirror's copy of a path the same cache key.
+BASE_INDEX_KEY = "base-index"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Where one fact lives in the memo and how long it holds."""
+
+    key: str
+    fresh_for: float  # seconds from when it is stored
+    keep_for: Optional[float]  # seconds the memo keeps it; None: until evicted
+
+
+class Lifetimes:
+    """The facts of one configuration, each with its key and its lifetimes."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    # -- answers for one path -----------------------------------------------------------------
+    def answer(self, request: RepoPath) -> Fact:
+        """A verified mirror for one path; repomd.xml follows the repodata, so it holds for
+        metadata_ttl, everything else (immutable files) for path_ttl."""
+        ttl = self.config.metadata_ttl if request.is_metadata else self.config.path_ttl
+        return Fact(f"path:{request.key}", ttl, self.config.last_known_ttl)
+
+    def miss(self, request: RepoPath) -> Fact:
+        """Every healthy mirror answered 404 for this path."""
+        ttl = max(self.config.negative_ttl, 1.0)
+        return Fact(f"miss:{request.key}", self.config.negative_ttl, ttl)
+
+    # -- per repo (releasever, arch) ----------------------------------------------------------
+    def mirror_list(self, triple: str) -> Fact:
+        return Fact(f"mirrors:{triple}", self.config.mirrorlist_ttl, self.config.last_known_ttl)
+
+    def source_retry(self, triple: str) -> Fact:
+        """A mirror list source that failed is not asked again for this long."""
+        pause = min(self.config.unhealthy_ttl, self.config.mirrorlist_ttl)
+        return Fact(f"mirrors-retry:{triple}", pause, pause)
+
+    def survey(self, triple: str) -> Fact:
+        """Which mirrors hold the current repodata: as long as a repomd.xml answer."""
+        return Fact(f"survey:{triple}", self.config.metadata_ttl, self.config.last_known_ttl)
+
+    # -- per mirror host ----------------------------------------------------------------------
+    def unhealthy(self, host: str) -> Fact:
+        return Fact(f"health:{host}", self.config.unhealthy_ttl, self.config.unhealthy_ttl)
+
+    def latency(self, host: str) -> Fact:
+        """How fast the mirror answered lately: worth keeping as long as a last-known answer."""
+        return Fact(f"latency:{host}", self.config.last_known_ttl, self.config.last_known_ttl)
