@@ -4,7 +4,7 @@ Three Squids from the same squid.conf (squid_helper.squidconf, the shipped helpe
 side by side on 127.0.0.1: one with `squid-helper rewrite` + `squid-helper storeid`, whose
 clients ask virtual URLs (http://repoproxy/bench/9/x86_64/Packages/...); one without the
 helper lines, whose clients ask the mirror URLs directly ("plain"); and, for reference, one
-whose two helpers are minimal Python echo helpers (squid_bench.ECHO_HELPER), the floor of any
+whose two helpers are minimal Python echo helpers (ECHO_HELPER below), the floor of any
 Python helper. The same client (a pure-Python HTTP/1.1 keep-alive driver, `--connections`
 persistent connections; it saturates Squid's one CPU, see the "squid CPU" column) drives all
 three. The caches are warmed first; the measured rounds alternate, and every measured request
@@ -28,8 +28,10 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List
 
+import common
 from common import (
     REPO,
     REPO_PREFIX,
@@ -41,19 +43,11 @@ from common import (
     static_config,
     verdict,
 )
-from squid_bench import (
-    BenchSquid,
-    DriveStats,
-    KeepAliveClient,
-    cpu_seconds,
-    get_request,
-    write_echo_helper,
-)
 
+from lab.httpclient import DriveStats, KeepAliveClient, get_request, http_get
+from lab.mirrors import MirrorServer
+from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 from squid_helper.squidconf import SquidConfParams
-
-from squid_harness import chown_proxy, http_get
-from support import MirrorServer, WorldReadableDir
 
 GOAL = 0.9
 # The helper settings squid.conf.example ships with (the harness's defaults are smaller).
@@ -62,11 +56,44 @@ HELPER_PARAMS = {name: getattr(SHIPPED, name) for name in (
     "rewrite_children", "rewrite_startup", "rewrite_idle", "rewrite_concurrency",
     "storeid_children", "storeid_startup", "storeid_idle", "storeid_concurrency")}
 
+# The floor for any Python helper inside Squid: answers each line at once, no parsing beyond
+# the URL prefix, no memo. `echo.py rewrite PREFIX BASE` maps PREFIX... to BASE...;
+# `echo.py storeid PREFIX KEY` gives every PREFIX... URL the store-id KEY... . Else ERR.
+ECHO_HELPER = """import sys
+mode, prefix, base = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+kv = b' OK rewrite-url=' if mode == 'rewrite' else b' OK store-id='
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    channel, _, rest = line.partition(b' ')
+    url = rest.split(b' ', 1)[0].rstrip(b'\\r\\n')
+    if url.startswith(prefix):
+        out.write(channel + kv + base + url[len(prefix):] + b'\\n')
+    else:
+        out.write(channel + b' ERR\\n')
+    out.flush()
+"""
+
+
+def write_echo_helper(directory: Path) -> Path:
+    """ECHO_HELPER as a file the proxy user can run with /usr/bin/python3."""
+    path = directory / "echo_helper.py"
+    path.write_text(ECHO_HELPER)
+    path.chmod(0o644)
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process so far; 0 once it has gone."""
+    try:
+        return common.cpu_seconds(pid)
+    except OSError:
+        return 0.0
+
 
 @dataclass
 class Side:
     name: str
-    squid: BenchSquid
+    squid: SquidInstance
     urls: List[str]
 
     def requests(self):
@@ -163,10 +190,10 @@ def main() -> int:
             "url_rewrite_program": f"/usr/bin/python3 {echo} rewrite {REPO_PREFIX} {good.url}",
             "store_id_program": f"/usr/bin/python3 {echo} storeid {REPO_PREFIX} "
                                 "http://echo.squid-helper.invalid/"}
-        with BenchSquid(tmp / "with-helper", config, **HELPER_PARAMS) as with_helper, \
-                BenchSquid(tmp / "plain", config, helpers=False, **HELPER_PARAMS) as plain, \
-                BenchSquid(tmp / "echo", config, programs=echo_programs,
-                           **HELPER_PARAMS) as with_echo:
+        with SquidInstance(tmp / "with-helper", config, **HELPER_PARAMS) as with_helper, \
+                SquidInstance(tmp / "plain", config, helpers=False, **HELPER_PARAMS) as plain, \
+                SquidInstance(tmp / "echo", config, programs=echo_programs,
+                              **HELPER_PARAMS) as with_echo:
             sides = [Side("plain", plain, direct), Side("helper", with_helper, virtual),
                      Side("echo", with_echo, virtual)]
             print(f"{os.cpu_count()} CPUs; {args.packages} RPMs of {args.size} bytes on a local "

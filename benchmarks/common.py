@@ -27,22 +27,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-for _extra in (str(REPO_ROOT / "tests"), str(REPO_ROOT)):
-    if _extra not in sys.path:
-        sys.path.insert(0, _extra)
+# The lab package (and squid_helper) sit beside benchmarks/: every benchmark imports common
+# before lab (isort puts `common` first anyway), and common puts the repository root on sys.path.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-from support import (  # noqa: E402  (tests/ must be on sys.path first)
-    DEFAULT_EXTRAS,
-    ERROR,
-    GOOD,
-    HANG,
-    MirrorServer,
-    _Handler,
-    dead_url,
-    helper_command,
-    repomd_xml,
-    write_config,
-)
+from lab.helper import DEFAULT_EXTRAS, helper_command, write_config  # noqa: E402  (root first)
+from lab.mirrors import ERROR, GOOD, HANG, MirrorServer, dead_url, repomd_xml  # noqa: E402
 
 __all__ = [
     "DEFAULT_EXTRAS", "ERROR", "GOOD", "HANG", "MirrorServer", "dead_url", "write_config",
@@ -73,21 +64,10 @@ def package_urls(count: int, start: int = 0) -> List[str]:
     return [f"{REPO_PREFIX}Packages/{package_name(i)}" for i in range(start, start + count)]
 
 
-class _DelayedHandler(_Handler):
-    """support's mirror handler with a fixed delay before each answer (a distant mirror)."""
-
-    def _serve(self, head: bool) -> None:
-        time.sleep(getattr(self.server.owner, "delay", 0.0))
-        super()._serve(head)
-
-
 @contextmanager
 def mirror(behaviour: str = GOOD, documents: Optional[Dict[str, bytes]] = None,
            delay: float = 0.0) -> Iterator[MirrorServer]:
-    server = MirrorServer(documents=documents or {}, behaviour=behaviour)
-    if delay:
-        server.delay = delay  # type: ignore[attr-defined]
-        server._server.RequestHandlerClass = _DelayedHandler
+    server = MirrorServer(documents=documents or {}, behaviour=behaviour, delay=delay)
     server.start()
     try:
         yield server

@@ -1,11 +1,19 @@
+"""Fixtures shared by the test modules, and require(): skip, or fail in CI, without Squid/dnf.
+
+The real processes and servers the tests run against come from the lab package (lab/ at the
+repository root, on sys.path through setup.cfg's `pythonpath`)."""
+
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
 
-from support import (
+from lab.mirrors import (
     ERROR,
     GOOD,
     HANG,
@@ -14,12 +22,39 @@ from support import (
     dead_url,
     make_snapshot,
 )
+from lab.rpmrepo import build_snapshots
+from lab.squid import SQUID_USER
 
 NEW_REVISION, OLD_REVISION = 2000, 1000
 COMMON_PACKAGES = ["common-1.0.rpm"]
 NEW_ONLY = ["new-2.0.rpm"] + [f"bulk-{i}.rpm" for i in range(30)]
 
 
+# -- requirements --------------------------------------------------------------------------------
+def require(*commands: str, root: bool = True) -> None:
+    """Skip (outside CI) or fail (CI=true) when a command or root is missing: in CI these tests
+    must never pass by not running."""
+    missing = [c for c in commands if shutil.which(c) is None]
+    problems = []
+    if missing:
+        problems.append("missing commands: " + ", ".join(missing)
+                        + " (apt-get install squid squidclient dnf createrepo-c rpm)")
+    if root and os.geteuid() != 0:
+        problems.append("must run as root (Squid drops to cache_effective_user proxy)")
+    if root and not problems:
+        try:
+            pwd.getpwnam(SQUID_USER)
+        except KeyError:
+            problems.append(f"no {SQUID_USER!r} user (it comes with the squid package)")
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"end-to-end prerequisites missing in CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+# -- fake repositories on real mirrors -----------------------------------------------------------
 @pytest.fixture
 def snapshots(tmp_path: Path) -> Dict[str, Path]:
     """Two snapshots of one repo: 'new' has packages that 'old' lacks."""
@@ -46,3 +81,12 @@ def fleet(snapshots: Dict[str, Path]) -> Iterator[Dict[str, object]]:
     finally:
         for server in servers.values():
             server.stop()
+
+
+# -- a real RPM repository for Squid and dnf -----------------------------------------------------
+@pytest.fixture(scope="module")
+def rpm_snapshots(tmp_path_factory) -> Dict[str, Path]:
+    """Two snapshots of one real RPM repository: old (revision 1000) and new (revision 2000);
+    see lab.rpmrepo.build_snapshots. Built once per test module (a test may touch its files)."""
+    require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
+    return build_snapshots(tmp_path_factory.mktemp("rpmrepo"))

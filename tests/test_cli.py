@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from support import MirrorServer, helper_command, write_config
+from lab.helper import helper_command, write_config
+from lab.mirrors import MirrorServer
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -6,8 +6,10 @@ import threading
 import time
 from pathlib import Path
 
+from lab.helper import HelperProcess, rewritten_url, write_config
+from lab.mirrors import MirrorServer, metalink_xml
+
 from conftest import NEW_ONLY
-from support import HelperProcess, MirrorServer, metalink_xml, rewritten_url, write_config
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 REPOMD = "http://repoproxy/test/9/x86_64/repodata/repomd.xml"

@@ -8,9 +8,9 @@ import random
 import threading
 import time
 
+from lab.helper import HelperProcess, rewritten_url, write_config
+from lab.mirrors import MirrorServer
 from squid_helper.memo import Memo
-
-from support import HelperProcess, MirrorServer, rewritten_url, write_config
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 PROCESSES = 8

@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.helper import HelperProcess, helper_command, rewritten_url, write_config
+from lab.mirrors import MirrorServer
+from lab.squid import WorldReadableDir
 from squid_helper.memo import Memo
-
-from support import (
-    HelperProcess,
-    MirrorServer,
-    WorldReadableDir,
-    helper_command,
-    rewritten_url,
-    write_config,
-)
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from support import HelperProcess, MirrorServer, rewritten_url, write_config
+from lab.helper import HelperProcess, rewritten_url, write_config
+from lab.mirrors import MirrorServer
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 

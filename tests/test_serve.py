@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-# isort: split
+from lab.helper import helper_command
+from lab.mirrors import MirrorServer, free_port
+from lab.procfs import alive, descendants, wait_gone
+from lab.rpmrepo import NEW_RPMS, REPO, TEMPLATE_PATH, VIRTUAL_BASE, WANTED, DnfClient, dnf_output
+from lab.squid import WorldReadableDir
 from squid_helper import serve as serve_module
 from squid_helper.serve import ServeError
 
-# isort: split
-from squid_harness import DnfClient, alive, descendants, dnf_output, require, wait_gone
-from support import MirrorServer, WorldReadableDir, free_port, helper_command
-
-# isort: split
-from test_squid_e2e import NEW_RPMS, REPO, TEMPLATE_PATH, VIRTUAL_BASE, WANTED, snapshots
-
-__all__ = ["snapshots"]  # the module-scoped RPM repository fixture, shared with the e2e tests
+from conftest import require
 
 
 def write_repos(directory: Path, repos: dict) -> Path:
@@ -40,9 +37,9 @@ def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def test_serve_runs_squid_for_dnf_and_stops_on_sigterm(snapshots):
+def test_serve_runs_squid_for_dnf_and_stops_on_sigterm(rpm_snapshots):
     require("squid", "dnf", "runuser")
-    good = MirrorServer(snapshots["new"]).start()
+    good = MirrorServer(rpm_snapshots["new"]).start()
     lines: queue.Queue = queue.Queue()
     process = None
     try:

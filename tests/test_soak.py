@@ -1,5 +1,5 @@
-"""The soak (benchmarks/bench_soak.py) for a short time: mixed load through a real Squid with the
-helpers; zero errors, no helper restart, open fds and RSS of every helper flat.
+"""The soak (lab/soak.py) for a short time: mixed load through a real Squid with the helpers;
+zero errors, no helper restart, open fds and RSS of every helper flat.
 
 Runs 30 s after a 5 s warm-up by default; SQUID_HELPER_SOAK_SECONDS overrides the 30 s (the full
 10 minutes: `python benchmarks/bench_soak.py`). Fails (never skips) with CI=true when squid or
@@ -9,16 +9,10 @@ squidclient is missing.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-from squid_harness import require
+from lab import soak
 
-BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-
-import bench_soak  # noqa: E402  (benchmarks/ must be on sys.path first)
+from conftest import require
 
 RSS_SLACK_MB = 4.0  # RSS of each helper after the warm-up: flat within a few MB
 FD_SLACK = 2  # open fds of each helper after the warm-up: a small constant slack
@@ -27,9 +21,9 @@ FD_SLACK = 2  # open fds of each helper after the warm-up: a small constant slac
 def test_soak_through_a_real_squid_has_no_errors_and_flat_resources():
     require("squid", "squidclient")
     seconds = float(os.environ.get("SQUID_HELPER_SOAK_SECONDS", "30"))
-    result = bench_soak.run_soak(seconds=seconds, warmup=5.0, rate=200.0, connections=16,
-                                 sample_every=max(1.0, seconds / 15), purge_every=3.0,
-                                 progress=lambda line: None)
+    result = soak.run_soak(seconds=seconds, warmup=5.0, rate=200.0, connections=16,
+                           sample_every=max(1.0, seconds / 15), purge_every=3.0,
+                           progress=lambda line: None)
     summary = "\n".join(
         [f"{result.requests} requests in {result.seconds:.0f}s, statuses "
          f"{dict(result.statuses)}"]
@@ -37,11 +31,11 @@ def test_soak_through_a_real_squid_has_no_errors_and_flat_resources():
            for name, (rss, fds, rss0, fds0) in result.growth().items()])
 
     assert result.requests >= 0.8 * 200 * seconds, summary
-    for kind in bench_soak.MIX:  # every kind of request was exercised
+    for kind in soak.MIX:  # every kind of request was exercised
         assert any(k == kind for k, _ in result.statuses), (kind, summary)
     assert result.purges >= 2, summary
     assert result.errors() == [], "\n".join(result.errors()) + "\n" + summary
-    assert len(result.helper_pids_start) == (bench_soak.REWRITE_CHILDREN
-                                             + bench_soak.STOREID_CHILDREN), summary
+    assert len(result.helper_pids_start) == (soak.REWRITE_CHILDREN
+                                             + soak.STOREID_CHILDREN), summary
     assert not result.helpers_gone and not result.helpers_new, summary
     assert result.flat(RSS_SLACK_MB, FD_SLACK) == [], summary

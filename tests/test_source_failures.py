@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from support import HANG, HelperProcess, MirrorServer, rewritten_url, write_config
+from lab.helper import HelperProcess, rewritten_url, write_config
+from lab.mirrors import HANG, MirrorServer
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 

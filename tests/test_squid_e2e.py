@@ -11,60 +11,30 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import pytest
 import yaml
 
-# isort: split
+from lab.helper import helper_command
+from lab.httpclient import http_get
+from lab.mirrors import ERROR, GOOD, MirrorServer, dead_url, free_port
+from lab.rpmrepo import (
+    NEW_RPMS,
+    PACKAGES_PATH,
+    PACKAGES_URL,
+    REPO,
+    TEMPLATE_PATH,
+    TREE,
+    VIRTUAL_BASE,
+    WANTED,
+    DnfClient,
+    dnf_output,
+)
+from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 from squid_helper.memo import FRONT_CACHE_SECONDS
 
-# isort: split
-from squid_harness import (
-    DnfClient,
-    SquidInstance,
-    build_rpm,
-    chown_proxy,
-    dnf_output,
-    http_get,
-    make_rpm_repo,
-    require,
-)
-from support import (
-    ERROR,
-    GOOD,
-    MirrorServer,
-    WorldReadableDir,
-    dead_url,
-    free_port,
-    helper_command,
-)
-
-REPO = "testrepo"
-VIRTUAL_BASE = f"http://repoproxy/{REPO}/$releasever/$basearch/"
-TREE = "pub/9/x86_64"  # where a mirror keeps the repo for releasever 9, arch x86_64
-TEMPLATE_PATH = "pub/{releasever}/{arch}/"
-# gamma requires alpha: the run downloads alpha-1.0, beta-2.0 and gamma-1.0 (new snapshot).
-WANTED = ["gamma", "beta"]
-NEW_RPMS = ["alpha-1.0-1.noarch.rpm", "beta-2.0-1.noarch.rpm", "gamma-1.0-1.noarch.rpm"]
-PACKAGES_URL = f"http://repoproxy/{REPO}/9/x86_64/Packages/"
-PACKAGES_PATH = f"/{TREE}/Packages/"
-
-
-
-@pytest.fixture(scope="module")
-def snapshots(tmp_path_factory) -> Dict[str, Path]:
-    """Two snapshots of one real RPM repository: old (revision 1000) and new (revision 2000)."""
-    require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
-    base = tmp_path_factory.mktemp("rpmrepo")
-    build = base / "build"
-    alpha = build_rpm(build, "alpha", "1.0")
-    beta1 = build_rpm(build, "beta", "1.0")
-    beta2 = build_rpm(build, "beta", "2.0")
-    gamma = build_rpm(build, "gamma", "1.0", requires=["alpha"])
-    old = make_rpm_repo(base / "old" / TREE, [alpha, beta1], revision=1000)
-    new = make_rpm_repo(base / "new" / TREE, [alpha, beta2, gamma], revision=2000)
-    return {"old": old.parents[2], "new": new.parents[2]}
+from conftest import require
 
 
 @pytest.fixture
@@ -152,12 +122,12 @@ def assert_installed(client: DnfClient, result: subprocess.CompletedProcess,
                     + f"\ncache.log:\n{squid.cache_log()[-3000:]}", pytrace=False)
 
 
-def test_cold_then_warm_then_every_mirror_down(world, snapshots, servers):
+def test_cold_then_warm_then_every_mirror_down(world, rpm_snapshots, servers):
     """Cold run past a dead and a 500 mirror; a second slave costs the mirrors no RPM; a third
     slave succeeds from Squid's cache alone with every mirror and the mirrorlist server down."""
-    error = mirror(servers, snapshots["new"], ERROR)
-    stale = mirror(servers, snapshots["old"])
-    good = mirror(servers, snapshots["new"])
+    error = mirror(servers, rpm_snapshots["new"], ERROR)
+    stale = mirror(servers, rpm_snapshots["old"])
+    good = mirror(servers, rpm_snapshots["new"])
     bases = [dead_url("/"), error.url, stale.url, good.url]
     listing = "# test mirrorlist\n" + "".join(f"{b}{TREE}/\n" for b in bases)
     source = mirror(servers, None, documents={"/mirrorlist": listing.encode()})
@@ -166,7 +136,7 @@ def test_cold_then_warm_then_every_mirror_down(world, snapshots, servers):
     # Freshly published files (Last-Modified a second ago): Squid's heuristic would call them
     # stale a second after caching unless refresh_pattern says override-lastmod.
     published = time.time() - 1
-    for path in snapshots["new"].rglob("*"):
+    for path in rpm_snapshots["new"].rglob("*"):
         os.utime(path, (published, published))
     with squid:
         first = DnfClient(world, "slave1")
@@ -210,11 +180,11 @@ def test_cold_then_warm_then_every_mirror_down(world, snapshots, servers):
     assert "last-known" in (world / "helper.log").read_text()
 
 
-def test_store_id_keeps_the_cache_across_a_mirror_failover(world, snapshots, servers):
+def test_store_id_keeps_the_cache_across_a_mirror_failover(world, rpm_snapshots, servers):
     """Warm via mirror A; A dies and the helper's path answers expire, so it re-verifies every
     path on B; Squid's copies fetched from A are still hits (one store key per repo path)."""
-    a = mirror(servers, snapshots["new"])
-    b = mirror(servers, snapshots["new"])
+    a = mirror(servers, rpm_snapshots["new"])
+    b = mirror(servers, rpm_snapshots["new"])
     repos = {REPO: {"mirrors": [a.url + TEMPLATE_PATH, b.url + TEMPLATE_PATH]}}
     squid, _ = start_squid(world, repos, path_ttl=1, metadata_ttl=1, unhealthy_ttl=600)
     with squid:
@@ -234,8 +204,8 @@ def test_store_id_keeps_the_cache_across_a_mirror_failover(world, snapshots, ser
     assert rpm_requests(b, method="GET") == 0, b.paths()
 
 
-def test_purge_with_squidclient_and_with_squid_helper_purge(world, snapshots, servers):
-    good = mirror(servers, snapshots["new"])
+def test_purge_with_squidclient_and_with_squid_helper_purge(world, rpm_snapshots, servers):
+    good = mirror(servers, rpm_snapshots["new"])
     repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
     squid, config = start_squid(world, repos)
     url = PACKAGES_URL + "alpha-1.0-1.noarch.rpm"
@@ -284,10 +254,10 @@ def test_purge_with_squidclient_and_with_squid_helper_purge(world, snapshots, se
                                  .splitlines() if "unusable" in line)
 
 
-def test_old_style_urls_on_the_accel_port(world, snapshots, servers):
+def test_old_style_urls_on_the_accel_port(world, rpm_snapshots, servers):
     """dnf with baseurl=http://proxy:ACCEL/<repo>/$releasever/$basearch/ and no proxy=."""
-    stale = mirror(servers, snapshots["old"])
-    good = mirror(servers, snapshots["new"])
+    stale = mirror(servers, rpm_snapshots["old"])
+    good = mirror(servers, rpm_snapshots["new"])
     repos = {REPO: {"mirrors": [dead_url("/") + TEMPLATE_PATH, stale.url + TEMPLATE_PATH,
                                 good.url + TEMPLATE_PATH]}}
     squid, _ = start_squid(world, repos)
@@ -300,9 +270,9 @@ def test_old_style_urls_on_the_accel_port(world, snapshots, servers):
         assert rpm_requests(good, method="GET") == 3, "the second slave's packages were not hits"
 
 
-def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, snapshots, servers):
+def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, rpm_snapshots, servers):
     """The lab acl decides: a lab address may fetch and PURGE, any other address gets 403."""
-    good = mirror(servers, snapshots["new"])
+    good = mirror(servers, rpm_snapshots["new"])
     repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
     lab, outsider = "127.0.0.2", "127.0.0.3"
     squid, _ = start_squid(world, repos, squid_params={"lab_networks": (f"{lab}/32",)})
@@ -320,10 +290,10 @@ def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, snapshots,
     assert alpha(good, "GET") == 1
 
 
-def test_repo_urls_the_helper_cannot_serve_get_a_plain_http_error(world, snapshots, servers):
+def test_repo_urls_the_helper_cannot_serve_get_a_plain_http_error(world, rpm_snapshots, servers):
     """404 for a file no mirror has, 400 for a refused URL, 503 with every mirror down: on both
     ports, quickly, never a forwarding loop or a DNS error for the virtual host."""
-    good = mirror(servers, snapshots["new"])
+    good = mirror(servers, rpm_snapshots["new"])
     repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
     squid, _ = start_squid(world, repos)
 

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-# isort: split
+from lab.helper import helper_command
 from squid_helper.squidconf import SquidConfError, SquidConfParams, render
 
-# isort: split
-import squid_harness
-from squid_harness import require
-from support import helper_command
+import conftest
+from conftest import require
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "squid.conf.example"
 # DESIGN.md's checked patterns, plus override-lastmod on the immutable ones (see the template).
@@ -121,7 +119,7 @@ def test_squid_accepts_the_rendered_config(tmp_path):
 
 def test_end_to_end_prerequisites_fail_in_ci_and_skip_elsewhere(monkeypatch):
     """With CI=true a missing squid or dnf is a failure, never a silent skip."""
-    monkeypatch.setattr(squid_harness.shutil, "which", lambda name: None)
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="prerequisites missing in CI.*squid, dnf"):
         require("squid", "dnf")

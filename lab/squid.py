@@ -1,62 +1,39 @@
-"""A real Squid with the installed helper wired in, real RPM repositories and the real dnf.
+"""A real Squid with the installed helper wired in, and the proxy user it runs the helpers as.
 
 Squid runs on free 127.0.0.1 ports from a squid.conf rendered by squid_helper.squidconf (the
 template squid.conf.example comes from), as root with cache_effective_user proxy, so the helpers
-run as `proxy` exactly as in production. Every process started here is stopped by the object that
-started it, with bounded waits.
+run as `proxy` exactly as in production. The same squid.conf can drop the helper lines (the
+no-helper baseline), run other helper programs (e.g. an echo helper) or gain extra lines (e.g.
+`dns_nameservers`). Every process started here is stopped by the object that started it, with
+bounded waits.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import re
 import shutil
 import signal
-import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import pytest
-
-# isort: split
+from lab.helper import helper_command
+from lab.httpclient import http_get
+from lab.mirrors import free_port
+from lab.procfs import descendants, wait_gone
 from squid_helper.squidconf import SquidConfParams, render
-
-# isort: split
-from support import free_port, helper_command
 
 SQUID_USER = "proxy"
 START_TIMEOUT = 60.0
-DNF_TIMEOUT = 180.0
+# squid.conf directives that wire the helpers in: helpers=False drops every line of them.
+HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
 
 
-# -- requirements --------------------------------------------------------------------------------
-def require(*commands: str, root: bool = True) -> None:
-    """Skip (outside CI) or fail (CI=true) when a command or root is missing: in CI these tests
-    must never pass by not running."""
-    missing = [c for c in commands if shutil.which(c) is None]
-    problems = []
-    if missing:
-        problems.append("missing commands: " + ", ".join(missing)
-                        + " (apt-get install squid squidclient dnf createrepo-c rpm)")
-    if root and os.geteuid() != 0:
-        problems.append("must run as root (Squid drops to cache_effective_user proxy)")
-    if root and not problems:
-        try:
-            pwd.getpwnam(SQUID_USER)
-        except KeyError:
-            problems.append(f"no {SQUID_USER!r} user (it comes with the squid package)")
-    if not problems:
-        return
-    message = "; ".join(problems)
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"end-to-end prerequisites missing in CI: {message}", pytrace=False)
-    pytest.skip(message)
-
-
+# -- the proxy user ------------------------------------------------------------------------------
 def chown_proxy(*paths: Path) -> None:
     """Give the proxy user what Squid and its helpers write (recursively)."""
     if os.geteuid() != 0:
@@ -74,71 +51,19 @@ def chown_proxy(*paths: Path) -> None:
                 os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
-def _children(pid: int) -> List[int]:
-    """Direct children of pid, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
+class WorldReadableDir:
+    """A temporary directory that Squid's `proxy` user can reach (pytest's tmp_path, under a
+    0700 directory, is not). Removed on exit."""
 
+    def __init__(self, prefix: str = "squid-helper-test-"):
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        os.chmod(self.path, 0o755)
 
-def descendants(pid: int) -> List[int]:
-    result, todo = [], [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            result.append(child)
-            todo.append(child)
-    return result
+    def __enter__(self) -> Path:
+        return self.path
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pids: Sequence[int], timeout: float) -> List[int]:
-    """Wait until none of pids is alive; returns those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [p for p in left if alive(p)]
-    return left
-
-
-def http_get(host: str, port: int, target: str, headers: Optional[Dict[str, str]] = None,
-             method: str = "GET", timeout: float = 30.0, source: Optional[str] = None) -> tuple:
-    """One HTTP/1.0 request on a fresh connection: (status, headers, body). source: the
-    client address to connect from (any 127.0.0.0/8 address works on Linux)."""
-    lines = [f"{method} {target} HTTP/1.0"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
-    with socket.create_connection((host, port), timeout=timeout,
-                                  source_address=(source, 0) if source else None) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        key, _, value = line.partition(":")
-        parsed[key.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), parsed, body
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 # -- Squid ---------------------------------------------------------------------------------------
@@ -156,10 +81,16 @@ class AccessEntry:
 
 
 class SquidInstance:
-    """A Squid on free 127.0.0.1 ports, all its files under `directory`."""
+    """A Squid on free 127.0.0.1 ports, all its files under `directory`.
+
+    overrides: SquidConfParams fields. helpers=False: the same squid.conf without any helper
+    line (the no-helper baseline). programs: replacement command lines for url_rewrite_program /
+    store_id_program (e.g. an echo helper); helper_pids() then finds processes by the first
+    program's second word. extra_lines: appended to squid.conf."""
 
     def __init__(self, directory: Path, helper_config: Path, accel_port: Optional[int] = None,
-                 **overrides):
+                 helpers: bool = True, extra_lines: Sequence[str] = (),
+                 programs: Optional[Dict[str, str]] = None, **overrides):
         self.directory = Path(directory)
         self.helper_config = Path(helper_config)
         self.port = free_port()
@@ -177,11 +108,15 @@ class SquidInstance:
             rewrite_children=4, rewrite_startup=1, rewrite_idle=1, rewrite_concurrency=20,
             storeid_children=2, storeid_startup=1, storeid_idle=1, storeid_concurrency=20,
             shutdown_lifetime=1, visible_hostname="squid-helper-test",
-            generated_by="rendered by tests/squid_harness.py"), **overrides)
+            generated_by="rendered by lab/squid.py"), **overrides)
         self.process: Optional[subprocess.Popen] = None
         self._stderr = None
+        self.helpers = helpers
+        self.extra_lines = list(extra_lines)
+        self.programs = dict(programs or {})
         # What identifies a helper among Squid's children (their command line contains it).
-        self.marker = self.params.helper_command.encode()
+        self.marker = (next(iter(self.programs.values())).split()[1] if self.programs
+                       else self.params.helper_command).encode()
 
     @property
     def proxy(self) -> str:
@@ -191,9 +126,23 @@ class SquidInstance:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def conf_text(self) -> str:
-        """The squid.conf to run; subclasses (benchmarks) may transform it."""
-        return render(self.params)
+        """The squid.conf to run: the rendered one, with the helper lines dropped or replaced
+        and extra_lines appended as asked."""
+        lines = render(self.params).splitlines()
+        if not self.helpers:
+            lines = [ln for ln in lines if not ln.startswith(HELPER_DIRECTIVES)]
+        for directive, command in self.programs.items():
+            lines = [f"{directive} {command}" if ln.startswith(directive + " ") else ln
+                     for ln in lines]
+        if self.extra_lines:
+            lines += ["", "# extra_lines of lab.squid.SquidInstance", *self.extra_lines]
+        return "\n".join(lines) + "\n"
 
     def start(self) -> SquidInstance:
         for path in (self.log_dir, self.cache_dir, self.pid_file.parent):
@@ -237,15 +186,7 @@ class SquidInstance:
                            f"{self.stderr_text()[-3000:]}")
 
     def _helpers_started(self) -> bool:
-        helper = self.params.helper_command
-        for pid in descendants(self.process.pid):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    if helper.encode() in cmdline.read():
-                        return True
-            except OSError:
-                continue
-        return False
+        return bool(self.helper_pids()) if self.helpers else True
 
     def reconfigure(self) -> None:
         """`squid -k reconfigure`: Squid rereads squid.conf and restarts its helpers."""
@@ -272,6 +213,19 @@ class SquidInstance:
             except OSError:
                 continue
         return found
+
+    def helper_roles(self) -> Dict[int, str]:
+        """pid -> 'rewrite' / 'storeid' for every helper process Squid runs now."""
+        roles = {}
+        for pid in self.helper_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    argv = cmdline.read().split(b"\0")
+            except OSError:
+                continue
+            role = "rewrite" if b"rewrite" in argv else "storeid" if b"storeid" in argv else "?"
+            roles[pid] = role
+        return roles
 
     def stop(self) -> None:
         """SIGTERM, bounded wait, SIGKILL as a last resort; then make sure every helper (and
@@ -349,108 +303,3 @@ class SquidInstance:
         """A request through the forward proxy port."""
         return http_get("127.0.0.1", self.port, url, {"Host": url.split("/")[2]},
                         method=method, timeout=timeout, source=source)
-
-
-# -- RPMs and repositories ----------------------------------------------------------------------
-SPEC = """Name: {name}
-Version: {version}
-Release: 1
-Summary: squid-helper test package {name}
-License: MIT
-BuildArch: noarch
-{requires}
-%description
-A tiny package for squid-helper's end-to-end tests.
-%install
-mkdir -p %{{buildroot}}/usr/share/{name}
-echo '{name} {version}' > %{{buildroot}}/usr/share/{name}/VERSION
-head -c {size} /dev/urandom > %{{buildroot}}/usr/share/{name}/payload
-%files
-/usr/share/{name}
-"""
-
-
-def build_rpm(workdir: Path, name: str, version: str, requires: Sequence[str] = (),
-              size: int = 20000) -> Path:
-    """A real noarch .rpm built with rpmbuild; returns its path."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = workdir / f"{name}-{version}.spec"
-    spec.write_text(SPEC.format(name=name, version=version, size=size,
-                                requires="\n".join(f"Requires: {r}" for r in requires)))
-    out = workdir / "rpms"
-    result = subprocess.run(
-        ["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {workdir / 'top'}",
-         "--define", f"_rpmdir {out}", "--define", "_build_id_links none",
-         "--define", "__os_install_post %{nil}", str(spec)],
-        capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"rpmbuild {name} failed: {result.stderr[-2000:]}")
-    return out / "noarch" / f"{name}-{version}-1.noarch.rpm"
-
-
-def make_rpm_repo(tree: Path, rpms: Sequence[Path], revision: int) -> Path:
-    """tree/Packages/*.rpm plus repodata from createrepo_c, with a fixed revision."""
-    packages = tree / "Packages"
-    packages.mkdir(parents=True, exist_ok=True)
-    for rpm in rpms:
-        shutil.copy2(rpm, packages / rpm.name)
-    result = subprocess.run(["createrepo_c", "--revision", str(revision), "--no-database",
-                             "--unique-md-filenames",
-                             str(tree)], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"createrepo_c failed: {result.stderr[-2000:]}")
-    return tree
-
-
-# -- dnf -----------------------------------------------------------------------------------------
-_DNF_ENV_DROP = re.compile(r"^(https?|ftp|all|no)_proxy$", re.IGNORECASE)
-
-
-class DnfClient:
-    """One build slave: its own installroot, cache and config; nothing shared with others."""
-
-    def __init__(self, directory: Path, name: str):
-        self.directory = Path(directory) / name
-        self.root = self.directory / "root"
-        self.cache = self.directory / "cache"
-        self.conf = self.directory / "dnf.conf"
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def install(self, baseurl: str, packages: Sequence[str], proxy: Optional[str] = None,
-                releasever: str = "9", timeout: float = DNF_TIMEOUT,
-                repo: str = "squidtest") -> subprocess.CompletedProcess:
-        """`dnf install --downloadonly` of packages from one repo at baseurl."""
-        self.conf.write_text(
-            "[main]\n"
-            f"cachedir={self.cache}\n"
-            "reposdir=\n"
-            "gpgcheck=0\n"
-            "install_weak_deps=0\n"
-            "keepcache=1\n"
-            "retries=1\n"
-            "timeout=30\n"
-            "minrate=1\n"
-            f"{'proxy=' + proxy if proxy else ''}\n"
-            f"\n[{repo}]\n"
-            f"name={repo}\n"
-            f"baseurl={baseurl}\n"
-            "gpgcheck=0\n"
-            "repo_gpgcheck=0\n"
-            "metadata_expire=0\n"
-            "skip_if_unavailable=0\n")
-        env = {k: v for k, v in os.environ.items() if not _DNF_ENV_DROP.match(k)}
-        return subprocess.run(
-            ["dnf", "-y", "-c", str(self.conf), f"--installroot={self.root}",
-             f"--releasever={releasever}", "--setopt=reposdir=", f"--setopt=cachedir={self.cache}",
-             "--disableplugin=*", "--noplugins", "install", "--downloadonly",
-             f"--downloaddir={self.directory / 'downloads'}", *packages],
-            capture_output=True, text=True, timeout=timeout, env=env)
-
-    def downloaded(self) -> List[str]:
-        folder = self.directory / "downloads"
-        return sorted(p.name for p in folder.glob("*.rpm")) if folder.exists() else []
-
-
-def dnf_output(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n" \
-           f"{result.stderr[-4000:]}"

@@ -1,219 +1,48 @@
-"""What the Squid benchmarks (bench_squid_e2e.py, bench_soak.py) share.
+"""HTTP clients for talking to Squid (or a mirror) on loopback.
 
-* BenchSquid: tests/squid_harness.SquidInstance with two additions the harness does not offer
-  yet: `helpers=False` (the same squid.conf without the url_rewrite/store_id lines, the
-  no-helper baseline) and `extra_lines` appended to squid.conf (e.g. `dns_nameservers`).
-* LoopbackDns: a tiny DNS server on a 127.0.0.0/8 address that answers NXDOMAIN to every
-  query, so that Squid never asks the machine's (non-loopback) resolver about `repoproxy`
-  when the helper refuses a repo URL.
+* http_get: one HTTP/1.0 request on a fresh connection, optionally from a chosen 127.0.0.0/8
+  source address.
 * KeepAliveClient: a pure-Python HTTP/1.1 client driving many persistent connections through
-  the proxy from one thread (selectors), as fast as Squid answers or at a given rate.
-* proc_sample: RSS and open file descriptors of a process from /proc.
-
-Everything binds 127.0.0.0/8 only, every wait is bounded, every server has a stop().
+  the proxy from one thread (selectors), as fast as Squid answers or at a given rate, bounded
+  by a deadline.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import re
 import selectors
 import socket
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
-import common  # noqa: F401  (puts tests/ on sys.path)
-
-# isort: split
-from squid_helper.squidconf import render
-
-from squid_harness import SquidInstance, descendants
-
-HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
-
-# The floor for any Python helper inside Squid: answers each line at once, no parsing beyond
-# the URL prefix, no memo. `echo.py rewrite PREFIX BASE` maps PREFIX... to BASE...;
-# `echo.py storeid PREFIX KEY` gives every PREFIX... URL the store-id KEY... . Else ERR.
-ECHO_HELPER = """import sys
-mode, prefix, base = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
-kv = b' OK rewrite-url=' if mode == 'rewrite' else b' OK store-id='
-out = sys.stdout.buffer
-for line in sys.stdin.buffer:
-    channel, _, rest = line.partition(b' ')
-    url = rest.split(b' ', 1)[0].rstrip(b'\\r\\n')
-    if url.startswith(prefix):
-        out.write(channel + kv + base + url[len(prefix):] + b'\\n')
-    else:
-        out.write(channel + b' ERR\\n')
-    out.flush()
-"""
+from typing import Callable, Dict, List, Optional, Tuple
 
 
-def write_echo_helper(directory: Path) -> Path:
-    """ECHO_HELPER as a file the proxy user can run with /usr/bin/python3."""
-    path = directory / "echo_helper.py"
-    path.write_text(ECHO_HELPER)
-    path.chmod(0o644)
-    return path
-
-
-class BenchSquid(SquidInstance):
-    """SquidInstance whose squid.conf can drop the helpers or gain extra lines.
-
-    It overrides conf_text(), which SquidInstance.start() writes."""
-
-    def __init__(self, directory: Path, helper_config: Path, helpers: bool = True,
-                 extra_lines: Sequence[str] = (), programs: Optional[Dict[str, str]] = None,
-                 **overrides):
-        """helpers=False: no helper lines at all. programs: replacement command lines for
-        url_rewrite_program / store_id_program (e.g. an echo helper); helper_pids() then finds
-        processes by the first program's last word."""
-        super().__init__(directory, helper_config, **overrides)
-        self.helpers = helpers
-        self.extra_lines = list(extra_lines)
-        self.programs = dict(programs or {})
-        self.marker = (next(iter(self.programs.values())).split()[1] if self.programs
-                       else self.params.helper_command).encode()
-
-    def conf_text(self) -> str:
-        lines = render(self.params).splitlines()
-        if not self.helpers:
-            lines = [ln for ln in lines if not ln.startswith(HELPER_DIRECTIVES)]
-        for directive, command in self.programs.items():
-            lines = [f"{directive} {command}" if ln.startswith(directive + " ") else ln
-                     for ln in lines]
-        return "\n".join(lines + ["", "# added by benchmarks/squid_bench.py"]
-                         + self.extra_lines) + "\n"
-
-    def _helpers_started(self) -> bool:
-        return bool(self.helper_pids()) if self.helpers else True
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def helper_roles(self) -> Dict[int, str]:
-        """pid -> 'rewrite' / 'storeid' for every helper process Squid runs now."""
-        roles = {}
-        for pid in self.helper_pids():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    argv = cmdline.read().split(b"\0")
-            except OSError:
-                continue
-            role = "rewrite" if b"rewrite" in argv else "storeid" if b"storeid" in argv else "?"
-            roles[pid] = role
-        return roles
-
-    def other_children(self) -> List[int]:
-        helpers = set(self.helper_pids())
-        return [p for p in descendants(self.pid) if p not in helpers]
-
-
-# -- /proc ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ProcSample:
-    rss_kb: int
-    anon_kb: int
-    fds: int
-
-
-def proc_sample(pid: int) -> Optional[ProcSample]:
-    """VmRSS, RssAnon and the number of open file descriptors; None if the process is gone."""
-    try:
-        found = {}
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                key = line.split(":", 1)[0]
-                if key in ("VmRSS", "RssAnon"):
-                    found[key] = int(line.split()[1])
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, ValueError):
-        return None
-    return ProcSample(found.get("VmRSS", 0), found.get("RssAnon", 0), fds)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        return common.cpu_seconds(pid)
-    except OSError:
-        return 0.0
-
-
-# -- DNS -----------------------------------------------------------------------------------------
-def loopback_address() -> str:
-    """A random 127.x.y.z address (not 127.0.0.1), so parallel runs do not collide on :53."""
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-
-
-class LoopbackDns:
-    """Answers every DNS query with NXDOMAIN (RCODE 3), on UDP port 53 of `address`."""
-
-    def __init__(self, address: Optional[str] = None):
-        self.queries = 0
-        self._stop = threading.Event()
-        for _ in range(20):
-            self.address = address or loopback_address()
-            try:
-                self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._udp.bind((self.address, 53))
+def http_get(host: str, port: int, target: str, headers: Optional[Dict[str, str]] = None,
+             method: str = "GET", timeout: float = 30.0, source: Optional[str] = None) -> tuple:
+    """One HTTP/1.0 request on a fresh connection: (status, headers, body). source: the
+    client address to connect from (any 127.0.0.0/8 address works on Linux)."""
+    lines = [f"{method} {target} HTTP/1.0"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection((host, port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
                 break
-            except OSError:
-                self._udp.close()
-                if address:
-                    raise
-        else:
-            raise RuntimeError("no free 127.0.0.0/8 address for the NXDOMAIN DNS server")
-        self._udp.settimeout(0.2)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    @staticmethod
-    def nxdomain(query: bytes) -> bytes:
-        if len(query) < 12:
-            return b""
-        flags = 0x8000 | (query[2] & 0x79) << 8 | 0x0080 | 3  # QR, opcode+RD copied, RA, NX
-        # header: same id and question count, no answers; then the question copied back
-        return query[:2] + flags.to_bytes(2, "big") + query[4:6] + b"\0\0\0\0\0\0" + query[12:]
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                query, peer = self._udp.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            answer = self.nxdomain(query)
-            if answer:
-                self.queries += 1
-                try:
-                    self._udp.sendto(answer, peer)
-                except OSError:
-                    pass
-
-    def start(self) -> LoopbackDns:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._udp.close()
-
-    def __enter__(self) -> LoopbackDns:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+            chunks.append(data)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        key, _, value = line.partition(":")
+        parsed[key.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body
 
 
-# -- the HTTP client -----------------------------------------------------------------------------
+# -- many requests on kept-alive connections ------------------------------------------------------
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.IGNORECASE)
