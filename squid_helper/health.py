@@ -9,6 +9,7 @@ with it from an in-process copy of an older answer.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Dict, Iterable, List
 from urllib.parse import urlsplit
 
@@ -56,6 +57,12 @@ class MirrorHealth:
         estimate = result.elapsed if known is None else (
             known.value * (1 - _NEWEST_WEIGHT) + result.elapsed * _NEWEST_WEIGHT)
         self.memo.put(fact, estimate)
+
+    def heard_from(self, base: str, within: float) -> bool:
+        """Whether the mirror answered one of the helpers' requests in the last `within`
+        seconds (its latency sample is that recent)."""
+        known = self.memo.last(self.lifetimes.latency(host_of(base)))
+        return known is not None and time.time() - known.at < within
 
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:
         """Each base's latency estimate in seconds, for those measured."""

@@ -38,6 +38,11 @@ log = logging.getLogger("squid_helper.resolver")
 VERIFIED, OPTIMISTIC, MEMO, LAST_KNOWN, NOT_FOUND, UNAVAILABLE = (
     "verified", "optimistic", "memo", "last-known", "not-found", "unavailable")
 _MAX_PARALLEL_PROBES = 4
+# An unprobed answer goes only to a mirror that answered the helpers this recently: one that
+# started to hang since would stall Squid's fetch (and dnf) until their own timeouts, where a
+# probe finds out within hedge_delay. During a dnf run the background verifications keep the
+# chosen mirror's record fresh.
+RECENTLY = 30.0
 
 
 @dataclass
@@ -154,7 +159,8 @@ class Resolver:
         if fresh is not None and request.is_metadata:
             return self._publish(request, fresh, trace, "served the current repomd.xml to "
                                  "the survey")
-        if fresh is not None and request.in_snapshot and not self.flights.busy(flight):
+        if (fresh is not None and request.in_snapshot and not self.flights.busy(flight)
+                and self.health.heard_from(fresh, RECENTLY)):
             url = join_under_base(fresh, request.path)
             # Stored stale at once: not an answer to reuse before the verification, but the
             # last-known answer if the mirror dies first (Squid may hold the copy by then).

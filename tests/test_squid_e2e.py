@@ -8,6 +8,7 @@ missing; elsewhere it skips with the reason.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -56,8 +57,8 @@ def servers() -> Iterator[List[MirrorServer]]:
 
 
 def mirror(servers: List[MirrorServer], root: Path, behaviour: str = GOOD,
-           documents=None) -> MirrorServer:
-    server = MirrorServer(root, behaviour, documents=documents).start()
+           documents=None, delay: float = 0.0) -> MirrorServer:
+    server = MirrorServer(root, behaviour, documents=documents, delay=delay).start()
     servers.append(server)
     return server
 
@@ -318,3 +319,32 @@ def test_repo_urls_the_helper_cannot_serve_get_a_plain_http_error(world, rpm_sna
     # One package fetched; the missing one was asked of the mirror, which said 404 itself.
     assert alpha(good, "GET") == 1
     assert rpm_requests(good, method="GET") == 1 + good.count("GET", "no-such-1.0.rpm")
+
+
+def test_a_half_synced_mirror_costs_dnf_a_retry_not_a_failure(world, rpm_snapshots, servers):
+    """The fastest mirror serves the new repomd.xml but lacks one of its packages (caught in the
+    middle of a sync). Packages go to it at once, unprobed; the missing one's 404 reaches dnf,
+    whose retry goes to the complete mirror: dnf succeeds, and the complete mirror sends only
+    that package."""
+    half = world / "half"
+    shutil.copytree(rpm_snapshots["new"], half)
+    missing = "beta-2.0-1.noarch.rpm"
+    (half / TREE / "Packages" / missing).unlink()
+    complete = mirror(servers, rpm_snapshots["new"], delay=0.05)  # slower: not chosen first
+    partial = mirror(servers, half)
+    repos = {REPO: {"mirrors": [complete.url + TEMPLATE_PATH, partial.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+    with squid:
+        slave(world, "slave1", squid)
+        # The partial mirror was preferred for its speed, and served all it has ...
+        assert partial.count("GET", "repomd.xml") >= 1
+        assert rpm_requests(partial, method="GET") == 3, diagnosis(squid, partial, complete)
+        assert partial.count("GET", missing) == 1
+        # ... the one package it lacks came from the complete mirror, on dnf's retry.
+        assert complete.count("GET", missing) == 1, diagnosis(squid, partial, complete)
+        assert rpm_requests(complete, method="GET") == 1
+        # Later clients go straight to the complete mirror for it (a cache hit in fact).
+        slave(world, "slave2", squid)
+        assert partial.count("GET", missing) == 1
+    log = (world / "helper.log").read_text()
+    assert "optimistic answer for" in log and "corrected" in log, log[-3000:]
