@@ -75,6 +75,13 @@ class HelperProcess:
         self.send_raw(f"{url} {extras}\n".encode())
         return self.reply(timeout)
 
+    def ask_settled(self, url: str, extras: str = DEFAULT_EXTRAS) -> str:
+        """The answer once its verification is over. A package path may be answered at once
+        and verified in the background; asking again waits for that verification (as dnf's
+        retry after a 404 does) and gets its verdict."""
+        self.ask(url, extras)
+        return self.ask(url, extras)
+
     def ask_many(self, urls: List[str], extras: str = DEFAULT_EXTRAS,
                  timeout: float = 60.0) -> List[str]:
         """All requests in flight at once; replies matched back by channel-ID, in url order."""

@@ -51,7 +51,7 @@ NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
                        "can be verified"),
     "hedge_delay": (0.5, 0.0, "seconds before the next mirror is probed in parallel with a "
                     "slow one"),
-    "survey_window": (0.25, 0.0, "seconds a freshness survey without a metalink hash waits "
+    "survey_window": (0.1, 0.0, "seconds a freshness survey without a metalink hash waits "
                       "for more mirrors after the first answer"),
     "survey_limit": (8, 1, "how many mirrors (in preference order) are checked for fresh "
                      "repodata"),

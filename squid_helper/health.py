@@ -61,7 +61,9 @@ class MirrorHealth:
     def heard_from(self, base: str, within: float) -> bool:
         """Whether the mirror answered one of the helpers' requests in the last `within`
         seconds (its latency sample is that recent)."""
-        known = self.memo.last(self.lifetimes.latency(host_of(base)))
+        # This process's copy: its own samples replace it, another's reach it with the next
+        # change of the memo's generation; at worst a mirror is probed when it need not be.
+        known = self.memo.last(self.lifetimes.latency(host_of(base)), front=True)
         return known is not None and time.time() - known.at < within
 
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:

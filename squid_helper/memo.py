@@ -45,10 +45,6 @@ class Stored:
         return self.at + fact.fresh_for - now
 
 
-# Learnt "at the epoch": stale from the start, yet there as the last-known value.
-NEVER_FRESH = 0.0
-
-
 class Memo:
     def __init__(self, directory: str, size_limit: int = 1 << 30):
         self.directory = directory
@@ -222,15 +218,9 @@ class Memo:
     # -- facts (see lifetimes) -----------------------------------------------------------------
     def put(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
         """Store value as `fact`, learnt now (or at `at`: a value that replaces an earlier one
-        of the same age, or NEVER_FRESH)."""
+        of the same age)."""
         return self.set(fact.key, Stored(value, time.time() if at is None else at),
                         expire=fact.keep_for)
-
-    def put_if_absent(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
-        """put(), unless the memo holds that fact already (fresh or not)."""
-        self._front.pop(fact.key, None)
-        stored = Stored(value, time.time() if at is None else at)
-        return bool(self._do(lambda c: c.add(fact.key, stored, expire=fact.keep_for), False))
 
     def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
         """The stored fact, fresh or not (for last-known answers). front: through this

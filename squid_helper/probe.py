@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -17,19 +17,22 @@ from requests.adapters import HTTPAdapter
 
 from . import __version__
 
-FOUND, MISSING, FAILED = "found", "missing", "failed"
+FOUND, MISSING, FAILED, UNCHANGED = "found", "missing", "failed", "unchanged"
 # Statuses with which servers refuse HEAD although they would serve a GET.
 HEAD_REFUSED = {403, 405, 501}
 USER_AGENT = f"squid-helper/{__version__}"
+# A response's validator -> the request header that sends it back.
+_CONDITION = {"ETag": "If-None-Match", "Last-Modified": "If-Modified-Since"}
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     url: str
-    outcome: str  # FOUND, MISSING or FAILED
+    outcome: str  # FOUND, MISSING, FAILED, or UNCHANGED (a conditional fetch's 304)
     detail: str  # e.g. "HEAD 200", "GET 206 after HEAD 405", "timeout after 2.0s"
     elapsed: float
     content: Optional[bytes] = None  # only for fetch()
+    validators: Tuple[Tuple[str, str], ...] = ()  # fetch(): ETag / Last-Modified to send back
 
 
 class Prober:
@@ -97,12 +100,19 @@ class Prober:
         return ProbeResult(url, self._classify(response.status_code), detail,
                            time.monotonic() - started)
 
-    def fetch(self, url: str) -> ProbeResult:
-        """GET a small document (mirrorlist, metalink, repomd.xml) within the time limit."""
+    def fetch(self, url: str, validators: Tuple[Tuple[str, str], ...] = ()) -> ProbeResult:
+        """GET a small document (mirrorlist, metalink, repomd.xml) within the time limit.
+        validators: what an earlier fetch's result carried; a server that supports them then
+        answers 304 (UNCHANGED) when the document has not changed."""
         started = time.monotonic()
         deadline = started + self.timeout
+        conditions = {_CONDITION[name]: value for name, value in validators}
         try:
-            with self._session(url).get(url, timeout=self.timeout, stream=True) as response:
+            with self._session(url).get(url, timeout=self.timeout, stream=True,
+                                        headers=conditions) as response:
+                if response.status_code == 304 and conditions:
+                    return ProbeResult(url, UNCHANGED, "GET 304 (unchanged)",
+                                       time.monotonic() - started, validators=validators)
                 outcome = self._classify(response.status_code)
                 if outcome != FOUND:
                     return ProbeResult(url, outcome, f"GET {response.status_code}",
@@ -116,7 +126,9 @@ class Prober:
                                            "bytes", time.monotonic() - started)
                     if time.monotonic() > deadline:
                         raise requests.Timeout()
+                kept = tuple((name, response.headers[name]) for name in _CONDITION
+                             if response.headers.get(name))
                 return ProbeResult(url, FOUND, f"GET {response.status_code}",
-                                   time.monotonic() - started, b"".join(chunks))
+                                   time.monotonic() - started, b"".join(chunks), kept)
         except Exception as exc:
             return self._failure(url, exc, started)

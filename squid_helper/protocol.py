@@ -77,7 +77,9 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[HelperRequest], Op
     then says why. The channel is returned either way so that the reply can carry it.
     """
     channel, rest = split_channel(line)
-    tokens = rest.split()
+    # Squid separates fields with spaces; any other whitespace (a bare CR, a tab) stays inside
+    # its field, where the URL checks refuse it, instead of silently cutting the URL short.
+    tokens = [token for token in rest.split(" ") if token.strip()]
     if not tokens:
         return channel, None, "empty request line"
     url, fields = tokens[0], tuple(tokens[1:])

@@ -27,7 +27,7 @@ from .config import Config
 from .flight import SingleFlight
 from .health import MirrorHealth
 from .lifetimes import Lifetimes
-from .memo import NEVER_FRESH, Memo
+from .memo import Memo
 from .mirrorlists import MirrorLists
 from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
 from .survey import Survey, Surveys
@@ -153,6 +153,11 @@ class Resolver:
         if mirrors is None:
             return self._fallback(request, trace, "no mirror list is available "
                                   f"for {request.triple}")
+        if (len(mirrors.bases) == 1 and self.health.is_healthy(mirrors.bases[0])
+                and not self.flights.busy(flight)):
+            # Nothing to choose: no survey or probe stands between the client and the mirror.
+            return self._answer_at_once(request, list(mirrors.bases), trace,
+                                        "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
         candidates = self._choose(survey, trace)
         fresh = candidates[0] if candidates and candidates[0] in survey.fresh else None
@@ -161,18 +166,19 @@ class Resolver:
                                  "the survey")
         if (fresh is not None and request.in_snapshot and not self.flights.busy(flight)
                 and self.health.heard_from(fresh, RECENTLY)):
-            url = join_under_base(fresh, request.path)
-            # Stored stale at once: not an answer to reuse before the verification, but the
-            # last-known answer if the mirror dies first (Squid may hold the copy by then).
-            # Never in place of an answer that another process has verified meanwhile.
-            self.memo.put_if_absent(self.lifetimes.answer(request), {"url": url, "base": fresh},
-                                    at=NEVER_FRESH)
-            self._verify_later(request, candidates)
-            trace.append(f"{fresh} holds the current snapshot; verifying in the background")
-            return Resolution(url, OPTIMISTIC, f"on {fresh} (it served the current "
-                              "repomd.xml)", trace)
+            return self._answer_at_once(request, candidates, trace,
+                                        "it served the current repomd.xml")
         return self.flights.run(flight, lambda: self._verify(request, candidates, trace),
                                 lambda: self.cached(request, front=False))
+
+    def _answer_at_once(self, request: RepoPath, candidates: List[str], trace: List[str],
+                        why: str) -> Resolution:
+        """The first candidate, unprobed; the path is verified in the background."""
+        self._verify_later(request, candidates)
+        base = candidates[0]
+        trace.append(f"{base}: {why}; verifying in the background")
+        return Resolution(join_under_base(base, request.path), OPTIMISTIC, f"on {base} ({why})",
+                          trace)
 
     def _choose(self, survey: Survey, trace: List[str]) -> List[str]:
         unhealthy = self.health.unhealthy(survey.ranked)
@@ -198,6 +204,8 @@ class Resolver:
             return
         trace: List[str] = []
 
+        answered = join_under_base(candidates[0], request.path)
+
         def verify() -> Resolution:
             try:
                 resolution = self.flights.finish(
@@ -205,7 +213,7 @@ class Resolver:
                     lambda: self.cached(request, front=False))
             finally:
                 self._busy(-1)
-            if resolution.url != join_under_base(candidates[0], request.path):
+            if resolution.url != answered:
                 log.warning("optimistic answer for %s corrected: %s [%s] %s; %s", request.key,
                             resolution.url or "ERR", resolution.status, resolution.reason,
                             "; ".join(trace))

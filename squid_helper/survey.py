@@ -121,7 +121,7 @@ class Surveys:
         """The repo's survey: the memoised one while fresh (and of this mirror list), else a
         new one, decided as early as the answers allow. force: a new one in any case."""
         fact = self.lifetimes.survey(request.triple)
-        known = self.memo.last(fact)
+        known = self.memo.last(fact, front=True)  # a new survey bumps the memo's generation
         if (known is not None and not force and known.value.bases == mirrors.bases
                 and known.fresh_for(fact, time.time()) > 0):
             return known.value
@@ -157,7 +157,7 @@ class Surveys:
         head = previous.ranked[0] if previous is not None and previous.ranked else None
         survey, mirrors = self._judge(request, mirrors, asked, results, head, run, trace,
                                       may_refetch=True)
-        self.memo.put(self.lifetimes.survey(request.triple), survey)
+        self._publish(request, survey)
         if not survey.complete:
             answers.when_complete(lambda everything: self._complete(
                 request, mirrors, asked, everything, survey))
@@ -188,14 +188,17 @@ class Surveys:
                 trace.append("no mirror matches the metalink's repomd.xml; ranking by age")
                 use_digest = False
         verdict = verdicts(mirrors.bases, observations, use_digest)
+        for base in asked:
+            if base not in results:
+                verdict[base] = None  # asked, no answer yet: not usable before it is judged
         ranked = order_by_speed(rank_mirrors(mirrors.bases, verdict), verdict,
                                 self.health.latencies(asked), head)
         for base in mirrors.bases:
             result = results.get(base)
             if result is not None or base in asked:
-                trace.append(f"survey {base}: {verdict[base] or 'excluded'}"
-                             + (f" ({result.detail}, {result.elapsed:.2f}s)" if result
-                                else " (no answer yet)"))
+                trace.append(f"survey {base}: " + (
+                    f"{verdict[base] or 'excluded'} ({result.detail}, {result.elapsed:.2f}s)"
+                    if result else "no answer yet"))
         complete = all(b in results for b in asked)
         return Survey(mirrors.bases, verdict, tuple(ranked), complete, run), mirrors
 
@@ -212,13 +215,19 @@ class Surveys:
         head = early.ranked[0] if early.ranked else None
         survey, _ = self._judge(request, mirrors, asked, results, head, early.run, trace,
                                 may_refetch=False)
-        self.memo.put(fact, survey, at=stored.at)
+        self._publish(request, survey, at=stored.at)
         demoted = early.fresh - survey.fresh
         if demoted:
             self._forget_repomd_answers(request, demoted)
         log.info("survey of %s complete%s: %s", request.triple,
                  f" ({len(demoted)} mirror(s) no longer fresh)" if demoted else "",
                  "; ".join(trace))
+
+    def _publish(self, request: RepoPath, survey: Survey, at: Optional[float] = None) -> None:
+        """Store a survey for every process; their in-process copies of the previous one go
+        (surveys are rare: once per metadata_ttl and repo, and once more when complete)."""
+        self.memo.put(self.lifetimes.survey(request.triple), survey, at=at)
+        self.memo.bump_generation()
 
     def _forget_repomd_answers(self, request: RepoPath, demoted: FrozenSet[str]) -> None:
         repomd = RepoPath(request.repo, request.releasever, request.arch, REPOMD_PATH)

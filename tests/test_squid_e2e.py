@@ -33,6 +33,7 @@ from lab.rpmrepo import (
     dnf_output,
 )
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
+from lab.wait import wait_for
 from squid_helper.memo import FRONT_CACHE_SECONDS
 
 from conftest import require
@@ -237,7 +238,7 @@ def test_purge_with_squidclient_and_with_squid_helper_purge(world, rpm_snapshots
         assert squid.get(url)[0] == 200
         assert alpha(good, "GET") == fetched + 2
         # The memo's answer went too: the helper verified the path on the mirror again.
-        assert alpha(good, "HEAD") > heads
+        assert wait_for(lambda: alpha(good, "HEAD") > heads)
 
         # Purging what is not cached is not a failure; a non-repo URL is.
         again = subprocess.run([*helper_command(), "purge", "--config", str(config),
