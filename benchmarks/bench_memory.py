@@ -6,7 +6,7 @@ sampled before the first request and every `--every` answered requests. "Flat" m
 samples taken after the first full pass over the paths differ by less than `--flat-mb`.
 Goal: flat and every sample < 40 MB.
 
-    /opt/squid-helper-venv/bin/python benchmarks/bench_memory.py [--quick]
+    /opt/squid-helper/venv/bin/python benchmarks/bench_memory.py [--quick]
 """
 
 from __future__ import annotations

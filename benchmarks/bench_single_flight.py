@@ -7,7 +7,7 @@ Trials run with the repo warm (its repomd.xml survey memoised) and, on a fresh m
 survey has to happen too: its repomd.xml GETs are counted separately), each with an instant
 and a slow (--delay) mirror. Goal: 1 probe per path.
 
-    /opt/squid-helper-venv/bin/python benchmarks/bench_single_flight.py [--quick]
+    /opt/squid-helper/venv/bin/python benchmarks/bench_single_flight.py [--quick]
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ process every `--sample` seconds, their growth after the warm-up, and every erro
 errors, and for each helper, after the warm-up, fds within `--fd-slack` and RSS within
 `--rss-mb` of the first sample.
 
-    /opt/squid-helper-venv/bin/python benchmarks/bench_soak.py             # 10 minutes
-    /opt/squid-helper-venv/bin/python benchmarks/bench_soak.py --seconds 60
+    /opt/squid-helper/venv/bin/python benchmarks/bench_soak.py             # 10 minutes
+    /opt/squid-helper/venv/bin/python benchmarks/bench_soak.py --seconds 60
 
 Needs root, squid, squidclient and the `proxy` user.
 """

@@ -15,7 +15,7 @@ RPMs are 256 KiB by default, about the size of a typical RPM. With tiny objects 
 16384`) the run measures Squid's own per-request cost of consulting any helper pair, which the
 echo/plain ratio shows; helper/echo shows what squid-helper itself adds.
 
-    /opt/squid-helper-venv/bin/python benchmarks/bench_squid_e2e.py [--quick]
+    /opt/squid-helper/venv/bin/python benchmarks/bench_squid_e2e.py [--quick]
 
 Needs root, squid and the `proxy` user (Squid runs its helpers as proxy).
 """

@@ -5,7 +5,7 @@ paths against a local mirror, then feeds `--requests` channel-ID lines for them 
 HelperLoop.run from memory, writing the replies to /dev/null (flushed per reply, as to Squid).
 Prints the per-request time without and with the profiler, then the top functions.
 
-    /opt/squid-helper-venv/bin/python benchmarks/profile_hot_path.py [--quick]
+    /opt/squid-helper/venv/bin/python benchmarks/profile_hot_path.py [--quick]
 """
 
 from __future__ import annotations

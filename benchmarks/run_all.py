@@ -1,6 +1,6 @@
 """Run every benchmark in turn (each in its own interpreter) and repeat their verdict lines.
 
-    /opt/squid-helper-venv/bin/python benchmarks/run_all.py [--quick] [--set KEY=VALUE ...]
+    /opt/squid-helper/venv/bin/python benchmarks/run_all.py [--quick] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 
 from common import BENCH_DIR, arg_parser
 
-SCRIPTS = ("bench_memo_hits.py", "bench_cold_path.py", "bench_single_flight.py",
-           "bench_memory.py", "bench_squid_e2e.py")
+SCRIPTS = ("bench_memo_hits.py", "bench_cold_path.py", "bench_cold_dnf.py",
+           "bench_single_flight.py", "bench_memory.py", "bench_squid_e2e.py")
 LIMIT_SECONDS = 1800.0
 
 

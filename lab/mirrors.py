@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,6 +135,11 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
         with self.owner.lock:
             self.owner.connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that closes a kept-alive connection (a helper exiting) is no error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class MirrorServer:

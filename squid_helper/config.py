@@ -55,7 +55,8 @@ NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
                       "for more mirrors after the first answer"),
     "survey_limit": (8, 1, "how many mirrors (in preference order) are checked for fresh "
                      "repodata"),
-    "workers": (8, 1, "threads answering new paths in one helper process"),
+    "workers": (4, 1, "threads answering new paths in one helper process (those that wait "
+                "for a survey or a probe)"),
 }
 
 

@@ -43,6 +43,8 @@ _MAX_PARALLEL_PROBES = 4
 # probe finds out within hedge_delay. During a dnf run the background verifications keep the
 # chosen mirror's record fresh.
 RECENTLY = 30.0
+MAX_BACKGROUND_VERIFICATIONS = 64
+_BACKGROUND_THREADS = 4
 
 
 @dataclass
@@ -61,20 +63,25 @@ class Resolver:
         self.memo = memo
         self.prober = prober or Prober(config.probe_timeout)
         self.lifetimes = Lifetimes(config)
+        # Probe threads only talk HTTP. What the answers mean (health, memo) is worked out by
+        # the threads waiting for them: the helper loop's workers, and background threads
+        # for verifications and survey completions. Background work waits on probes, so it
+        # has threads of its own (it could otherwise take every probe thread and wait on
+        # probes that never start), and only threads that use the memo open a connection to
+        # its database (some 0.3 MB each).
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
-        # Background verifications wait on probes: they get threads of their own, so that a
-        # burst of them cannot take every probe thread and wait on probes that never start.
-        self._verifiers = ThreadPoolExecutor(max_workers=int(config.workers),
-                                             thread_name_prefix="verify")
+        self._background = ThreadPoolExecutor(max_workers=_BACKGROUND_THREADS,
+                                              thread_name_prefix="background")
         # Long enough to cover a survey plus a probe round, so a live holder is never
         # overtaken; short enough that a crashed holder blocks others only briefly.
         self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2)
         self._active = 0  # resolutions and background verifications under way
+        self._verifying = 0  # background verifications queued or running
         self._active_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights)
         self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
-                               self.health, self.mirror_lists, self._pool)
+                               self.health, self.mirror_lists, self._pool, self._background)
 
     def close(self) -> None:
         """Release threads and connections once the work under way is done: after a reload,
@@ -85,13 +92,20 @@ class Resolver:
         deadline = time.monotonic() + self.flights.hold_for
         while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._verifiers.shutdown(wait=True)
+        self._background.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.prober.close()
 
-    def _busy(self, delta: int) -> None:
+    def _busy(self, delta: int, verification: bool = False) -> None:
         with self._active_lock:
             self._active += delta
+            self._verifying += delta if verification else 0
+
+    def _can_verify_later(self) -> bool:
+        """Whether another background verification may queue: a burst of new paths (a
+        scanner, thousands of typos) is verified before it is answered instead, at the pace
+        of the helper loop's workers, rather than growing a queue without bound."""
+        return self._verifying < MAX_BACKGROUND_VERIFICATIONS
 
     # -- memoised answers ---------------------------------------------------------------------
     def cached(self, request: RepoPath, front: bool = True) -> Optional[Resolution]:
@@ -153,8 +167,8 @@ class Resolver:
         if mirrors is None:
             return self._fallback(request, trace, "no mirror list is available "
                                   f"for {request.triple}")
-        if (len(mirrors.bases) == 1 and self.health.is_healthy(mirrors.bases[0])
-                and not self.flights.busy(flight)):
+        at_once = self._can_verify_later() and not self.flights.busy(flight)
+        if len(mirrors.bases) == 1 and at_once and self.health.is_healthy(mirrors.bases[0]):
             # Nothing to choose: no survey or probe stands between the client and the mirror.
             return self._answer_at_once(request, list(mirrors.bases), trace,
                                         "the repo's only mirror")
@@ -164,7 +178,7 @@ class Resolver:
         if fresh is not None and request.is_metadata:
             return self._publish(request, fresh, trace, "served the current repomd.xml to "
                                  "the survey")
-        if (fresh is not None and request.in_snapshot and not self.flights.busy(flight)
+        if (fresh is not None and request.in_snapshot and at_once
                 and self.health.heard_from(fresh, RECENTLY)):
             return self._answer_at_once(request, candidates, trace,
                                         "it served the current repomd.xml")
@@ -212,15 +226,15 @@ class Resolver:
                     name, future, lambda: self._verify(request, candidates, trace),
                     lambda: self.cached(request, front=False))
             finally:
-                self._busy(-1)
+                self._busy(-1, verification=True)
             if resolution.url != answered:
                 log.warning("optimistic answer for %s corrected: %s [%s] %s; %s", request.key,
                             resolution.url or "ERR", resolution.status, resolution.reason,
                             "; ".join(trace))
             return resolution
 
-        self._busy(+1)
-        self._verifiers.submit(verify)
+        self._busy(+1, verification=True)
+        self._background.submit(verify)
 
     def _verify(self, request: RepoPath, candidates: List[str],
                 trace: List[str]) -> Resolution:
@@ -239,11 +253,6 @@ class Resolver:
         else:
             why = f"no mirror answered for {request.path} ({len(failures)} failed)"
         return self._fallback(request, trace, why)
-
-    def _probe_task(self, url: str) -> ProbeResult:
-        result = self.prober.probe(url)
-        self.health.record(result)
-        return result
 
     def _probe_in_order(self, candidates: List[str], request: RepoPath
                         ) -> Tuple[Optional[str], Dict[str, ProbeResult]]:
@@ -266,7 +275,7 @@ class Resolver:
             may_hedge = (now - last_start >= self.config.hedge_delay
                          and len(running) < _MAX_PARALLEL_PROBES)
             if started < len(urls) and (started <= first_open or may_hedge):
-                running[self._pool.submit(self._probe_task, urls[started])] = started
+                running[self._pool.submit(self.prober.probe, urls[started])] = started
                 started += 1
                 last_start = now
                 continue
@@ -277,6 +286,7 @@ class Resolver:
             for future in done:
                 index = running.pop(future)
                 results[index] = future.result()
+                self.health.record(results[index])
         return None, {candidates[i]: r for i, r in results.items()}
 
     def _fallback(self, request: RepoPath, trace: List[str], why: str) -> Resolution:

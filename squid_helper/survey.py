@@ -105,7 +105,7 @@ class _Answers:
 class Surveys:
     def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
                  flights: SingleFlight, health: MirrorHealth, mirror_lists: MirrorLists,
-                 pool: Executor):
+                 pool: Executor, background: Executor):
         self.config = config
         self.memo = memo
         self.lifetimes = lifetimes
@@ -113,7 +113,8 @@ class Surveys:
         self.flights = flights
         self.health = health
         self.mirror_lists = mirror_lists
-        self.pool = pool
+        self.pool = pool  # for the fetches
+        self.background = background  # for completing a survey after it decided
         self._runs = itertools.count()
 
     def current(self, request: RepoPath, mirrors: MirrorSet, trace: List[str],
@@ -154,21 +155,23 @@ class Surveys:
 
         # Bounded by the probes' own time limit: a probe outliving it is a hanging one.
         results = answers.wait(how_long, self.config.probe_timeout + 1)
+        for result in results.values():
+            self.health.record(result)
         head = previous.ranked[0] if previous is not None and previous.ranked else None
         survey, mirrors = self._judge(request, mirrors, asked, results, head, run, trace,
                                       may_refetch=True)
         self._publish(request, survey)
         if not survey.complete:
-            answers.when_complete(lambda everything: self._complete(
-                request, mirrors, asked, everything, survey))
+            answers.when_complete(lambda everything: self._complete_later(
+                request, mirrors, asked, everything, survey, results))
         return survey
 
-    def _arrived(self, answers: _Answers, base: str, done: Future) -> None:
+    @staticmethod
+    def _arrived(answers: _Answers, base: str, done: Future) -> None:
         if done.cancelled():
             result = ProbeResult(base, FAILED, "survey cancelled (helper reloading)", 0.0)
         else:
             result = done.result()
-            self.health.record(result)
         answers.add(base, result)
 
     def _judge(self, request: RepoPath, mirrors: MirrorSet, asked: List[str],
@@ -202,11 +205,21 @@ class Surveys:
         complete = all(b in results for b in asked)
         return Survey(mirrors.bases, verdict, tuple(ranked), complete, run), mirrors
 
+    def _complete_later(self, *args) -> None:
+        try:
+            self.background.submit(self._complete, *args)
+        except RuntimeError:
+            pass  # the helper is closing (a reload): the next survey will be complete
+
     def _complete(self, request: RepoPath, mirrors: MirrorSet, asked: List[str],
-                  results: Dict[str, ProbeResult], early: Survey) -> None:
+                  results: Dict[str, ProbeResult], early: Survey,
+                  recorded: Dict[str, ProbeResult]) -> None:
         """Publish the complete survey in place of the early one, unless a newer run replaced
         it meanwhile; a mirror found stale after its repomd.xml was answered loses that
         answer."""
+        for base, result in results.items():
+            if base not in recorded:
+                self.health.record(result)
         fact = self.lifetimes.survey(request.triple)
         stored = self.memo.last(fact)
         if stored is None or stored.value.run != early.run:

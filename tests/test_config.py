@@ -66,7 +66,7 @@ def test_default_numeric_values():
     assert config.metadata_ttl == 300.0
     assert config.mirrorlist_ttl == 21600.0
     assert config.negative_ttl == 60.0
-    assert config.workers == 8
+    assert config.workers == 4
     assert config.survey_limit == 8
 
 
@@ -90,7 +90,7 @@ def test_full_config():
         log_file: null
         probe_timeout: 2.5
         path_ttl: 60
-        workers: 4
+        workers: 6
         survey_limit: 3
         negative_ttl: 0
         hedge_delay: 0
@@ -110,7 +110,7 @@ def test_full_config():
     assert config.log_file is None
     assert config.probe_timeout == 2.5
     assert config.path_ttl == 60.0 and isinstance(config.path_ttl, float)
-    assert config.workers == 4 and isinstance(config.workers, int)
+    assert config.workers == 6 and isinstance(config.workers, int)
     assert config.survey_limit == 3
     assert config.negative_ttl == 0.0
     assert config.hedge_delay == 0.0

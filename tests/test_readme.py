@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import docutils.core
+
 from squid_helper.cli import build_parser
 from squid_helper.config import TOP_LEVEL_KEYS, load_config
 
@@ -37,3 +39,9 @@ def test_bundled_repos_yaml_is_valid_and_covers_the_promised_distributions():
     for needle in ("repo=fedora-{releasever}", "repo=updates-released-f{releasever}",
                    "repo=epel-{releasever}", "centos-baseos-{releasever}"):
         assert needle in urls
+
+
+def test_readme_is_valid_restructuredtext():
+    # A broken table or heading renders as raw text on every page that shows the README.
+    docutils.core.publish_doctree(README, settings_overrides={
+        "report_level": 2, "halt_level": 2, "warning_stream": False})
