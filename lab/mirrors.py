@@ -15,7 +15,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
 # A hanging mirror holds each request at most this long, so no test can wait forever on one.
@@ -91,6 +91,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", head=head)
             return
         last_modified = email.utils.formatdate(mtime, usegmt=True)
+        headers = {"Last-Modified": last_modified, "Content-Type": "application/octet-stream"}
+        if path in owner.documents:
+            # In-memory documents (mirror lists, metalinks) change within a second: an ETag
+            # tells versions apart where Last-Modified cannot, and wins over it (RFC 9110).
+            headers["ETag"] = f'"{hashlib.sha1(document).hexdigest()[:16]}"'
+            match = self.headers.get("If-None-Match")
+            if match is not None:
+                if match == headers["ETag"]:
+                    self._send(304, b"", {"ETag": headers["ETag"]}, head=True)
+                    return
+                self._send(200, document, headers, head=head)
+                return
         since = self.headers.get("If-Modified-Since")
         if since:
             try:
@@ -99,7 +111,6 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             except (TypeError, ValueError):
                 pass
-        headers = {"Last-Modified": last_modified, "Content-Type": "application/octet-stream"}
         byte_range = self.headers.get("Range", "")
         if byte_range.startswith("bytes=") and "," not in byte_range:
             start_text, _, end_text = byte_range[6:].partition("-")
@@ -230,10 +241,29 @@ def make_snapshot(root: Path, revision: int, packages: List[str]) -> Path:
     return root
 
 
+def _verification(repomd: bytes) -> str:
+    return (f'<hash type="md5">{hashlib.md5(repomd).hexdigest()}</hash>\n'
+            f'        <hash type="sha256">{hashlib.sha256(repomd).hexdigest()}</hash>')
+
+
 def metalink_xml(bases: List[str], repomd: bytes, preferences: Optional[List[int]] = None,
-                 extra_urls: Optional[List[str]] = None) -> bytes:
-    """A Fedora-style metalink naming each base's repodata/repomd.xml and repomd's hashes."""
+                 extra_urls: Optional[List[str]] = None,
+                 alternates: Sequence[bytes] = ()) -> bytes:
+    """A Fedora-style metalink naming each base's repodata/repomd.xml and repomd's hashes;
+    alternates: earlier repomd.xml documents still acceptable (MirrorManager's
+    mm0:alternates)."""
     preferences = preferences or [100 - i for i in range(len(bases))]
+    older = "".join(
+        f"""
+        <mm0:alternate>
+          <mm0:timestamp>1600000000</mm0:timestamp>
+          <size>{len(alternate)}</size>
+          <verification>
+            {_verification(alternate)}
+          </verification>
+        </mm0:alternate>""" for alternate in alternates)
+    if older:
+        older = f"\n      <mm0:alternates>{older}\n      </mm0:alternates>"
     urls = "\n".join(
         f'        <url protocol="http" type="http" location="US" preference="{pref}">'
         f'{base}repodata/repomd.xml</url>' for base, pref in zip(bases, preferences))
@@ -245,10 +275,9 @@ def metalink_xml(bases: List[str], repomd: bytes, preferences: Optional[List[int
   <files>
     <file name="repomd.xml">
       <mm0:timestamp>1700000000</mm0:timestamp>
-      <size>{len(repomd)}</size>
+      <size>{len(repomd)}</size>{older}
       <verification>
-        <hash type="md5">{hashlib.md5(repomd).hexdigest()}</hash>
-        <hash type="sha256">{hashlib.sha256(repomd).hexdigest()}</hash>
+        {_verification(repomd)}
       </verification>
       <resources maxconnections="1">
 {urls}

@@ -44,6 +44,8 @@ NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
     "metadata_ttl": (300.0, 1.0, "seconds a repodata/repomd.xml answer and the freshness "
                      "survey of the mirrors are reused"),
     "mirrorlist_ttl": (21600.0, 1.0, "seconds a fetched mirrorlist/metalink is reused"),
+    "refresh_interval": (30.0, 1.0, "seconds between two freshness checks of one repo forced "
+                         "by clients asking for repomd.xml with no-cache (dnf always does)"),
     "negative_ttl": (60.0, 0.0, "seconds a 'no mirror has this path' answer is reused"),
     "unhealthy_ttl": (120.0, 1.0, "seconds a mirror that timed out, refused or sent 5xx is "
                       "skipped"),

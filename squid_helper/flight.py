@@ -61,6 +61,12 @@ class SingleFlight:
             with self._lock:
                 self._running.pop(name, None)
 
+    def abandon(self, name: str, future: Future) -> None:
+        """Release a claimed name without computing it; its waiters get None."""
+        future.set_result(None)
+        with self._lock:
+            self._running.pop(name, None)
+
     def run(self, name: str, compute: Callable[[], T], ready: Callable[[], Optional[T]]) -> T:
         """compute() once for name; concurrent callers get the same result. ready() returns
         what another process published meanwhile (None: nothing yet)."""

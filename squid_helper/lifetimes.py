@@ -56,13 +56,30 @@ class Lifetimes:
         return Fact(f"miss:{request.key}", self.config.negative_ttl, ttl)
 
     # -- per repo (releasever, arch) ----------------------------------------------------------
-    def mirror_list(self, triple: str) -> Fact:
-        return Fact(f"mirrors:{triple}", self.config.mirrorlist_ttl, self.config.last_known_ttl)
+    def mirror_list(self, request: RepoPath) -> Fact:
+        """A fetched mirrorlist or metalink. A metalink names the current repomd.xml too, so it
+        holds no longer than a repomd.xml answer: the expected hashes follow the repodata."""
+        ttl = self.config.mirrorlist_ttl
+        if self.config.repos[request.repo].kind == "metalink":
+            ttl = min(ttl, self.config.metadata_ttl)
+        return Fact(f"mirrors:{request.triple}", ttl, self.config.last_known_ttl)
 
     def source_retry(self, triple: str) -> Fact:
         """A mirror list source that failed is not asked again for this long."""
         pause = min(self.config.unhealthy_ttl, self.config.mirrorlist_ttl)
         return Fact(f"mirrors-retry:{triple}", pause, pause)
+
+    def refresh_check(self, triple: str) -> Fact:
+        """A client asked for fresh metadata (no-cache) and the repo's freshness was checked
+        again: not again for refresh_interval."""
+        pause = self.config.refresh_interval
+        return Fact(f"refresh-check:{triple}", pause, pause)
+
+    def push_check(self, triple: str) -> Fact:
+        """A mirror's repomd.xml was newer than the metalink's and the metalink was fetched
+        again: not again for refresh_interval."""
+        pause = self.config.refresh_interval
+        return Fact(f"push-check:{triple}", pause, pause)
 
     def survey(self, triple: str) -> Fact:
         """Which mirrors hold the current repodata: as long as a repomd.xml answer."""

@@ -199,9 +199,11 @@ class Memo:
         return value
 
     def bump_generation(self) -> None:
-        """Tell every process to drop its in-process copies (after a purge)."""
+        """Tell every process to drop its in-process copies (after a purge, a mirror found
+        dead, a new survey); this one looks again at once."""
         self._front.clear()
         self._do(lambda c: c.incr(GENERATION_KEY, default=0), 0)
+        self._generation_checked_at = float("-inf")
 
     def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:
         """Add mapping's new keys to the dict stored under key, atomically across processes.
@@ -221,6 +223,13 @@ class Memo:
         of the same age)."""
         return self.set(fact.key, Stored(value, time.time() if at is None else at),
                         expire=fact.keep_for)
+
+    def put_new(self, fact: Fact, value: Any) -> bool:
+        """put() only when the memo does not hold the fact yet (one process wins): True for the
+        one that stored it. Without a working memo nobody does."""
+        self._front.pop(fact.key, None)
+        stored = Stored(value, time.time())
+        return bool(self._do(lambda c: c.add(fact.key, stored, expire=fact.keep_for), False))
 
     def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
         """The stored fact, fresh or not (for last-known answers). front: through this

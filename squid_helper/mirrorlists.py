@@ -1,35 +1,53 @@
 """The first stage of a resolution: a repo's mirrors for one releasever and arch.
 
-Static mirrors come from the config. Mirrorlists and metalinks are fetched, parsed and memoised
-for mirrorlist_ttl, shared by every helper process (one fetch at a time across them). When a
-refetch fails, the last good list is kept and the source is left alone for a while.
+Static mirrors come from the config. Mirrorlists and metalinks are fetched, parsed and memoised,
+shared by every helper process (one fetch at a time across them), and refetched with the
+validators the server gave (If-None-Match / If-Modified-Since), so an unchanged document costs a
+304. A metalink also carries the current repomd.xml's hashes, so it holds only as long as a
+repomd.xml answer (metadata_ttl); a plain mirrorlist holds for mirrorlist_ttl.
+
+A list past its time is refetched on the request path only when that request needs the current
+hashes (a metalink, for repomd.xml); every other request gets the list it had at once, and the
+refetch happens in the background. When a refetch fails, the last good list is kept and the
+source is left alone for a while.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import List, Optional
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from .config import Config
 from .flight import SingleFlight
 from .lifetimes import BASE_INDEX_KEY, Lifetimes
 from .memo import Memo
-from .probe import FOUND, Prober
+from .probe import FOUND, UNCHANGED, Prober
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template
 
 log = logging.getLogger("squid_helper.mirrorlists")
 
 
+@dataclass(frozen=True)
+class SourceDocument:
+    """A fetched mirror list as the memo holds it."""
+
+    mirrors: MirrorSet
+    validators: Tuple[Tuple[str, str], ...] = ()  # what the server gave to send back
+
+
 class MirrorLists:
     def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
-                 flights: SingleFlight):
+                 flights: SingleFlight, background: Executor):
         self.config = config
         self.memo = memo
         self.lifetimes = lifetimes
         self.prober = prober
         self.flights = flights
+        self.background = background
 
     def source_url(self, request: RepoPath) -> Optional[str]:
         """The mirrorlist or metalink URL for this releasever and arch (None: static)."""
@@ -40,36 +58,54 @@ class MirrorLists:
 
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
-        """The repo's mirrors, memoised; the last good list when a refetch fails; None when no
-        list was ever had. force: refetch even a fresh list (a metalink that all mirrors
-        contradict may be older than they are)."""
+        """The repo's mirrors: the memoised list, refetched as described above; the last good
+        list when a refetch fails; None when no list was ever had. force: refetch now even a
+        fresh list (a metalink that the mirrors contradict, a client asking for a refresh;
+        the callers limit how often)."""
         repo = self.config.repos[request.repo]
         if repo.kind == "mirrors":
             return MirrorSet(tuple(expand_template(t, request.releasever, request.arch)
                                    for t in repo.templates))
-        fact = self.lifetimes.mirror_list(request.triple)
+        fact = self.lifetimes.mirror_list(request)
         known = self.memo.last(fact)
-        if known is not None and not force and (
-                known.fresh_for(fact, time.time()) > 0 or self.memo.fresh(
-                    self.lifetimes.source_retry(request.triple))):
-            return known.value  # fresh, or the source failed a moment ago: do not hammer it
-
-        def fetch() -> Optional[MirrorSet]:
-            return self._fetch(request, known.value if known else None, trace)
+        if known is not None and not force:
+            if known.fresh_for(fact, time.time()) > 0:
+                return known.value.mirrors
+            if self.memo.fresh(self.lifetimes.source_retry(request.triple)):
+                return known.value.mirrors  # the source failed a moment ago: leave it alone
+            if not (repo.kind == "metalink" and request.is_metadata):
+                self._refetch_later(request)
+                return known.value.mirrors
 
         def published() -> Optional[MirrorSet]:
             latest = self.memo.last(fact)
             if latest is not None and (known is None or latest.at > known.at):
-                return latest.value
+                return latest.value.mirrors
             return None
 
-        return self.flights.run(fact.key, fetch, published)
+        return self.flights.run(fact.key, lambda: self._fetch(request, trace), published)
 
-    def _fetch(self, request: RepoPath, previous: Optional[MirrorSet],
-               trace: List[str]) -> Optional[MirrorSet]:
+    def _refetch_later(self, request: RepoPath) -> None:
+        name = self.lifetimes.mirror_list(request).key
+        future, owner = self.flights.claim(name)
+        if not owner:
+            return
+        try:
+            self.background.submit(self.flights.finish, name, future,
+                                   lambda: self._fetch(request, []), lambda: None)
+        except RuntimeError:  # closing (a reload): the next request will refetch
+            self.flights.abandon(name, future)
+
+    def _fetch(self, request: RepoPath, trace: List[str]) -> Optional[MirrorSet]:
         kind = self.config.repos[request.repo].kind
         url = self.source_url(request)
-        result = self.prober.fetch(url)
+        fact = self.lifetimes.mirror_list(request)
+        previous = self.memo.last(fact)
+        result = self.prober.fetch(url, previous.value.validators if previous else ())
+        if result.outcome == UNCHANGED and previous is not None:
+            self.memo.put(fact, previous.value)  # fresh again, as it was
+            trace.append(f"{kind} {url}: unchanged")
+            return previous.value.mirrors
         if result.outcome == FOUND:
             try:
                 mirrors = (parse_metalink(result.content) if kind == "metalink"
@@ -77,7 +113,7 @@ class MirrorLists:
             except SourceError as exc:
                 problem = str(exc)
             else:
-                self.memo.put(self.lifetimes.mirror_list(request.triple), mirrors)
+                self.memo.put(fact, SourceDocument(mirrors, result.validators))
                 self.memo.add_to_dict(BASE_INDEX_KEY,
                                       dict.fromkeys(mirrors.bases, request.triple),
                                       expire=self.config.last_known_ttl)
@@ -89,4 +125,4 @@ class MirrorLists:
         log.warning("%s %s unusable: %s%s", kind, url, problem,
                     "; keeping the last good list" if previous else "")
         trace.append(f"{kind} {url}: {problem}")
-        return previous
+        return previous.value.mirrors if previous else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote
 
 # Squid's own request line buffer is 32 KiB; a longer line is not from Squid.
@@ -91,19 +91,30 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[HelperRequest], Op
     return channel, HelperRequest(channel, url, extras, fields), None
 
 
+# url_rewrite_extras fields (squid.conf) that carry the client's cache directives.
+CACHE_CONTROL_EXTRA, PRAGMA_EXTRA = "cache-control", "pragma"
+
+
+def asks_for_fresh(extras: Mapping[str, str]) -> bool:
+    """Whether the client forbids a cached answer (Cache-Control: no-cache or max-age=0,
+    Pragma: no-cache), as dnf does for every repomd.xml it fetches. Squid sends '-' for a
+    header the request lacks."""
+    directives = {d.strip().lower() for d in extras.get(CACHE_CONTROL_EXTRA, "").split(",")}
+    pragma = {d.strip().lower() for d in extras.get(PRAGMA_EXTRA, "").split(",")}
+    return bool({"no-cache", "max-age=0"} & directives) or "no-cache" in pragma
+
+
 def reuse_key(rest: bytes) -> bytes:
     """What a reusable answer depends on, taken from a request line after its channel-ID: the
-    URL and the myport= extra (the Squid port the request came in on). The client's address,
-    user name and method vary from client to client but change no answer, so that every client
-    asking for one URL on one port shares one reply cache entry."""
+    URL and the key=value extras (myport=, the client's cache-control= ...). The positional
+    extras before them (client address, user name and method, in Squid's default format) vary
+    from client to client but change no answer, so every client asking for one URL the same
+    way shares one reply cache entry."""
     url, _, extras = rest.partition(b" ")
-    start = extras.find(b"myport=")
-    while start > 0 and extras[start - 1] != 0x20:  # only a whole field, not "xmyport="
-        start = extras.find(b"myport=", start + 1)
-    if start < 0:
+    equals = extras.find(b"=")
+    if equals < 0:
         return url
-    end = extras.find(b" ", start)
-    return url + b" " + (extras[start:] if end < 0 else extras[start:end])
+    return url + b" " + extras[extras.rfind(b" ", 0, equals) + 1:]
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")

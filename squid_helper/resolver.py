@@ -79,7 +79,8 @@ class Resolver:
         self._verifying = 0  # background verifications queued or running
         self._active_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
-        self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights)
+        self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
+                                        self._background)
         self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
                                self.health, self.mirror_lists, self._pool, self._background)
 
@@ -132,16 +133,21 @@ class Resolver:
         return dropped
 
     # -- the pipeline -------------------------------------------------------------------------
-    def resolve(self, request: RepoPath, settle: bool = False) -> Resolution:
+    def resolve(self, request: RepoPath, settle: bool = False,
+                refresh: bool = False) -> Resolution:
         """Answer for one path; works it out only when no fresh answer is memoised.
         settle: an optimistic answer is not enough, wait for its verification (for operators
-        asking why, not for Squid)."""
+        asking why, not for Squid). refresh: the client asked for fresh metadata (no-cache);
+        for repomd.xml the repo's freshness is checked again, at most once per
+        refresh_interval, even while the memoised answer holds."""
         started = time.monotonic()
-        answer = self.cached(request)
+        refresh = refresh and request.is_metadata and self.memo.put_new(
+            self.lifetimes.refresh_check(request.triple), True)
+        answer = None if refresh else self.cached(request)
         if answer is None:
             self._busy(+1)
             try:
-                answer = self._work_out(request)
+                answer = self._work_out(request, refresh)
                 if settle and answer.status == OPTIMISTIC:
                     answer = self._settled(request, answer)
             finally:
@@ -157,20 +163,20 @@ class Resolver:
         return Resolution(settled.url, settled.status, settled.reason,
                           optimistic.trace + settled.trace, fresh_for=settled.fresh_for)
 
-    def _work_out(self, request: RepoPath) -> Resolution:
+    def _work_out(self, request: RepoPath, refresh: bool = False) -> Resolution:
         flight = self.lifetimes.answer(request).key
         verifying = self.flights.running(flight)
         if verifying is not None:
             return verifying.result()  # e.g. dnf's retry while its 404 is being looked into
-        trace: List[str] = []
-        mirrors = self.mirror_lists.mirrors(request, trace)
+        trace: List[str] = ["a client asked for fresh metadata: checking again"] if refresh else []
+        mirrors = self.mirror_lists.mirrors(request, trace, force=refresh)
         if mirrors is None:
             return self._fallback(request, trace, "no mirror list is available "
                                   f"for {request.triple}")
         at_once = self._can_verify_later() and not self.flights.busy(flight)
         if len(mirrors.bases) == 1 and at_once and self.health.is_healthy(mirrors.bases[0]):
             # Nothing to choose: no survey or probe stands between the client and the mirror.
-            return self._answer_at_once(request, list(mirrors.bases), trace,
+            return self._answer_at_once(request, list(mirrors.bases), None, trace,
                                         "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
         candidates = self._choose(survey, trace)
@@ -180,15 +186,15 @@ class Resolver:
                                  "the survey")
         if (fresh is not None and request.in_snapshot and at_once
                 and self.health.heard_from(fresh, RECENTLY)):
-            return self._answer_at_once(request, candidates, trace,
+            return self._answer_at_once(request, candidates, survey, trace,
                                         "it served the current repomd.xml")
-        return self.flights.run(flight, lambda: self._verify(request, candidates, trace),
+        return self.flights.run(flight, lambda: self._verify(request, candidates, trace, survey),
                                 lambda: self.cached(request, front=False))
 
-    def _answer_at_once(self, request: RepoPath, candidates: List[str], trace: List[str],
-                        why: str) -> Resolution:
+    def _answer_at_once(self, request: RepoPath, candidates: List[str],
+                        survey: Optional[Survey], trace: List[str], why: str) -> Resolution:
         """The first candidate, unprobed; the path is verified in the background."""
-        self._verify_later(request, candidates)
+        self._verify_later(request, candidates, survey)
         base = candidates[0]
         trace.append(f"{base}: {why}; verifying in the background")
         return Resolution(join_under_base(base, request.path), OPTIMISTIC, f"on {base} ({why})",
@@ -209,7 +215,8 @@ class Resolver:
         return Resolution(url, VERIFIED, f"verified on {base}", trace)
 
     # -- verification -------------------------------------------------------------------------
-    def _verify_later(self, request: RepoPath, candidates: List[str]) -> None:
+    def _verify_later(self, request: RepoPath, candidates: List[str],
+                      survey: Optional[Survey]) -> None:
         """Verify an optimistic answer in the background. The flight is claimed before the
         answer goes out, so that a request for the same path arriving meanwhile waits for it."""
         name = self.lifetimes.answer(request).key
@@ -223,7 +230,7 @@ class Resolver:
         def verify() -> Resolution:
             try:
                 resolution = self.flights.finish(
-                    name, future, lambda: self._verify(request, candidates, trace),
+                    name, future, lambda: self._verify(request, candidates, trace, survey),
                     lambda: self.cached(request, front=False))
             finally:
                 self._busy(-1, verification=True)
@@ -236,9 +243,17 @@ class Resolver:
         self._busy(+1, verification=True)
         self._background.submit(verify)
 
-    def _verify(self, request: RepoPath, candidates: List[str],
-                trace: List[str]) -> Resolution:
+    def _verify(self, request: RepoPath, candidates: List[str], trace: List[str],
+                survey: Optional[Survey]) -> Resolution:
         base, results = self._probe_in_order(candidates, request)
+        if base is None and survey is not None and not survey.complete:
+            # Mirrors still being surveyed may have it (a push that the fastest mirror has not
+            # synced yet): hear their verdicts before saying that nobody has it.
+            complete = self.surveys.completed(request, survey, self.config.probe_timeout + 1)
+            later = [b for b in self._choose(complete, trace) if b not in results]
+            if later:
+                base, more = self._probe_in_order(later, request)
+                results.update(more)
         for probed, result in results.items():
             trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
         if base is not None:

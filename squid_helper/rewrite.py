@@ -6,7 +6,7 @@ import logging
 from typing import Union
 
 from .helperloop import SlowAnswer
-from .protocol import HelperRequest, Reply, err, ok
+from .protocol import HelperRequest, Reply, asks_for_fresh, err, ok
 from .resolver import NOT_FOUND, UNAVAILABLE, Resolution, Resolver
 from .urls import NotOurs, Refused, RepoPath, map_url
 
@@ -45,14 +45,16 @@ class RewriteHandler:
             log.info("refused %s: %s", request.url[:300], mapped.reason)
             return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reusable_for(
                 CONFIG_ANSWER_SECONDS)
+        if mapped.is_metadata and asks_for_fresh(request.extras):
+            return lambda: self._resolve(request.url, mapped, refresh=True)
         cached = self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)
             return reply_for(cached).reusable_for(cached.fresh_for)
         return lambda: self._resolve(request.url, mapped)
 
-    def _resolve(self, client_url: str, request: RepoPath) -> Reply:
-        resolution = self.resolver.resolve(request)
+    def _resolve(self, client_url: str, request: RepoPath, refresh: bool = False) -> Reply:
+        resolution = self.resolver.resolve(request, refresh=refresh)
         level = logging.INFO if resolution.url else logging.WARNING
         log.log(level, "%s -> %s [%s, %.3fs] %s%s", client_url, resolution.url or "ERR",
                 resolution.status, resolution.elapsed, resolution.reason,

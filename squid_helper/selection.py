@@ -48,10 +48,13 @@ def verdicts(bases: Sequence[str], observations: Dict[str, Observation],
     """Each base's verdict (FRESH ... STALE), or None when it must not be used for this repo.
 
     use_digest: judge by the metalink's hashes; otherwise the newest (revision, timestamp)
-    among the answers is fresh and anything older is stale.
+    among the answers is fresh and anything older is stale. A mirror that matches no hash of
+    the metalink but is newer than every one that does has seen a push the metalink does not
+    know yet: it is usable (UNKNOWN), never stale.
     """
     newest = max((o.age_key for o in observations.values() if o.outcome == "ok" and o.age_key),
                  default=None)
+    newer = set(newer_than_metalink(observations))
     result: Dict[str, Optional[str]] = {}
     for base in bases:
         seen = observations.get(base)
@@ -62,10 +65,24 @@ def verdicts(bases: Sequence[str], observations: Dict[str, Observation],
         elif seen.outcome == "missing":
             result[base] = None
         elif use_digest:
-            result[base] = {"expected": FRESH, "alternate": ALTERNATE}.get(seen.digest or "")
+            result[base] = {"expected": FRESH, "alternate": ALTERNATE}.get(
+                seen.digest or "", UNKNOWN if base in newer else None)
         else:
             result[base] = FRESH if seen.age_key == newest else STALE
     return result
+
+
+def newer_than_metalink(observations: Dict[str, Observation]) -> List[str]:
+    """Mirrors whose repomd.xml matches no hash of the metalink yet is newer than every one
+    that matches (evidence of a push the metalink has not caught up with); none when nothing
+    matches the metalink (nothing to compare with)."""
+    matching = [o.age_key for o in observations.values()
+                if o.digest in ("expected", "alternate") and o.age_key]
+    if not matching:
+        return []
+    reference = max(matching)
+    return [b for b, o in observations.items()
+            if o.digest == "mismatch" and o.age_key and o.age_key > reference]
 
 
 def digest_usable(observations: Dict[str, Observation]) -> bool:

@@ -31,6 +31,7 @@ from .selection import (
     FRESH,
     Observation,
     digest_usable,
+    newer_than_metalink,
     observe,
     order_by_speed,
     rank_mirrors,
@@ -116,6 +117,7 @@ class Surveys:
         self.pool = pool  # for the fetches
         self.background = background  # for completing a survey after it decided
         self._runs = itertools.count()
+        self._done: Dict[str, threading.Event] = {}  # this process's surveys still running
 
     def current(self, request: RepoPath, mirrors: MirrorSet, trace: List[str],
                 force: bool = False) -> Survey:
@@ -143,6 +145,7 @@ class Surveys:
         asked = [b for b in mirrors.bases if b not in unhealthy][: self.config.survey_limit]
         run = f"{os.getpid()}.{next(self._runs)}"
         answers = _Answers(asked)
+        self._done[run] = threading.Event()
         for base in asked:
             future = self.pool.submit(self.prober.fetch, join_under_base(base, REPOMD_PATH))
             future.add_done_callback(lambda done, base=base: self._arrived(answers, base, done))
@@ -158,13 +161,31 @@ class Surveys:
         for result in results.values():
             self.health.record(result)
         head = previous.ranked[0] if previous is not None and previous.ranked else None
-        survey, mirrors = self._judge(request, mirrors, asked, results, head, run, trace,
-                                      may_refetch=True)
+        survey, mirrors = self._judge(request, mirrors, asked, results, head, run, trace)
         self._publish(request, survey)
-        if not survey.complete:
+        if survey.complete:
+            self._finished(run)
+        else:
             answers.when_complete(lambda everything: self._complete_later(
                 request, mirrors, asked, everything, survey, results))
         return survey
+
+    def completed(self, request: RepoPath, early: Survey, timeout: float) -> Survey:
+        """The survey once `early` has completed (waiting at most `timeout` seconds), or the
+        latest one published meanwhile."""
+        fact = self.lifetimes.survey(request.triple)
+        done = self._done.get(early.run)
+        if done is not None:
+            done.wait(timeout)
+        else:  # surveyed by another process: watch the memo
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                latest = self.memo.last(fact)
+                if latest is None or latest.value.complete or latest.value.run != early.run:
+                    break
+                time.sleep(0.05)
+        latest = self.memo.last(fact)
+        return latest.value if latest is not None else early
 
     @staticmethod
     def _arrived(answers: _Answers, base: str, done: Future) -> None:
@@ -176,20 +197,24 @@ class Surveys:
 
     def _judge(self, request: RepoPath, mirrors: MirrorSet, asked: List[str],
                results: Dict[str, ProbeResult], head: Optional[str], run: str,
-               trace: List[str], may_refetch: bool) -> Tuple[Survey, MirrorSet]:
+               trace: List[str]) -> Tuple[Survey, MirrorSet]:
         observations = {b: _observation(r, mirrors) for b, r in results.items()}
         use_digest = mirrors.expected is not None
-        if use_digest and not digest_usable(observations) and any(
-                o.outcome == "ok" for o in observations.values()):
-            # No mirror matches the metalink: our copy of it may predate the mirrors.
-            refreshed = (self.mirror_lists.mirrors(request, trace, force=True)
-                         if may_refetch else None)
+        suspect = use_digest and (newer_than_metalink(observations) or (
+            not digest_usable(observations)
+            and any(o.outcome == "ok" for o in observations.values())))
+        if suspect and self.memo.put_new(
+                self.lifetimes.push_check(request.triple), True):
+            # A mirror newer than the metalink, or none matching it: our copy of the metalink
+            # may predate a push. Read it again (at most once per refresh_interval).
+            refreshed = self.mirror_lists.mirrors(request, trace, force=True)
             if refreshed is not None and refreshed.expected != mirrors.expected:
+                trace.append("the metalink changed: judging the mirrors by its new hashes")
                 mirrors = refreshed
                 observations = {b: _observation(r, mirrors) for b, r in results.items()}
-            if not digest_usable(observations):
-                trace.append("no mirror matches the metalink's repomd.xml; ranking by age")
-                use_digest = False
+        if use_digest and not digest_usable(observations):
+            trace.append("no mirror matches the metalink's repomd.xml; ranking by age")
+            use_digest = False
         verdict = verdicts(mirrors.bases, observations, use_digest)
         for base in asked:
             if base not in results:
@@ -205,36 +230,43 @@ class Surveys:
         complete = all(b in results for b in asked)
         return Survey(mirrors.bases, verdict, tuple(ranked), complete, run), mirrors
 
-    def _complete_later(self, *args) -> None:
+    def _complete_later(self, request: RepoPath, *args) -> None:
         try:
-            self.background.submit(self._complete, *args)
-        except RuntimeError:
-            pass  # the helper is closing (a reload): the next survey will be complete
+            self.background.submit(self._complete, request, *args)
+        except RuntimeError:  # the helper is closing (a reload): the next survey is complete
+            self._finished(args[3].run)
 
     def _complete(self, request: RepoPath, mirrors: MirrorSet, asked: List[str],
                   results: Dict[str, ProbeResult], early: Survey,
                   recorded: Dict[str, ProbeResult]) -> None:
         """Publish the complete survey in place of the early one, unless a newer run replaced
         it meanwhile; a mirror found stale after its repomd.xml was answered loses that
-        answer."""
-        for base, result in results.items():
-            if base not in recorded:
-                self.health.record(result)
-        fact = self.lifetimes.survey(request.triple)
-        stored = self.memo.last(fact)
-        if stored is None or stored.value.run != early.run:
-            return
-        trace: List[str] = []
-        head = early.ranked[0] if early.ranked else None
-        survey, _ = self._judge(request, mirrors, asked, results, head, early.run, trace,
-                                may_refetch=False)
-        self._publish(request, survey, at=stored.at)
-        demoted = early.fresh - survey.fresh
-        if demoted:
-            self._forget_repomd_answers(request, demoted)
-        log.info("survey of %s complete%s: %s", request.triple,
-                 f" ({len(demoted)} mirror(s) no longer fresh)" if demoted else "",
-                 "; ".join(trace))
+        answer. Whoever waits for the survey to complete is woken in any case."""
+        try:
+            for base, result in results.items():
+                if base not in recorded:
+                    self.health.record(result)
+            fact = self.lifetimes.survey(request.triple)
+            stored = self.memo.last(fact)
+            if stored is None or stored.value.run != early.run:
+                return
+            trace: List[str] = []
+            head = early.ranked[0] if early.ranked else None
+            survey, _ = self._judge(request, mirrors, asked, results, head, early.run, trace)
+            self._publish(request, survey, at=stored.at)
+            demoted = early.fresh - survey.fresh
+            if demoted:
+                self._forget_repomd_answers(request, demoted)
+            log.info("survey of %s complete%s: %s", request.triple,
+                     f" ({len(demoted)} mirror(s) no longer fresh)" if demoted else "",
+                     "; ".join(trace))
+        finally:
+            self._finished(early.run)
+
+    def _finished(self, run: str) -> None:
+        done = self._done.pop(run, None)
+        if done is not None:
+            done.set()
 
     def _publish(self, request: RepoPath, survey: Survey, at: Optional[float] = None) -> None:
         """Store a survey for every process; their in-process copies of the previous one go

@@ -10,6 +10,7 @@ from squid_helper.protocol import (
     MAX_LINE_BYTES,
     HelperRequest,
     Reply,
+    asks_for_fresh,
     bh,
     err,
     format_reply,
@@ -263,14 +264,13 @@ def test_channel_round_trip(number, url):
 @pytest.mark.parametrize("rest, key", [
     (b"http://repoproxy/a/1/x/p.rpm myport=3128", b"http://repoproxy/a/1/x/p.rpm myport=3128"),
     (b"http://r/a/1/x/p.rpm 10.1.2.3/- - GET myip=10.0.0.1 myport=3128",
-     b"http://r/a/1/x/p.rpm myport=3128"),
-    (b"http://r/a/1/x/p.rpm 10.1.2.3/- - GET myport=5000 myip=10.0.0.1",
-     b"http://r/a/1/x/p.rpm myport=5000"),
+     b"http://r/a/1/x/p.rpm myip=10.0.0.1 myport=3128"),
+    (b"http://r/a/1/x/p.rpm myport=3128 cache-control=no-cache pragma=no-cache",
+     b"http://r/a/1/x/p.rpm myport=3128 cache-control=no-cache pragma=no-cache"),
     (b"http://r/a/1/x/p.rpm", b"http://r/a/1/x/p.rpm"),
-    (b"http://r/a/1/x/p.rpm 10.1.2.3/- xmyport=1 GET", b"http://r/a/1/x/p.rpm"),
-    (b"http://r/a/1/x/p.rpm xmyport=1 myport=5000", b"http://r/a/1/x/p.rpm myport=5000"),
+    (b"http://r/a/1/x/p.rpm 10.1.2.3/- user%3Dx GET", b"http://r/a/1/x/p.rpm"),
 ])
-def test_reuse_key_is_the_url_and_the_port(rest, key):
+def test_reuse_key_is_the_url_and_the_key_value_extras(rest, key):
     assert reuse_key(rest) == key
 
 
@@ -278,4 +278,26 @@ def test_reuse_key_is_shared_by_every_client():
     keys = {reuse_key(f"http://r/a/1/x/p.rpm 10.0.{i}.1/- user{i} GET myip=10.9.9.9 "
                       f"myport=3128".encode()) for i in range(50)}
     assert len(keys) == 1
-    assert reuse_key(b"http://r/a/1/x/p.rpm 10.0.0.1/- - GET myport=5000") not in keys
+    assert reuse_key(b"http://r/a/1/x/p.rpm 10.0.0.1/- - GET myip=10.9.9.9 myport=5000"
+                     ) not in keys
+
+
+def test_a_request_for_fresh_metadata_never_shares_a_plain_requests_entry():
+    plain = reuse_key(b"http://r/a/1/x/repodata/repomd.xml myport=3128 cache-control=- "
+                      b"pragma=-")
+    fresh = reuse_key(b"http://r/a/1/x/repodata/repomd.xml myport=3128 cache-control=no-cache "
+                      b"pragma=no-cache")
+    assert plain != fresh
+
+
+@pytest.mark.parametrize("extras, fresh", [
+    ({"cache-control": "no-cache", "pragma": "no-cache"}, True),
+    ({"cache-control": "max-age=0"}, True),
+    ({"cache-control": "no-store, No-Cache"}, True),
+    ({"pragma": "no-cache"}, True),
+    ({"cache-control": "-", "pragma": "-"}, False),
+    ({"cache-control": "max-age=300"}, False),
+    ({}, False),
+])
+def test_asks_for_fresh(extras, fresh):
+    assert asks_for_fresh(extras) is fresh

@@ -18,6 +18,7 @@ from squid_helper.selection import (
     Observation,
     digest_usable,
     drop_unhealthy,
+    newer_than_metalink,
     observe,
     order_by_speed,
     rank_mirrors,
@@ -136,14 +137,31 @@ def test_verdicts_by_digest():
         A: None, B: ALTERNATE, C: FRESH}
 
 
-def test_verdicts_by_digest_ignore_age():
-    # a mismatching repomd is unusable even when it claims to be the newest
-    newest_but_wrong = observe(repomd(999, 9999), METALINK)
-    assert newest_but_wrong.digest == "mismatch"
-    observations = {A: newest_but_wrong, B: observe(NEW, METALINK)}
-    assert verdicts([A, B], observations, use_digest=True) == {A: None, B: FRESH}
+def test_verdicts_by_digest_a_newer_mismatch_is_usable_never_fresh():
+    # A repomd newer than the metalink's: a push the metalink does not know yet. Usable, never
+    # stale, but never preferred to what the metalink vouches for.
+    newer = observe(repomd(999, 9999), METALINK)
+    assert newer.digest == "mismatch"
+    observations = {A: newer, B: observe(NEW, METALINK)}
+    assert verdicts([A, B], observations, use_digest=True) == {A: UNKNOWN, B: FRESH}
+    assert rank_mirrors([A, B], verdicts([A, B], observations, use_digest=True)) == [B, A]
     # judged by age instead, the same answers rank the other way round
     assert verdicts([A, B], observations, use_digest=False) == {A: FRESH, B: STALE}
+
+
+def test_verdicts_by_digest_an_older_mismatch_is_unusable():
+    observations = {A: observe(OLDER, METALINK), B: observe(NEW, METALINK)}
+    assert verdicts([A, B], observations, use_digest=True) == {A: None, B: FRESH}
+
+
+def test_newer_than_metalink():
+    newer = observe(repomd(999, 9999), METALINK)
+    assert newer_than_metalink({A: newer, B: observe(NEW, METALINK)}) == [A]
+    assert newer_than_metalink({A: newer, B: observe(OLD, METALINK)}) == [A]  # alternate
+    assert newer_than_metalink({A: observe(OLDER, METALINK), B: observe(NEW, METALINK)}) == []
+    # Nothing matches the metalink: nothing to be newer than (the caller refetches anyway).
+    assert newer_than_metalink({A: newer}) == []
+    assert newer_than_metalink({A: observe(NEW, STATIC)}) == []
 
 
 def test_verdicts_by_digest_keep_failed_unknown_missing():
