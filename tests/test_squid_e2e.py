@@ -19,7 +19,7 @@ import yaml
 
 from lab.helper import helper_command
 from lab.httpclient import http_get
-from lab.mirrors import ERROR, GOOD, MirrorServer, dead_url, free_port
+from lab.mirrors import ERROR, GOOD, MirrorServer, dead_url, free_port, metalink_xml
 from lab.rpmrepo import (
     NEW_RPMS,
     PACKAGES_PATH,
@@ -349,3 +349,98 @@ def test_a_half_synced_mirror_costs_dnf_a_retry_not_a_failure(world, rpm_snapsho
         assert partial.count("GET", missing) == 1
     log = (world / "helper.log").read_text()
     assert "optimistic answer for" in log and "corrected" in log, log[-3000:]
+
+
+# -- freshness: a push upstream reaches dnf through the proxy -----------------------------------
+def push_lab(world: Path, rpm_snapshots, servers: List[MirrorServer]):
+    """Mirrors A and B carry the old snapshot and the metalink announces it; A is the faster.
+    Returns (a, b, source, push): push() makes the metalink announce the new snapshot (the old
+    one as an alternate) and B sync it, while A lags behind."""
+    new = world / "pushed"
+    shutil.copytree(rpm_snapshots["new"], new)
+    old_repomd = (rpm_snapshots["old"] / TREE / "repodata" / "repomd.xml").read_bytes()
+    new_repomd = (new / TREE / "repodata" / "repomd.xml").read_bytes()
+    a = mirror(servers, rpm_snapshots["old"])
+    b = mirror(servers, rpm_snapshots["old"], delay=0.05)
+    bases = [a.url + TREE + "/", b.url + TREE + "/"]
+    source = mirror(servers, None, documents={"/metalink": metalink_xml(bases, old_repomd)})
+
+    def push() -> None:
+        published = time.time()  # the pushed repomd.xml is newer than the copy Squid holds
+        os.utime(new / TREE / "repodata" / "repomd.xml", (published, published))
+        b.root = new
+        source.documents["/metalink"] = metalink_xml(bases, new_repomd,
+                                                     alternates=[old_repomd])
+    return a, b, source, push
+
+
+def dnf_repomd_gets(server: MirrorServer) -> int:
+    """repomd.xml GETs that Squid made for dnf (the helper's own surveys excluded)."""
+    return sum(1 for method, path, headers in list(server.requests)
+               if method == "GET" and path.endswith("/repomd.xml")
+               and not headers.get("User-Agent", "").startswith("squid-helper"))
+
+
+def install(world: Path, name: str, squid: SquidInstance, packages: List[str],
+            client: Optional[DnfClient] = None) -> DnfClient:
+    """dnf install --downloadonly through Squid, which must succeed and bring the packages."""
+    client = client or DnfClient(world, name)
+    result = client.install(VIRTUAL_BASE, packages, proxy=squid.proxy_url)
+    wanted = {f"{p}-" for p in packages}
+    got = client.downloaded()
+    if result.returncode != 0 or not all(any(g.startswith(w) for g in got) for w in wanted):
+        helper_log = squid.helper_config.parent / "helper.log"
+        pytest.fail(f"{name}: dnf failed or downloaded {got}\n{dnf_output(result)}\n"
+                    f"helper.log:\n{helper_log.read_text()[-5000:]}", pytrace=False)
+    return client
+
+
+def surveyed(world: Path) -> bool:
+    return wait_for(lambda: "complete" in (world / "helper.log").read_text())
+
+
+def test_a_push_reaches_a_new_dnf_client_within_metadata_ttl(world, rpm_snapshots, servers):
+    a, b, source, push = push_lab(world, rpm_snapshots, servers)
+    repos = {REPO: {"metalink": source.url + "metalink?repo=test-{releasever}&arch={arch}"}}
+    metadata_ttl = 3
+    squid, _ = start_squid(world, repos, metadata_ttl=metadata_ttl, refresh_interval=3600)
+    with squid:
+        install(world, "slave1", squid, ["beta"])
+        assert "beta-1.0-1.noarch.rpm" in DnfClient(world, "slave1").downloaded()
+        assert surveyed(world)
+        push()
+        pushed = time.monotonic()
+        a_before = dnf_repomd_gets(a)
+        time.sleep(metadata_ttl + 0.5)
+        started = time.monotonic()
+        client = install(world, "slave2", squid, ["gamma", "beta"])
+        assert started - pushed < metadata_ttl + 1
+        assert "beta-2.0-1.noarch.rpm" in client.downloaded()
+        # A never served the new repomd.xml to dnf; B did.
+        assert dnf_repomd_gets(a) == a_before, diagnosis(squid, a, b)
+        assert dnf_repomd_gets(b) >= 1
+    # Steady state: one metalink fetch per metadata_ttl at most (the first, one after expiry).
+    assert source.count("GET", "/metalink") <= 2
+
+
+def test_dnf_refresh_pulls_a_push_through_at_once(world, rpm_snapshots, servers):
+    """A long metadata_ttl: the memoised answer would hold for an hour. dnf asks for repomd.xml
+    with no-cache whenever it refreshes: the helper checks again (once per refresh_interval)."""
+    a, b, source, push = push_lab(world, rpm_snapshots, servers)
+    repos = {REPO: {"metalink": source.url + "metalink?repo=test-{releasever}&arch={arch}"}}
+    interval = 2
+    squid, _ = start_squid(world, repos, metadata_ttl=3600, refresh_interval=interval)
+    with squid:
+        client = install(world, "slave1", squid, ["beta"])
+        assert surveyed(world)
+        push()
+        a_before = dnf_repomd_gets(a)
+        time.sleep(interval + 0.1)  # the first run's check was this long ago
+        fetches = source.count("GET", "/metalink")
+        started = time.monotonic()
+        install(world, "slave1", squid, ["gamma"], client)  # dnf --refresh, in effect
+        install(world, "slave2", squid, ["gamma"])
+        elapsed = time.monotonic() - started
+        assert dnf_repomd_gets(a) == a_before, diagnosis(squid, a, b)
+    # One extra metalink fetch per refresh window at most, however many clients refresh.
+    assert 1 <= source.count("GET", "/metalink") - fetches <= 1 + int(elapsed // interval)
