@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
-from .helperloop import HelperLoop
+from .helperloop import Handler, HelperLoop
 from .logsetup import setup_logging
 from .memo import Memo
 from .protocol import HelperRequest, Reply, err
@@ -45,7 +45,7 @@ class _BrokenConfigHandler:
     def reuse_token(self) -> object:
         return None
 
-    def close(self) -> None:
+    def close(self, finish: bool = True) -> None:
         pass
 
 
@@ -61,21 +61,20 @@ def _run_helper(args: argparse.Namespace, role: str, make_handler: Callable) -> 
     setup_logging(config.log_file, role, logging.DEBUG if args.debug else logging.INFO)
     loop = HelperLoop(make_handler(config), sys.stdout.buffer, int(config.workers))
 
-    def reload() -> None:
+    def reload() -> Optional[Handler]:
         try:
             fresh = _load(args.config)
         except ConfigError as exc:
             log.error("SIGHUP: keeping the running config, the new one is invalid: %s", exc)
-            return
-        old, loop.handler = loop.handler, make_handler(fresh)
-        old.close()
+            return None
         log.info("SIGHUP: reloaded %s (%d repos)", args.config, len(fresh.repos))
+        return make_handler(fresh)
 
-    loop.on_reload = reload
+    loop.reload = reload
     log.info("%s helper %s started with %s (%d repos, memo %s)", role, __version__,
              args.config, len(config.repos), config.cache_dir)
     code = loop.run(sys.stdin.buffer)
-    loop.handler.close()
+    loop.handler.close(finish=False)
     log.info("%s helper exiting", role)
     return code
 
@@ -142,7 +141,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     try:
         resolution = resolver.resolve(mapped, settle=True)
     finally:
-        resolver.close()
+        resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
           f"path {mapped.path}")
     for step in resolution.trace:

@@ -41,8 +41,10 @@ class Handler(Protocol):
     def reuse_token(self) -> object:
         """Changes whenever reusable replies given so far may no longer hold (e.g. a purge)."""
 
-    def close(self) -> None:
-        """Release what the handler holds (memo, sessions)."""
+    def close(self, finish: bool = True) -> None:
+        """Release what the handler holds (memo, sessions, threads); called once no answer of
+        its is being worked out any more. finish=False: the helper is exiting, background
+        work may be dropped."""
 
 
 class _Stop(Exception):
@@ -106,14 +108,20 @@ class ReplyCache:
 
 
 class HelperLoop:
+    """reload: called on SIGHUP (at the next request line); returns the handler to answer with
+    from then on, or None to keep the current one. Answers already being worked out finish with
+    the handler they started with, which is closed once the last of them is written."""
+
     def __init__(self, handler: Handler, out: BinaryIO, workers: int,
-                 on_reload: Optional[Callable[[], None]] = None):
+                 reload: Optional[Callable[[], Optional[Handler]]] = None):
         self.handler = handler
         self.out = out
         self.workers = workers
-        self.on_reload = on_reload
+        self.reload = reload
         self._write_lock = threading.Lock()
         self._reload_requested = False
+        self._working: Dict[int, int] = {}  # id(handler) -> its answers being worked out
+        self._working_changed = threading.Condition()
         self.replies = ReplyCache(lambda: self.handler.reuse_token())
 
     def write(self, channel: Optional[str], reply: Reply) -> None:
@@ -126,16 +134,35 @@ class HelperLoop:
 
     def _reload(self) -> None:
         self._reload_requested = False
-        if self.on_reload is not None:
-            self.replies.clear()
-            self.on_reload()
+        fresh = self.reload() if self.reload is not None else None
+        if fresh is None:
+            return
+        old, self.handler = self.handler, fresh
+        self.replies.clear()
+        threading.Thread(target=self._retire, args=(old,), name="retire", daemon=True).start()
 
-    def _guarded(self, channel: Optional[str], work: SlowAnswer) -> None:
+    def _retire(self, old: Handler) -> None:
+        with self._working_changed:
+            self._working_changed.wait_for(lambda: not self._working.get(id(old)))
+        old.close()
+
+    def _started(self, handler: Handler, delta: int) -> None:
+        with self._working_changed:
+            count = self._working.get(id(handler), 0) + delta
+            if count:
+                self._working[id(handler)] = count
+            else:
+                self._working.pop(id(handler), None)
+                self._working_changed.notify_all()
+
+    def _guarded(self, channel: Optional[str], work: SlowAnswer, handler: Handler) -> None:
         try:
             reply = work()
         except Exception as exc:  # a bug must cost one request, never the helper
             log.exception("internal error while answering")
             reply = bh(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._started(handler, -1)
         try:
             self.write(channel, reply)
         except Exception:
@@ -154,8 +181,9 @@ class HelperLoop:
         if request is None:
             self.write(channel, bh(problem or "unparsable request"))
             return
+        handler = self.handler
         try:
-            answer = self.handler.answer(request)
+            answer = handler.answer(request)
         except Exception as exc:
             log.exception("internal error while answering %r", request.url[:200])
             self.write(channel, bh(f"internal error: {type(exc).__name__}: {exc}"))
@@ -164,10 +192,12 @@ class HelperLoop:
             self.write(channel, answer)
             if answer.reuse_for > 0 and reusable:
                 self.replies.put(reuse_key(rest), answer, time.monotonic())
-        elif channel is not None and pool is not None:
-            pool.submit(self._guarded, channel, answer)
         else:
-            self._guarded(channel, answer)  # no channel-ID: replies must stay in order
+            self._started(handler, +1)
+            if channel is not None and pool is not None:
+                pool.submit(self._guarded, channel, answer, handler)
+            else:
+                self._guarded(channel, answer, handler)  # no channel-ID: replies stay in order
 
     def _install_signals(self) -> dict:
         """Install stop/reload handlers; returns the previous ones for restoring."""

@@ -22,9 +22,10 @@ from typing import List, Optional, Tuple
 
 from .config import Config
 from .flight import SingleFlight
+from .health import MirrorHealth
 from .lifetimes import BASE_INDEX_KEY, Lifetimes
 from .memo import Memo
-from .probe import FOUND, UNCHANGED, Prober
+from .probe import FAILED, FOUND, UNCHANGED, Prober
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template
 
@@ -41,8 +42,9 @@ class SourceDocument:
 
 class MirrorLists:
     def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
-                 flights: SingleFlight, background: Executor):
+                 flights: SingleFlight, health: MirrorHealth, background: Executor):
         self.config = config
+        self.health = health
         self.memo = memo
         self.lifetimes = lifetimes
         self.prober = prober
@@ -68,14 +70,17 @@ class MirrorLists:
                                    for t in repo.templates))
         fact = self.lifetimes.mirror_list(request)
         known = self.memo.last(fact)
-        if known is not None and not force:
-            if known.fresh_for(fact, time.time()) > 0:
-                return known.value.mirrors
-            if self.memo.fresh(self.lifetimes.source_retry(request.triple)):
-                return known.value.mirrors  # the source failed a moment ago: leave it alone
-            if not (repo.kind == "metalink" and request.is_metadata):
-                self._refetch_later(request)
-                return known.value.mirrors
+        if known is not None and not force and known.fresh_for(fact, time.time()) > 0:
+            return known.value.mirrors
+        resting = self._resting(request)
+        if resting:
+            # The source failed a moment ago: one timeout is enough, whatever is asked next.
+            trace.append(resting)
+            return known.value.mirrors if known is not None else None
+        if known is not None and not force and not (repo.kind == "metalink"
+                                                    and request.is_metadata):
+            self._refetch_later(request)
+            return known.value.mirrors
 
         def published() -> Optional[MirrorSet]:
             latest = self.memo.last(fact)
@@ -84,6 +89,18 @@ class MirrorLists:
             return None
 
         return self.flights.run(fact.key, lambda: self._fetch(request, trace), published)
+
+    def _resting(self, request: RepoPath) -> Optional[str]:
+        """Why the source is not asked now, if it is not: its host failed (timed out, refused,
+        5xx: health, shared with every repo it serves) or it sent an unusable document."""
+        url = self.source_url(request)
+        if self.health.unhealthy([url]):
+            return f"{url}: its host is marked unhealthy; not asked again yet"
+        unusable = self.memo.fresh(self.lifetimes.source_retry(request.triple))
+        if unusable is not None:
+            ago = time.time() - unusable.at
+            return f"{url}: {unusable.value} {ago:.0f}s ago; not asked again yet"
+        return None
 
     def _refetch_later(self, request: RepoPath) -> None:
         name = self.lifetimes.mirror_list(request).key
@@ -102,6 +119,7 @@ class MirrorLists:
         fact = self.lifetimes.mirror_list(request)
         previous = self.memo.last(fact)
         result = self.prober.fetch(url, previous.value.validators if previous else ())
+        self.health.record(result)
         if result.outcome == UNCHANGED and previous is not None:
             self.memo.put(fact, previous.value)  # fresh again, as it was
             trace.append(f"{kind} {url}: unchanged")
@@ -118,10 +136,15 @@ class MirrorLists:
                                       dict.fromkeys(mirrors.bases, request.triple),
                                       expire=self.config.last_known_ttl)
                 trace.append(f"{kind} {url}: {len(mirrors.bases)} mirrors")
+                if mirrors.skipped:
+                    log.warning("%s %s: skipped %d unusable entr%s: %s", kind, url,
+                                len(mirrors.skipped), "y" if len(mirrors.skipped) == 1 else
+                                "ies", ", ".join(mirrors.skipped[:5]))
                 return mirrors
         else:
             problem = result.detail
-        self.memo.put(self.lifetimes.source_retry(request.triple), True)
+        if result.outcome != FAILED:  # a failing host is marked unhealthy (health) already
+            self.memo.put(self.lifetimes.source_retry(request.triple), problem)
         log.warning("%s %s unusable: %s%s", kind, url, problem,
                     "; keeping the last good list" if previous else "")
         trace.append(f"{kind} {url}: {problem}")

@@ -21,6 +21,8 @@ FOUND, MISSING, FAILED, UNCHANGED = "found", "missing", "failed", "unchanged"
 # Statuses with which servers refuse HEAD although they would serve a GET.
 HEAD_REFUSED = {403, 405, 501}
 USER_AGENT = f"squid-helper/{__version__}"
+# What a mirror's failure looks like; any other exception in a probe is a bug of ours.
+MIRROR_FAILURES = (requests.RequestException, OSError)
 # A response's validator -> the request header that sends it back.
 _CONDITION = {"ETag": "If-None-Match", "Last-Modified": "If-Modified-Since"}
 
@@ -83,19 +85,25 @@ class Prober:
         return MISSING
 
     def probe(self, url: str) -> ProbeResult:
-        """Does the mirror answer for url? HEAD first; ranged GET when HEAD is refused."""
+        """Does the mirror answer for url? HEAD first; ranged GET when HEAD is refused. One
+        time limit covers both. Only network and HTTP failures are the mirror's: anything else
+        is a bug, and raised."""
         started = time.monotonic()
+        deadline = started + self.timeout
         session = self._session(url)
         try:
             response = session.head(url, timeout=self.timeout, allow_redirects=False)
             response.close()
             detail = f"HEAD {response.status_code}"
             if response.status_code in HEAD_REFUSED:
-                response = session.get(url, timeout=self.timeout, allow_redirects=False,
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise requests.Timeout()
+                response = session.get(url, timeout=left, allow_redirects=False,
                                        headers={"Range": "bytes=0-0"}, stream=True)
                 response.close()
                 detail = f"GET {response.status_code} after {detail}"
-        except Exception as exc:  # any failure of one mirror is a verdict, not a crash
+        except MIRROR_FAILURES as exc:
             return self._failure(url, exc, started)
         return ProbeResult(url, self._classify(response.status_code), detail,
                            time.monotonic() - started)
@@ -130,5 +138,5 @@ class Prober:
                              if response.headers.get(name))
                 return ProbeResult(url, FOUND, f"GET {response.status_code}",
                                    time.monotonic() - started, b"".join(chunks), kept)
-        except Exception as exc:
+        except MIRROR_FAILURES as exc:
             return self._failure(url, exc, started)

@@ -45,6 +45,7 @@ _MAX_PARALLEL_PROBES = 4
 RECENTLY = 30.0
 MAX_BACKGROUND_VERIFICATIONS = 64
 _BACKGROUND_THREADS = 4
+_PROBE_SLACK = 1.0
 
 
 @dataclass
@@ -75,32 +76,26 @@ class Resolver:
         # Long enough to cover a survey plus a probe round, so a live holder is never
         # overtaken; short enough that a crashed holder blocks others only briefly.
         self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2)
-        self._active = 0  # resolutions and background verifications under way
         self._verifying = 0  # background verifications queued or running
-        self._active_lock = threading.Lock()
+        self._verifying_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
-                                        self._background)
+                                        self.health, self._background)
         self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
                                self.health, self.mirror_lists, self._pool, self._background)
 
-    def close(self) -> None:
-        """Release threads and connections once the work under way is done: after a reload,
-        requests already with the old configuration still finish on it."""
-        threading.Thread(target=self._close_when_idle, name="close", daemon=True).start()
-
-    def _close_when_idle(self) -> None:
-        deadline = time.monotonic() + self.flights.hold_for
-        while self._active and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._background.shutdown(wait=True)
-        self._pool.shutdown(wait=True)
+    def close(self, finish: bool = True) -> None:
+        """Release threads and connections (the helper loop calls this when no request of this
+        resolver's is left). finish: let queued background work (verifications that other
+        processes may wait for) run first; at exit it is dropped."""
+        # Never cancel probes: a cancelled Future does not wake concurrent.futures.wait().
+        self._background.shutdown(wait=finish, cancel_futures=not finish)
+        self._pool.shutdown(wait=finish)
         self.prober.close()
 
-    def _busy(self, delta: int, verification: bool = False) -> None:
-        with self._active_lock:
-            self._active += delta
-            self._verifying += delta if verification else 0
+    def _verifications(self, delta: int) -> None:
+        with self._verifying_lock:
+            self._verifying += delta
 
     def _can_verify_later(self) -> bool:
         """Whether another background verification may queue: a burst of new paths (a
@@ -145,13 +140,9 @@ class Resolver:
             self.lifetimes.refresh_check(request.triple), True)
         answer = None if refresh else self.cached(request)
         if answer is None:
-            self._busy(+1)
-            try:
-                answer = self._work_out(request, refresh)
-                if settle and answer.status == OPTIMISTIC:
-                    answer = self._settled(request, answer)
-            finally:
-                self._busy(-1)
+            answer = self._work_out(request, refresh)
+            if settle and answer.status == OPTIMISTIC:
+                answer = self._settled(request, answer)
         answer.elapsed = time.monotonic() - started
         return answer
 
@@ -171,8 +162,8 @@ class Resolver:
         trace: List[str] = ["a client asked for fresh metadata: checking again"] if refresh else []
         mirrors = self.mirror_lists.mirrors(request, trace, force=refresh)
         if mirrors is None:
-            return self._fallback(request, trace, "no mirror list is available "
-                                  f"for {request.triple}")
+            return self._fallback(request, trace, f"no mirror list is available for "
+                                  f"{request.triple}" + (f" ({trace[-1]})" if trace else ""))
         at_once = self._can_verify_later() and not self.flights.busy(flight)
         if len(mirrors.bases) == 1 and at_once and self.health.is_healthy(mirrors.bases[0]):
             # Nothing to choose: no survey or probe stands between the client and the mirror.
@@ -227,20 +218,23 @@ class Resolver:
 
         answered = join_under_base(candidates[0], request.path)
 
-        def verify() -> Resolution:
+        def verify() -> Optional[Resolution]:
             try:
                 resolution = self.flights.finish(
                     name, future, lambda: self._verify(request, candidates, trace, survey),
                     lambda: self.cached(request, front=False))
+            except Exception:  # a bug: the waiters got it too; nobody else would see it
+                log.exception("bug while verifying %s in the background", request.key)
+                return None
             finally:
-                self._busy(-1, verification=True)
+                self._verifications(-1)
             if resolution.url != answered:
                 log.warning("optimistic answer for %s corrected: %s [%s] %s; %s", request.key,
                             resolution.url or "ERR", resolution.status, resolution.reason,
                             "; ".join(trace))
             return resolution
 
-        self._busy(+1, verification=True)
+        self._verifications(+1)
         self._background.submit(verify)
 
     def _verify(self, request: RepoPath, candidates: List[str], trace: List[str],
@@ -273,12 +267,14 @@ class Resolver:
                         ) -> Tuple[Optional[str], Dict[str, ProbeResult]]:
         """First mirror, in candidate order, that answers for the path. A slow mirror gets
         company after hedge_delay: the next one is probed in parallel, but an earlier mirror's
-        good answer still wins over a later one's."""
+        good answer still wins over a later one's. A probe that has not answered
+        _PROBE_SLACK seconds after probe_timeout counts as timed out, whatever it does."""
         urls = [join_under_base(b, request.path) for b in candidates]
         results: Dict[int, ProbeResult] = {}
-        running: Dict[Future, int] = {}
+        running: Dict[Future, Tuple[int, float]] = {}  # -> (index, started)
         started = 0
         last_start = 0.0
+        limit = self.config.probe_timeout + _PROBE_SLACK
         while True:
             first_open = next((i for i in range(len(urls))
                                if i not in results or results[i].outcome == FOUND), None)
@@ -290,17 +286,26 @@ class Resolver:
             may_hedge = (now - last_start >= self.config.hedge_delay
                          and len(running) < _MAX_PARALLEL_PROBES)
             if started < len(urls) and (started <= first_open or may_hedge):
-                running[self._pool.submit(self.prober.probe, urls[started])] = started
+                running[self._pool.submit(self.prober.probe, urls[started])] = (started, now)
                 started += 1
                 last_start = now
                 continue
-            timeout = None
+            timeout = min(began + limit for _, began in running.values()) - now
             if started < len(urls) and len(running) < _MAX_PARALLEL_PROBES:
-                timeout = max(0.0, self.config.hedge_delay - (now - last_start))
-            done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                index = running.pop(future)
-                results[index] = future.result()
+                timeout = min(timeout, self.config.hedge_delay - (now - last_start))
+            done, _ = wait(list(running), timeout=max(0.0, timeout),
+                           return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            for future in list(running):
+                index, began = running[future]
+                if future in done:
+                    results[index] = future.result()
+                elif now - began >= limit:  # left to finish on its own; its answer is late
+                    results[index] = ProbeResult(urls[index], FAILED, "no answer within "
+                                                 f"{self.config.probe_timeout:g}s", now - began)
+                else:
+                    continue
+                del running[future]
                 self.health.record(results[index])
         return None, {candidates[i]: r for i, r in results.items()}
 

@@ -64,5 +64,5 @@ class RewriteHandler:
     def reuse_token(self) -> object:
         return self.resolver.memo.generation()
 
-    def close(self) -> None:
-        self.resolver.close()
+    def close(self, finish: bool = True) -> None:
+        self.resolver.close(finish)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+import defusedxml
+import defusedxml.ElementTree
+
 from .config import validate_template
 from .urls import REPOMD_PATH
 
@@ -42,6 +45,7 @@ class MirrorSet:
     bases: Tuple[str, ...]
     expected: Optional[RepomdDigest] = None
     alternates: Tuple[RepomdDigest, ...] = field(default=())
+    skipped: Tuple[str, ...] = field(default=())  # unusable entries, as the source gave them
 
 
 def _checked_base(url: str) -> Optional[str]:
@@ -55,25 +59,30 @@ def _checked_base(url: str) -> Optional[str]:
 
 
 def parse_mirrorlist(text: str) -> MirrorSet:
-    """A mirrorlist: '#' comments, blank lines, then one base URL a line."""
+    """A mirrorlist: '#' comments, blank lines, then one base URL a line. As dnf does, a line
+    that is no usable http(s) base URL (ftp://, rsync://, garbage) is skipped, not fatal:
+    MirrorSet.skipped names them, for the log."""
     if text.lstrip().startswith("<"):
         raise SourceError("got HTML/XML where a mirrorlist (one URL a line) was expected")
     bases: List[str] = []
+    skipped: List[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         base = _checked_base(line)
         if base is None:
-            raise SourceError(f"line {line[:120]!r} is not an http(s) mirror URL")
-        if base not in bases:
+            skipped.append(line[:120])
+        elif base not in bases:
             bases.append(base)
+    if not bases and skipped:
+        raise SourceError(f"no line is an http(s) mirror URL (first: {skipped[0]!r})")
     if not bases:
         comment = next((ln.strip("# ").strip() for ln in text.splitlines()
                         if ln.startswith("#")), "")
         hint = f" (server says: {comment[:120]})" if comment else ""
         raise SourceError("the mirrorlist lists no mirrors" + hint)
-    return MirrorSet(tuple(bases))
+    return MirrorSet(tuple(bases), skipped=tuple(skipped))
 
 
 def _local(tag: str) -> str:
@@ -95,9 +104,12 @@ def _digest_from(element: ET.Element) -> RepomdDigest:
 def parse_metalink(content: bytes) -> MirrorSet:
     """A Fedora metalink: repomd.xml's URLs on each mirror, their preference, size and hashes."""
     try:
-        root = ET.fromstring(content)
+        # Untrusted XML from the network: no entity expansion, no external references.
+        root = defusedxml.ElementTree.fromstring(content)
     except ET.ParseError as exc:
         raise SourceError(f"not a metalink XML document ({exc})") from None
+    except defusedxml.DefusedXmlException as exc:
+        raise SourceError(f"metalink refused: {exc}") from None
     if _local(root.tag) != "metalink":
         raise SourceError(f"not a metalink document (root element <{_local(root.tag)}>)")
     file_el = next((el for el in root.iter() if _local(el.tag) == "file"
@@ -113,13 +125,14 @@ def parse_metalink(content: bytes) -> MirrorSet:
                        if _local(el.tag) == "alternates" for alt in el
                        if _local(alt.tag) == "alternate")
     ranked: List[Tuple[int, int, str]] = []
+    skipped: List[str] = []
     for order, url_el in enumerate(el for el in file_el.iter() if _local(el.tag) == "url"):
         url = (url_el.text or "").strip()
-        if not url.endswith(REPOMD_PATH):
-            continue
-        base = _checked_base(url[: -len(REPOMD_PATH)])
+        base = (_checked_base(url[: -len(REPOMD_PATH)]) if url.endswith(REPOMD_PATH)
+                else None)
         if base is None:
-            continue  # rsync:// and other protocols dnf would not use through an HTTP proxy
+            skipped.append(url[:120])  # rsync://, ftp://, not repomd.xml: dnf skips them too
+            continue
         try:
             preference = int(url_el.get("preference", "0"))
         except ValueError:
@@ -133,7 +146,7 @@ def parse_metalink(content: bytes) -> MirrorSet:
         raise SourceError("the metalink lists no http(s) mirrors for repomd.xml")
     if not expected.hashes and expected.size is None:
         expected = None
-    return MirrorSet(tuple(bases), expected, alternates)
+    return MirrorSet(tuple(bases), expected, alternates, tuple(skipped))
 
 
 _REVISION_RE = re.compile(rb"<revision>\s*([0-9]+)\s*</revision>")

@@ -106,5 +106,5 @@ class StoreIdHandler:
     def reuse_token(self) -> object:
         return None  # keys are only ever added to the index, never changed
 
-    def close(self) -> None:
+    def close(self, finish: bool = True) -> None:
         self.mapper.memo.close()

@@ -26,7 +26,7 @@ from .health import MirrorHealth
 from .lifetimes import Lifetimes
 from .memo import Memo
 from .mirrorlists import MirrorLists
-from .probe import FAILED, FOUND, Prober, ProbeResult
+from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
 from .selection import (
     FRESH,
     Observation,
@@ -191,6 +191,10 @@ class Surveys:
     def _arrived(answers: _Answers, base: str, done: Future) -> None:
         if done.cancelled():
             result = ProbeResult(base, FAILED, "survey cancelled (helper reloading)", 0.0)
+        elif done.exception() is not None:
+            # A bug of ours, not the mirror's failure: logged as such, the mirror not judged.
+            log.error("bug while surveying %s", base, exc_info=done.exception())
+            result = ProbeResult(base, MISSING, f"not judged: {done.exception()!r}", 0.0)
         else:
             result = done.result()
         answers.add(base, result)

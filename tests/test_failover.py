@@ -9,6 +9,7 @@ from pathlib import Path
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer, metalink_xml
 from lab.wait import wait_for
+from squid_helper.helperloop import TOKEN_CHECK_SECONDS
 
 from conftest import NEW_ONLY
 
@@ -259,3 +260,50 @@ def test_a_purge_in_another_process_is_seen_within_a_second(tmp_path, fleet):
         assert rewritten_url(helper.ask(url))
         # re-verified after the purge (in the background: the answer did not wait for it)
         assert wait_for(lambda: good.count("HEAD", "common-1.0.rpm") == 2)
+
+
+def test_a_mirror_found_dead_is_not_answered_for_paths_memoised_on_it(tmp_path, snapshots):
+    """Health is one fact: once a probe for any path finds the mirror dead, no path is
+    answered with it, memoised or reused by the helper loop, and those paths are verified
+    again elsewhere. It used to answer them with the dead mirror for up to path_ttl."""
+    with MirrorServer(snapshots["new"]) as backup:
+        first = MirrorServer(snapshots["new"]).start()
+        backup.delay = 0.02  # slower: the first mirror is chosen while it lives
+        config = static(tmp_path, [first.url, backup.url], unhealthy_ttl=600)
+        try:
+            with HelperProcess(config) as helper:
+                memoised = [PKG + "common-1.0.rpm", PKG + "new-2.0.rpm"]
+                for url in memoised:
+                    assert rewritten_url(helper.ask_settled(url)).startswith(first.url)
+                    assert rewritten_url(helper.ask(url)).startswith(first.url)  # reused
+                first.stop()
+                # Another path's verification finds the mirror dead ...
+                helper.ask_settled(PKG + "bulk-1.rpm")
+                time.sleep(TOKEN_CHECK_SECONDS + 0.05)  # the loop's reused replies notice
+                # ... and no path is answered with it any more.
+                for url in memoised:
+                    assert rewritten_url(helper.ask(url)).startswith(backup.url)
+        finally:
+            if not first.stopping.is_set():
+                first.stop()
+    assert backup.count("HEAD", "common-1.0.rpm") == 1  # verified again there
+
+
+def test_a_mirror_that_comes_back_is_used_again(tmp_path, snapshots):
+    with MirrorServer(snapshots["new"], delay=0.02) as backup:
+        first = MirrorServer(snapshots["new"]).start()
+        port = first.port
+        config = static(tmp_path, [first.url, backup.url], unhealthy_ttl=1, path_ttl=1)
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask_settled(PKG + "common-1.0.rpm")).startswith(
+                first.url)
+            first.stop()
+            assert rewritten_url(helper.ask_settled(PKG + "new-2.0.rpm")).startswith(
+                backup.url)
+            revived = MirrorServer(snapshots["new"], port=port).start()
+            try:
+                time.sleep(1.2)  # unhealthy_ttl and the answers' path_ttl pass
+                assert rewritten_url(helper.ask_settled(PKG + "bulk-2.rpm")).startswith(
+                    revived.url)
+            finally:
+                revived.stop()

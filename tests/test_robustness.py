@@ -187,3 +187,33 @@ def test_invalid_config_at_start_keeps_squid_working_as_a_plain_proxy(tmp_path):
         assert reply.startswith("ERR message=") and "repos.yaml:3" in reply
         assert helper.close() == 0
         assert "repos.fedora.mirrorlist" in helper.stderr_text()
+
+
+def test_a_reload_with_requests_in_flight_costs_no_answer(tmp_path, snapshots):
+    """SIGHUP (squid -k reconfigure) while requests are being worked out, then the next line:
+    every request in flight still gets its answer, from the old configuration or the new one.
+    Six in flight with four workers: some are still queued when the reload happens."""
+    with MirrorServer(snapshots["new"], delay=0.4) as one, \
+            MirrorServer(snapshots["new"], delay=0.4) as two:
+        config = write_config(tmp_path, {"test": {"mirrors": [one.url, two.url]}},
+                              workers=4)
+        with HelperProcess(config) as helper:
+            # Not packages: each is probed before it is answered, so all are slow.
+            names = [f"extra/file-{i}.txt" for i in range(6)]
+            helper.send_raw("".join(f"{i} {PKG}{name} myport=3128\n"
+                                    for i, name in enumerate(names, 1)).encode())
+            time.sleep(0.2)
+            helper.process.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+            helper.send_raw(b"7 http://example.org/ myport=3128\n")  # the reload happens now
+            replies = {}
+            for _ in range(7):
+                channel, _, reply = helper.reply(30).partition(" ")
+                replies[channel] = reply
+    assert sorted(replies, key=int) == [str(i) for i in range(1, 8)]
+    for channel, reply in replies.items():
+        assert not reply.startswith("BH"), (channel, reply)
+    assert replies["7"] == "ERR"
+    for channel in map(str, range(1, 7)):
+        assert "no mirror has" in replies[channel], replies[channel]
+    assert "reloaded" in (tmp_path / "helper.log").read_text()

@@ -175,10 +175,18 @@ def test_mirrorlist_html_or_xml_is_refused(text):
         "http:///pub/",
     ],
 )
-def test_mirrorlist_garbage_line_is_refused(line):
-    with pytest.raises(SourceError) as info:
-        parse_mirrorlist(f"# header\nhttp://good/\n{line}\n")
-    assert "is not an http(s) mirror URL" in str(info.value)
+def test_mirrorlist_unusable_line_is_skipped_the_rest_used(line):
+    # As dnf reads it: librepo's own test mirrorlists mix ftp:// lines with http:// ones.
+    result = parse_mirrorlist(f"# header\nhttp://good/\n{line}\nhttps://other/pub\n")
+    assert result.bases == ("http://good/", "https://other/pub/")
+    assert result.skipped == (line.strip(),)
+
+
+@pytest.mark.parametrize("text", ["ftp://mirror/pub/\nrsync://mirror/pub/\n",
+                                  "Service Unavailable\n"])
+def test_mirrorlist_without_one_usable_line_is_refused(text):
+    with pytest.raises(SourceError, match="no line is an http"):
+        parse_mirrorlist(text)
 
 
 def test_mirrorlist_garbage_message_is_truncated():
@@ -457,3 +465,24 @@ def test_repomd_age_key_tolerates_whitespace_and_missing_fields():
 def test_repomd_age_key_refuses_other_documents(content):
     with pytest.raises(SourceError, match="not a repomd.xml"):
         repomd_age_key(content)
+
+
+def test_metalink_names_what_it_skipped():
+    urls = [url_line("rsync://r.example/os/repodata/repomd.xml", 100, "rsync"),
+            url_line("http://ok/repodata/repomd.xml", 90)]
+    result = parse_metalink(metalink(urls))
+    assert result.bases == ("http://ok/",)
+    assert result.skipped == ("rsync://r.example/os/repodata/repomd.xml",)
+
+
+@pytest.mark.parametrize("attack", [
+    # billion laughs: entity expansion
+    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+    b'<metalink><files><file name="repomd.xml">&b;</file></files></metalink>',
+    # external entity: a file of the proxy host
+    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    b'<metalink><files><file name="repomd.xml">&x;</file></files></metalink>',
+])
+def test_metalink_with_entities_is_refused(attack):
+    with pytest.raises(SourceError, match="metalink refused"):
+        parse_metalink(attack)
