@@ -44,6 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.owner.lock:
             self.server.owner.requests.append((self.command, self.path.split("?", 1)[0],
                                                dict(self.headers.items())))
+            self.server.owner.arrivals.append(time.time())
 
     def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
               head: bool = False) -> None:
@@ -166,6 +167,7 @@ class MirrorServer:
         self.delay = delay
         self.documents: Dict[str, bytes] = dict(documents or {})
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
+        self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connections: set = set()
@@ -213,6 +215,15 @@ class MirrorServer:
             return sum(1 for m, p, _ in self.requests
                        if (method is None or m == method) and p.endswith(path_suffix)
                        and path_contains in p)
+
+    def busiest_second(self, method: Optional[str] = None, path_contains: str = "") -> int:
+        """The most matching requests that arrived within one calendar second."""
+        per_second: Dict[int, int] = {}
+        with self.lock:
+            for (m, p, _), at in zip(self.requests, self.arrivals):
+                if (method is None or m == method) and path_contains in p:
+                    per_second[int(at)] = per_second.get(int(at), 0) + 1
+        return max(per_second.values(), default=0)
 
     def paths(self) -> List[str]:
         with self.lock:

@@ -81,12 +81,12 @@ def _run_helper(args: argparse.Namespace, role: str, make_handler: Callable) -> 
 
 def cmd_rewrite(args: argparse.Namespace) -> int:
     return _run_helper(args, "rewrite",
-                       lambda config: RewriteHandler(Resolver(config, Memo(config.cache_dir))))
+                       lambda config: RewriteHandler(Resolver(config, Memo.of(config))))
 
 
 def cmd_storeid(args: argparse.Namespace) -> int:
     return _run_helper(args, "storeid", lambda config: StoreIdHandler(
-        StoreIdMapper(config, Memo(config.cache_dir))))
+        StoreIdMapper(config, Memo.of(config))))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     if isinstance(mapped, Refused):
         print(f"{args.url}: refused: {mapped.reason}")
         return 1
-    resolver = Resolver(config, Memo(config.cache_dir))
+    resolver = Resolver(config, Memo.of(config))
     try:
         resolution = resolver.resolve(mapped, settle=True)
     finally:

@@ -57,6 +57,11 @@ NUMERIC_SETTINGS: Dict[str, Tuple[float, float, str]] = {
                       "for more mirrors after the first answer"),
     "survey_limit": (8, 1, "how many mirrors (in preference order) are checked for fresh "
                      "repodata"),
+    "max_probes_per_second": (50, 1, "probes one mirror host may receive per second from all "
+                              "helper processes together; past that, paths are answered "
+                              "unprobed"),
+    "memo_size_mb": (1024, 1, "megabytes the memo may take on disk; the least recently "
+                     "stored entries go first"),
     "workers": (4, 1, "threads answering new paths in one helper process (those that wait "
                 "for a survey or a probe)"),
 }

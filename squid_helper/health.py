@@ -58,6 +58,13 @@ class MirrorHealth:
             known.value * (1 - _NEWEST_WEIGHT) + result.elapsed * _NEWEST_WEIGHT)
         self.memo.put(fact, estimate)
 
+    def may_probe(self, base: str) -> bool:
+        """Spend one of the mirror host's probes for this second, if any is left: a client
+        asking for thousands of paths that exist nowhere must not turn the helpers into a
+        probe cannon aimed at the mirrors."""
+        fact = self.lifetimes.probe_budget(host_of(base), int(time.time()))
+        return self.memo.count(fact) <= self.lifetimes.config.max_probes_per_second
+
     def heard_from(self, base: str, within: float) -> bool:
         """Whether the mirror answered one of the helpers' requests in the last `within`
         seconds (its latency sample is that recent)."""

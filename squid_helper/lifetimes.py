@@ -89,6 +89,10 @@ class Lifetimes:
     def unhealthy(self, host: str) -> Fact:
         return Fact(f"health:{host}", self.config.unhealthy_ttl, self.config.unhealthy_ttl)
 
+    def probe_budget(self, host: str, second: int) -> Fact:
+        """The probes sent to one mirror host in one second, by every helper process."""
+        return Fact(f"probes:{host}:{second}", 1.0, 2.0)
+
     def latency(self, host: str) -> Fact:
         """How fast the mirror answered lately: worth keeping as long as a last-known answer."""
         return Fact(f"latency:{host}", self.config.last_known_ttl, self.config.last_known_ttl)

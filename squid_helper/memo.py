@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import diskcache
 
+from .config import Config
 from .lifetimes import GENERATION_KEY, Fact
 
 log = logging.getLogger("squid_helper.memo")
@@ -46,6 +47,11 @@ class Stored:
 
 
 class Memo:
+    @classmethod
+    def of(cls, config: Config) -> Memo:
+        """The memo a configuration names, with its size limit."""
+        return cls(config.cache_dir, size_limit=int(config.memo_size_mb) << 20)
+
     def __init__(self, directory: str, size_limit: int = 1 << 30):
         self.directory = directory
         self.size_limit = size_limit
@@ -247,6 +253,16 @@ class Memo:
         """The stored fact if it is still fresh, else None."""
         stored = self.last(fact, front)
         return stored if stored is not None and stored.fresh_for(fact, time.time()) > 0 else None
+
+    def count(self, fact: Fact) -> int:
+        """Add one to the counter stored as `fact` (it expires with the fact) and return it,
+        atomically across processes; 0 without a working memo."""
+        def add_one(cache: diskcache.Cache) -> int:
+            with cache.transact():
+                value = (cache.get(fact.key) or 0) + 1
+                cache.set(fact.key, value, expire=fact.keep_for)
+                return value
+        return self._do(add_one, 0)
 
     # -- cross-process locks ------------------------------------------------------------------
     def try_lock(self, name: str, hold_for: float) -> Optional[str]:

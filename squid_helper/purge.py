@@ -45,7 +45,7 @@ def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
 
 def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) -> List[PurgeResult]:
     results = []
-    resolver = Resolver(config, Memo(config.cache_dir))
+    resolver = Resolver(config, Memo.of(config))
     try:
         for url in urls:
             mapped = map_url(url, {}, config)

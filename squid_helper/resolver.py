@@ -77,6 +77,7 @@ class Resolver:
         # overtaken; short enough that a crashed holder blocks others only briefly.
         self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2)
         self._verifying = 0  # background verifications queued or running
+        self._closing = False
         self._verifying_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
@@ -89,6 +90,7 @@ class Resolver:
         resolver's is left). finish: let queued background work (verifications that other
         processes may wait for) run first; at exit it is dropped."""
         # Never cancel probes: a cancelled Future does not wake concurrent.futures.wait().
+        self._closing = True
         self._background.shutdown(wait=finish, cancel_futures=not finish)
         self._pool.shutdown(wait=finish)
         self.prober.close()
@@ -224,7 +226,8 @@ class Resolver:
                     name, future, lambda: self._verify(request, candidates, trace, survey),
                     lambda: self.cached(request, front=False))
             except Exception:  # a bug: the waiters got it too; nobody else would see it
-                log.exception("bug while verifying %s in the background", request.key)
+                if not self._closing:  # else: the helper is exiting, probes cannot start
+                    log.exception("bug while verifying %s in the background", request.key)
                 return None
             finally:
                 self._verifications(-1)
@@ -244,14 +247,22 @@ class Resolver:
             # Mirrors still being surveyed may have it (a push that the fastest mirror has not
             # synced yet): hear their verdicts before saying that nobody has it.
             complete = self.surveys.completed(request, survey, self.config.probe_timeout + 1)
-            later = [b for b in self._choose(complete, trace) if b not in results]
+            later = [b for b in self._choose(complete, trace) if b not in candidates]
             if later:
+                candidates = candidates + later
                 base, more = self._probe_in_order(later, request)
                 results.update(more)
         for probed, result in results.items():
             trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
         if base is not None:
             return self._publish(request, base, trace, "answered")
+        unasked = [b for b in candidates if b not in results]
+        if unasked:
+            # Those mirrors' probes for this second are spent (a flood of new paths): the
+            # client gets the first one's own answer, and nothing is memoised.
+            trace.append(f"probe budget spent on {', '.join(unasked)}: answered unprobed")
+            return Resolution(join_under_base(unasked[0], request.path), OPTIMISTIC,
+                              f"on {unasked[0]} (unprobed: max_probes_per_second spent)", trace)
         failures = [r for r in results.values() if r.outcome == FAILED]
         if results and not failures and all(r.outcome == MISSING for r in results.values()):
             reason = f"no mirror has {request.path} ({len(results)} answered 404)"
@@ -268,7 +279,10 @@ class Resolver:
         """First mirror, in candidate order, that answers for the path. A slow mirror gets
         company after hedge_delay: the next one is probed in parallel, but an earlier mirror's
         good answer still wins over a later one's. A probe that has not answered
-        _PROBE_SLACK seconds after probe_timeout counts as timed out, whatever it does."""
+        _PROBE_SLACK seconds after probe_timeout counts as timed out, whatever it does. A
+        mirror whose probes for this second are spent (max_probes_per_second) is passed
+        over, and has no result."""
+        candidates = [b for b in candidates if self.health.may_probe(b)]
         urls = [join_under_base(b, request.path) for b in candidates]
         results: Dict[int, ProbeResult] = {}
         running: Dict[Future, Tuple[int, float]] = {}  # -> (index, started)

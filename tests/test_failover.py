@@ -256,10 +256,9 @@ def test_a_purge_in_another_process_is_seen_within_a_second(tmp_path, fleet):
             assert purger.forget(map_url(url, {}, config)) == 1
         finally:
             purger.close()
-        time.sleep(1.0)
-        assert rewritten_url(helper.ask(url))
-        # re-verified after the purge (in the background: the answer did not wait for it)
-        assert wait_for(lambda: good.count("HEAD", "common-1.0.rpm") == 2)
+        # Within a second the helper notices, answers afresh and verifies the path again.
+        assert wait_for(lambda: rewritten_url(helper.ask(url)) is not None
+                        and good.count("HEAD", "common-1.0.rpm") == 2, timeout=1.0, step=0.05)
 
 
 def test_a_mirror_found_dead_is_not_answered_for_paths_memoised_on_it(tmp_path, snapshots):
@@ -279,10 +278,11 @@ def test_a_mirror_found_dead_is_not_answered_for_paths_memoised_on_it(tmp_path, 
                 first.stop()
                 # Another path's verification finds the mirror dead ...
                 helper.ask_settled(PKG + "bulk-1.rpm")
-                time.sleep(TOKEN_CHECK_SECONDS + 0.05)  # the loop's reused replies notice
-                # ... and no path is answered with it any more.
+                # ... and no path is answered with it any more (the loop's reused replies
+                # notice within TOKEN_CHECK_SECONDS).
                 for url in memoised:
-                    assert rewritten_url(helper.ask(url)).startswith(backup.url)
+                    assert wait_for(lambda url=url: rewritten_url(helper.ask(url)).startswith(
+                        backup.url), timeout=TOKEN_CHECK_SECONDS + 0.2, step=0.02)
         finally:
             if not first.stopping.is_set():
                 first.stop()
