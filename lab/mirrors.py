@@ -74,6 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.behaviour == ERROR:
             self._send(500, b"internal error\n", head=head)
             return
+        for fragment, (status, headers) in list(owner.fail_paths.items()):
+            if fragment in self.path:
+                self._send(status, b"failing on purpose\n", headers, head=head)
+                return
         if owner.behaviour == NO_HEAD and head:
             self._send(405, b"", {"Allow": "GET"}, head=True)
             return
@@ -168,6 +172,8 @@ class MirrorServer:
         self.documents: Dict[str, bytes] = dict(documents or {})
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
+        # path fragment -> (status, headers): paths containing it get that answer instead
+        self.fail_paths: Dict[str, Tuple[int, Dict[str, str]]] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connections: set = set()

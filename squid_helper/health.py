@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
-from .lifetimes import Lifetimes
+from .lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
 from .memo import Memo
-from .probe import FAILED, ProbeResult
+from .probe import ERROR, FAILED, ProbeResult
 
 log = logging.getLogger("squid_helper.health")
 
@@ -34,29 +34,68 @@ class MirrorHealth:
         self.lifetimes = lifetimes
 
     def unhealthy(self, bases: Iterable[str]) -> List[str]:
-        """The bases whose host is currently marked unhealthy (in-process copy; a new mark
-        reaches every process through the memo's generation)."""
-        return [b for b in bases
-                if self.memo.fresh(self.lifetimes.unhealthy(host_of(b)), front=True)]
+        """The bases whose host is currently marked unhealthy or asked us to back off
+        (in-process copy; a new mark reaches every process through the memo's generation)."""
+        now = time.time()
+        found = []
+        for base in bases:
+            host = host_of(base)
+            if self.memo.fresh(self.lifetimes.unhealthy(host), front=True):
+                found.append(base)
+                continue
+            backoff = self.memo.fresh(self.lifetimes.backoff(host), front=True)
+            if backoff is not None and backoff.value > now:
+                found.append(base)
+        return found
 
     def is_healthy(self, base: str) -> bool:
         return not self.unhealthy([base])
 
     def record(self, result: ProbeResult) -> None:
-        """Learn from one request to a mirror: a failure marks the host, an answer (even a
-        404) is a latency sample."""
+        """Learn from one request to a mirror. A host that cannot be reached (refused, timed
+        out) is marked at once. A 5xx or 429 is that path's answer: the host is marked only
+        when HOST_ERROR_PATHS distinct paths failed within HOST_ERROR_WINDOW, or when it asks
+        to be left alone (Retry-After), for as long as it asks. Any answer is a latency
+        sample."""
         host = host_of(result.url)
         if result.outcome == FAILED:
-            self.memo.put(self.lifetimes.unhealthy(host), result.detail)
-            self.memo.bump_generation()
-            log.warning("mirror %s marked unhealthy for %gs: %s", host,
-                        self.lifetimes.config.unhealthy_ttl, result.detail)
+            self._mark(host, result.detail)
+            return
+        if result.outcome == ERROR:
+            self._count_error(host, result)
             return
         fact = self.lifetimes.latency(host)
         known = self.memo.last(fact)
         estimate = result.elapsed if known is None else (
             known.value * (1 - _NEWEST_WEIGHT) + result.elapsed * _NEWEST_WEIGHT)
         self.memo.put(fact, estimate)
+
+    def _mark(self, host: str, detail: str) -> None:
+        self.memo.put(self.lifetimes.unhealthy(host), detail)
+        self.memo.bump_generation()
+        log.warning("mirror %s marked unhealthy for %gs: %s", host,
+                    self.lifetimes.config.unhealthy_ttl, detail)
+
+    def _count_error(self, host: str, result: ProbeResult) -> None:
+        now = time.time()
+        if result.retry_after:
+            wait = min(result.retry_after, MAX_BACKOFF)
+            self.memo.put(self.lifetimes.backoff(host), now + wait)
+            self.memo.bump_generation()
+            log.warning("mirror %s asked to be left alone for %gs: %s", host, wait,
+                        result.detail)
+            return
+        path = urlsplit(result.url).path
+
+        def add(paths: Optional[Dict[str, float]]) -> Dict[str, float]:
+            recent = {p: t for p, t in (paths or {}).items() if now - t < HOST_ERROR_WINDOW}
+            recent[path] = now
+            return recent
+
+        failing = self.memo.update(self.lifetimes.host_errors(host), add, {path: now})
+        if len(failing) >= HOST_ERROR_PATHS:
+            self._mark(host, f"{result.detail} for {len(failing)} paths within "
+                       f"{HOST_ERROR_WINDOW:g}s")
 
     def may_probe(self, base: str) -> bool:
         """Spend one of the mirror host's probes for this second, if any is left: a client

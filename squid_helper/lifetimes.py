@@ -23,6 +23,12 @@ from .config import Config
 from .urls import RepoPath
 
 GENERATION_KEY = "generation"
+# A host is taken out for its errors only when several distinct paths failed within a window:
+# one path that breaks (or that a client makes break) is that path's problem, not the host's.
+HOST_ERROR_PATHS = 3
+HOST_ERROR_WINDOW = 60.0
+# A Retry-After longer than this is not taken at its word.
+MAX_BACKOFF = 600.0
 # base URL -> "repo/releasever/arch" for every mirror a list ever named; the store_id helper
 # uses it to give every mirror's copy of a path the same cache key.
 BASE_INDEX_KEY = "base-index"
@@ -92,6 +98,14 @@ class Lifetimes:
     def probe_budget(self, host: str, second: int) -> Fact:
         """The probes sent to one mirror host in one second, by every helper process."""
         return Fact(f"probes:{host}:{second}", 1.0, 2.0)
+
+    def host_errors(self, host: str) -> Fact:
+        """The paths for which the host recently answered 5xx/429 (path -> when)."""
+        return Fact(f"errors:{host}", HOST_ERROR_WINDOW, HOST_ERROR_WINDOW)
+
+    def backoff(self, host: str) -> Fact:
+        """The host asked us to wait (429/503 with Retry-After): until when."""
+        return Fact(f"backoff:{host}", MAX_BACKOFF, MAX_BACKOFF)
 
     def latency(self, host: str) -> Fact:
         """How fast the mirror answered lately: worth keeping as long as a last-known answer."""

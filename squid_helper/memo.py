@@ -254,15 +254,22 @@ class Memo:
         stored = self.last(fact, front)
         return stored if stored is not None and stored.fresh_for(fact, time.time()) > 0 else None
 
-    def count(self, fact: Fact) -> int:
-        """Add one to the counter stored as `fact` (it expires with the fact) and return it,
-        atomically across processes; 0 without a working memo."""
-        def add_one(cache: diskcache.Cache) -> int:
+    def update(self, fact: Fact, change: Callable[[Any], Any], default: Any) -> Any:
+        """Replace the value stored as `fact` (None when absent) by change(value), atomically
+        across processes, and return it; `default` without a working memo. The fact counts
+        as learnt now and expires with it."""
+        def apply(cache: diskcache.Cache) -> Any:
             with cache.transact():
-                value = (cache.get(fact.key) or 0) + 1
-                cache.set(fact.key, value, expire=fact.keep_for)
+                stored = cache.get(fact.key)
+                value = change(stored.value if isinstance(stored, Stored) else None)
+                cache.set(fact.key, Stored(value, time.time()), expire=fact.keep_for)
                 return value
-        return self._do(add_one, 0)
+        self._front.pop(fact.key, None)
+        return self._do(apply, default)
+
+    def count(self, fact: Fact) -> int:
+        """Add one to the counter stored as `fact` and return it; 0 without a working memo."""
+        return self.update(fact, lambda value: (value or 0) + 1, 0)
 
     # -- cross-process locks ------------------------------------------------------------------
     def try_lock(self, name: str, hold_for: float) -> Optional[str]:

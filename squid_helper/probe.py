@@ -6,6 +6,7 @@ shared by the threads of a process.
 
 from __future__ import annotations
 
+import email.utils
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from requests.adapters import HTTPAdapter
 
 from . import __version__
 
-FOUND, MISSING, FAILED, UNCHANGED = "found", "missing", "failed", "unchanged"
+FOUND, MISSING, FAILED, ERROR, UNCHANGED = "found", "missing", "failed", "error", "unchanged"
 # Statuses with which servers refuse HEAD although they would serve a GET.
 HEAD_REFUSED = {403, 405, 501}
 USER_AGENT = f"squid-helper/{__version__}"
@@ -30,11 +31,15 @@ _CONDITION = {"ETag": "If-None-Match", "Last-Modified": "If-Modified-Since"}
 @dataclass(frozen=True)
 class ProbeResult:
     url: str
-    outcome: str  # FOUND, MISSING, FAILED, or UNCHANGED (a conditional fetch's 304)
+    # FOUND; MISSING (404, 410 ...); ERROR: the server answered, with 5xx or 429, for this path;
+    # FAILED: the host could not be reached (refused, timed out); UNCHANGED: a conditional
+    # fetch's 304.
+    outcome: str
     detail: str  # e.g. "HEAD 200", "GET 206 after HEAD 405", "timeout after 2.0s"
     elapsed: float
     content: Optional[bytes] = None  # only for fetch()
     validators: Tuple[Tuple[str, str], ...] = ()  # fetch(): ETag / Last-Modified to send back
+    retry_after: Optional[float] = None  # seconds a 429 or 503 asked us to wait
 
 
 class Prober:
@@ -81,8 +86,16 @@ class Prober:
         if status < 400:
             return FOUND
         if status >= 500 or status == 429:
-            return FAILED
+            return ERROR
         return MISSING
+
+    def _answered(self, url: str, response: requests.Response, detail: str,
+                  started: float, **more) -> ProbeResult:
+        outcome = self._classify(response.status_code)
+        retry_after = (_seconds(response.headers.get("Retry-After"))
+                       if response.status_code in (429, 503) else None)
+        return ProbeResult(url, outcome, detail, time.monotonic() - started,
+                           retry_after=retry_after, **more)
 
     def probe(self, url: str) -> ProbeResult:
         """Does the mirror answer for url? HEAD first; ranged GET when HEAD is refused. One
@@ -105,8 +118,7 @@ class Prober:
                 detail = f"GET {response.status_code} after {detail}"
         except MIRROR_FAILURES as exc:
             return self._failure(url, exc, started)
-        return ProbeResult(url, self._classify(response.status_code), detail,
-                           time.monotonic() - started)
+        return self._answered(url, response, detail, started)
 
     def fetch(self, url: str, validators: Tuple[Tuple[str, str], ...] = ()) -> ProbeResult:
         """GET a small document (mirrorlist, metalink, repomd.xml) within the time limit.
@@ -121,16 +133,15 @@ class Prober:
                 if response.status_code == 304 and conditions:
                     return ProbeResult(url, UNCHANGED, "GET 304 (unchanged)",
                                        time.monotonic() - started, validators=validators)
-                outcome = self._classify(response.status_code)
-                if outcome != FOUND:
-                    return ProbeResult(url, outcome, f"GET {response.status_code}",
-                                       time.monotonic() - started)
+                if self._classify(response.status_code) != FOUND:
+                    return self._answered(url, response, f"GET {response.status_code}",
+                                          started)
                 chunks, size = [], 0
                 for chunk in response.iter_content(64 * 1024):
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > self.max_document_bytes:
-                        return ProbeResult(url, FAILED, f"larger than {self.max_document_bytes} "
+                        return ProbeResult(url, ERROR, f"larger than {self.max_document_bytes} "
                                            "bytes", time.monotonic() - started)
                     if time.monotonic() > deadline:
                         raise requests.Timeout()
@@ -140,3 +151,15 @@ class Prober:
                                    time.monotonic() - started, b"".join(chunks), kept)
         except MIRROR_FAILURES as exc:
             return self._failure(url, exc, started)
+
+
+def _seconds(retry_after: Optional[str]) -> Optional[float]:
+    """A Retry-After header's delay in seconds (delta-seconds or an HTTP date); None if none."""
+    if not retry_after:
+        return None
+    if retry_after.strip().isdigit():
+        return float(retry_after.strip())
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -29,7 +29,7 @@ from .health import MirrorHealth
 from .lifetimes import Lifetimes
 from .memo import Memo
 from .mirrorlists import MirrorLists
-from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
+from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .survey import Survey, Surveys
 from .urls import RepoPath, join_under_base
 
@@ -263,7 +263,7 @@ class Resolver:
             trace.append(f"probe budget spent on {', '.join(unasked)}: answered unprobed")
             return Resolution(join_under_base(unasked[0], request.path), OPTIMISTIC,
                               f"on {unasked[0]} (unprobed: max_probes_per_second spent)", trace)
-        failures = [r for r in results.values() if r.outcome == FAILED]
+        failures = [r for r in results.values() if r.outcome in (FAILED, ERROR)]
         if results and not failures and all(r.outcome == MISSING for r in results.values()):
             reason = f"no mirror has {request.path} ({len(results)} answered 404)"
             self.memo.put(self.lifetimes.miss(request), reason)

@@ -26,7 +26,7 @@ from .health import MirrorHealth
 from .lifetimes import Lifetimes
 from .memo import Memo
 from .mirrorlists import MirrorLists
-from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
+from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .selection import (
     FRESH,
     Observation,
@@ -190,7 +190,7 @@ class Surveys:
     @staticmethod
     def _arrived(answers: _Answers, base: str, done: Future) -> None:
         if done.cancelled():
-            result = ProbeResult(base, FAILED, "survey cancelled (helper reloading)", 0.0)
+            result = ProbeResult(base, MISSING, "not judged: survey cancelled", 0.0)
         elif done.exception() is not None:
             # A bug of ours, not the mirror's failure: logged as such, the mirror not judged.
             log.error("bug while surveying %s", base, exc_info=done.exception())
@@ -290,4 +290,4 @@ class Surveys:
 def _observation(result: ProbeResult, mirrors: MirrorSet) -> Observation:
     if result.outcome == FOUND:
         return observe(result.content or b"", mirrors)
-    return Observation("failed" if result.outcome == FAILED else "missing")
+    return Observation("failed" if result.outcome in (FAILED, ERROR) else "missing")

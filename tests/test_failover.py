@@ -307,3 +307,43 @@ def test_a_mirror_that_comes_back_is_used_again(tmp_path, snapshots):
                     revived.url)
             finally:
                 revived.stop()
+
+
+def test_one_failing_path_does_not_take_the_mirror_out(tmp_path, snapshots):
+    """A 500 for one path is that path's answer (another mirror serves it); the host stays in
+    use for every other path. A client could otherwise steer everyone off a mirror with one
+    request. Several distinct paths failing within a minute do take it out."""
+    with MirrorServer(snapshots["new"], delay=0.02) as backup, \
+            MirrorServer(snapshots["new"]) as first:
+        first.fail_paths["boom"] = (500, {})
+        for name in ("boom-1.rpm", "boom-2.rpm", "boom-3.rpm"):
+            (snapshots["new"] / "Packages" / name).write_bytes(b"rpm")
+        config = static(tmp_path, [first.url, backup.url])
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask_settled(PKG + "boom-1.rpm")) == \
+                backup.url + "Packages/boom-1.rpm"
+            others = [helper.ask_settled(PKG + name) for name in NEW_ONLY[:6]]
+            assert all(rewritten_url(r).startswith(first.url) for r in others), others
+            # Three distinct paths failing: now the host is out.
+            for name in ("boom-2.rpm", "boom-3.rpm"):
+                helper.ask_settled(PKG + name)
+            assert rewritten_url(helper.ask_settled(PKG + NEW_ONLY[7])).startswith(backup.url)
+    log = (tmp_path / "helper.log").read_text()
+    assert "marked unhealthy" in log and "for 3 paths" in log, log[-2000:]
+
+
+def test_a_mirror_asking_to_back_off_is_left_alone_for_as_long(tmp_path, snapshots):
+    with MirrorServer(snapshots["new"], delay=0.02) as backup, \
+            MirrorServer(snapshots["new"]) as first:
+        config = static(tmp_path, [first.url, backup.url], unhealthy_ttl=600)
+        with HelperProcess(config) as helper:
+            assert rewritten_url(helper.ask_settled(PKG + "new-2.0.rpm")).startswith(first.url)
+            first.fail_paths["Packages/"] = (429, {"Retry-After": "1"})
+            assert rewritten_url(helper.ask_settled(PKG + "bulk-1.rpm")).startswith(backup.url)
+            asked = first.count(path_contains="/Packages/")
+            assert rewritten_url(helper.ask_settled(PKG + "bulk-2.rpm")).startswith(backup.url)
+            assert first.count(path_contains="/Packages/") == asked  # left alone
+            first.fail_paths.clear()
+            time.sleep(1.1)  # Retry-After: 1 has passed; unhealthy_ttl (600 s) did not apply
+            assert rewritten_url(helper.ask_settled(PKG + "bulk-3.rpm")).startswith(first.url)
+    assert "asked to be left alone for 1s" in (tmp_path / "helper.log").read_text()
