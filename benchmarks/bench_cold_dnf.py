@@ -238,8 +238,9 @@ def one_run(tmp: Path, index: int, round_no: int, case: str, mirrors: Dict[str, 
     else:
         bases = [near.url + template]  # unused by plain Squid, but SquidInstance wants one
     config = helper_config(run_dir / "helper", bases, accel, settings)
+    # Plain Squid's clients ask the mirrors on loopback directly: this host's own addresses.
     squid = SquidInstance(run_dir / "squid", config, accel_port=accel, helpers=case != PLAIN,
-                          **HELPER_PARAMS)
+                          guard_local_destinations=False, **HELPER_PARAMS)
     timing_log = squid.log_dir / "timing.log"
     squid.extra_lines += [TIMING_FORMAT, f"access_log daemon:{timing_log} benchtiming"]
     client = DnfClient(run_dir, "dnf")

@@ -55,6 +55,8 @@ SHIPPED = SquidConfParams()
 HELPER_PARAMS = {name: getattr(SHIPPED, name) for name in (
     "rewrite_children", "rewrite_startup", "rewrite_idle", "rewrite_concurrency",
     "storeid_children", "storeid_startup", "storeid_idle", "storeid_concurrency")}
+# Plain Squid's clients ask the mirror on loopback directly: this host's own address.
+HELPER_PARAMS["guard_local_destinations"] = False
 
 # The floor for any Python helper inside Squid: answers each line at once, no parsing beyond
 # the URL prefix, no memo. `echo.py rewrite PREFIX BASE` maps PREFIX... to BASE...;

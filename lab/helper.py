@@ -127,8 +127,10 @@ class HelperProcess:
 
 
 def rewritten_url(reply: str) -> Optional[str]:
-    """The URL from an `OK rewrite-url="..."` reply, else None."""
+    """The URL from an `OK rewrite-url="..." [other kv-pairs]` reply, else None."""
     if not reply.startswith("OK rewrite-url="):
         return None
     value = reply[len("OK rewrite-url="):]
-    return value[1:-1] if value.startswith('"') else value
+    if value.startswith('"'):  # URLs never hold a quote or backslash: no escapes to undo
+        return value[1:value.index('"', 1)]
+    return value.split(" ", 1)[0]

@@ -61,12 +61,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
+        if owner.stopping.is_set():
+            self.close_connection = True
+            return
+        self._record()  # on arrival: a far mirror has the request while it makes it wait
         if owner.delay:
             time.sleep(owner.delay)
         if owner.stopping.is_set():
             self.close_connection = True
             return
-        self._record()
         if owner.behaviour == HANG:
             owner.stopping.wait(HANG_LIMIT)
             self.close_connection = True

@@ -321,7 +321,9 @@ def run_soak(seconds: float = 600.0, warmup: float = 10.0, rate: float = 200.0,
                            rewrite_children=REWRITE_CHILDREN, rewrite_startup=REWRITE_CHILDREN,
                            rewrite_concurrency=SquidConfParams().rewrite_concurrency,
                            storeid_children=STOREID_CHILDREN, storeid_startup=STOREID_CHILDREN,
-                           storeid_concurrency=SquidConfParams().storeid_concurrency) as squid:
+                           storeid_concurrency=SquidConfParams().storeid_concurrency,
+                           # the generic proxying goes to an origin server on loopback
+                           guard_local_destinations=False) as squid:
             deadline = time.monotonic() + 30
             while (len(squid.helper_roles()) < REWRITE_CHILDREN + STOREID_CHILDREN
                    and time.monotonic() < deadline):

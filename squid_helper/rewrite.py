@@ -24,9 +24,14 @@ NOTE_FOR_STATUS = {NOT_FOUND: "not-found", UNAVAILABLE: "unavailable"}
 REFUSED_NOTE = "refused"
 
 
+# Set on every rewrite: squid.conf refuses repo requests without it (not rewritten: a helper
+# that died or answered BH), so that Squid never fetches a repo URL as the client gave it.
+REWRITTEN_NOTE = {"repo_rewrite": "ok"}
+
+
 def reply_for(resolution: Resolution) -> Reply:
     if resolution.url:
-        return ok(rewrite_url=resolution.url)
+        return ok(rewrite_url=resolution.url, **REWRITTEN_NOTE)
     return err(resolution.reason,
                **{REPO_ERROR_NOTE: NOTE_FOR_STATUS.get(resolution.status, "unavailable")})
 

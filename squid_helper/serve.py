@@ -209,7 +209,7 @@ def serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.port == args.accel_port:
         raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
-    load_config(args.config)
+    config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
     root = _is_root()
     user_name = SQUID_USER if root else pwd.getpwuid(os.geteuid()).pw_name
@@ -243,6 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_dir=str(directory / "logs"), pid_file=str(directory / "run" / "squid.pid"),
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
+        virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
         shutdown_lifetime=SHUTDOWN_LIFETIME,
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
                      "every start")

@@ -21,6 +21,20 @@ EXAMPLE_NOTE = ("Rendered by `python -m squid_helper.squidconf`. Install as "
                 "/etc/squid/squid.conf; edit the lab acl.")
 # RFC 1918 networks; the admin narrows them to the lab's own.
 DEFAULT_LAB_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# The name the store_id helper's keys use (storeid.STORE_ID_HOST; kept here so that rendering
+# squid.conf needs nothing of the helpers).
+STORE_ID_HOST = "squid-helper.invalid"
+LOCAL_GUARD = """\
+# No client reaches this host's own services, or link-local ones (cloud metadata), through the
+# proxy. Repo URLs are exempt, and checked first so that no DNS lookup happens for them: the
+# virtual host never resolves, and an accel request is addressed to this host until the helper
+# rewrites it to a mirror.
+acl to_linklocal dst 169.254.0.0/16 fe80::/10
+http_access deny !repo_virtual !repo_accel to_localhost
+http_access deny !repo_virtual !repo_accel to_linklocal"""
+LOCAL_UNGUARDED = """\
+# guard_local_destinations is off: clients may reach this host's own services through the
+# proxy (a test lab whose origin servers live on loopback; never in production)."""
 
 _PLACEHOLDER_RE = re.compile(r"@([A-Z_]+)@")
 _TOKEN_RE = re.compile(r"^[^\s#\"'\\]+$")
@@ -48,6 +62,10 @@ class SquidConfParams:
     pid_file: str = "/run/squid.pid"
     coredump_dir: str = "/var/spool/squid"
     lab_networks: Tuple[str, ...] = DEFAULT_LAB_NETWORKS
+    virtual_hosts: Tuple[str, ...] = ("repoproxy",)  # host names only, without ports
+    # Refuse client URLs to this host's own addresses and link-local ones. Off only for a lab
+    # whose origin servers themselves live on loopback (tests, benchmarks).
+    guard_local_destinations: bool = True
     effective_user: str = "proxy"
     visible_hostname: str = "squid-helper"
     rewrite_children: int = 20
@@ -93,6 +111,8 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         raise SquidConfError(f"the forward port and the accel port are both {p.forward_port}")
     if not p.lab_networks:
         raise SquidConfError("lab_networks must name at least one network (e.g. 10.1.2.0/24)")
+    if not p.virtual_hosts:
+        raise SquidConfError("virtual_hosts must name at least one host (e.g. repoproxy)")
     if "\n" in p.generated_by or "\r" in p.generated_by:
         raise SquidConfError("generated_by must be one line")
     listen = "" if p.listen_address in (None, "") else _token("listen_address",
@@ -116,6 +136,9 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "PID_FILE": _token("pid_file", p.pid_file),
         "COREDUMP_DIR": _token("coredump_dir", p.coredump_dir),
         "LAB_NETWORKS": " ".join(_token("lab_networks", n) for n in p.lab_networks),
+        "VIRTUAL_HOSTS": " ".join(_token("virtual_hosts", h) for h in p.virtual_hosts),
+        "STORE_ID_HOST": STORE_ID_HOST,
+        "LOCAL_DESTINATIONS": LOCAL_GUARD if p.guard_local_destinations else LOCAL_UNGUARDED,
         "EFFECTIVE_USER": _token("effective_user", p.effective_user),
         "VISIBLE_HOSTNAME": _token("visible_hostname", p.visible_hostname),
         "REWRITE_CHILDREN": _count("rewrite_children", p.rewrite_children, 1),

@@ -1,9 +1,16 @@
 """The store_id_program: one Squid cache key per repo path, whichever mirror served it.
 
 Squid stores an object under the URL the rewrite helper answered with. After a failover to
-another mirror that URL changes, and the cached copy would be lost. This helper maps both the
-client's virtual URL and every mirror URL of a repo path to the same key:
-    http://squid-helper.internal/<repo>/<releasever>/<arch>/<path>
+another mirror that URL changes, and the cached copy would be lost. This helper maps every
+mirror URL of a repo path to the same key:
+    http://squid-helper.invalid/<repo>/<releasever>/<arch>/<path>
+
+Only a URL that the rewrite helper could have answered with gets the key: one under a mirror
+base of the config or of a fetched mirror list, with a safe path and no query. The virtual
+host, accel-port URLs and unknown hosts never do: if Squid ever fetched one of those as it
+is (a rewrite helper that died), whatever came back must not land under the key every client
+reads. The key's host cannot resolve (.invalid, RFC 6761), and squid.conf refuses it to
+clients.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from .helperloop import SlowAnswer
 from .lifetimes import BASE_INDEX_KEY
 from .memo import Memo
 from .protocol import HelperRequest, Reply, err, ok
-from .urls import RepoPath, map_url, relative_path_problem, template_pattern
+from .urls import RepoPath, relative_path_problem, template_pattern
 
 log = logging.getLogger("squid_helper.storeid")
 
-STORE_ID_HOST = "squid-helper.internal"
+STORE_ID_HOST = "squid-helper.invalid"  # squid.conf refuses it to clients (squidconf)
 # A URL's store key never changes while the config stays; a new config clears the loop's cache.
 KEY_REUSE_SECONDS = 3600.0
 # How often the list of known mirror bases is re-read from the memo at most, when a URL matches
@@ -65,32 +72,31 @@ class StoreIdMapper:
     def _from_bases(self, url: str) -> Optional[str]:
         for base, triple in self._bases:
             if url.startswith(base):
-                path = url[len(base):].split("?", 1)[0].split("#", 1)[0]
+                path = url[len(base):]
                 if relative_path_problem(path) is None:
                     return f"http://{STORE_ID_HOST}/{triple}/{path}"
         return None
 
-    def _mirror_key(self, url: str, force: bool) -> Optional[str]:
+    def _from_templates(self, url: str) -> Optional[str]:
         for repo, pattern in self._static:
-            match = pattern.match(url)
+            match = pattern.fullmatch(url)
             if match and relative_path_problem(match["path"]) is None:
                 return store_key(repo, match["releasever"] if "releasever" in
                                  pattern.groupindex else "-", match["arch"] if "arch" in
                                  pattern.groupindex else "-", match["path"])
-        if force and not url.startswith(("http://", "https://")):
-            return None
-        self._refresh(force=force)  # force: a mirror list fetched since we last looked
-        return self._from_bases(url)
+        return None
 
-    def key(self, url: str, extras: Dict[str, str]) -> Optional[str]:
-        # Mirror URLs first: on an accel port Squid passes the rewritten mirror URL with the
-        # client's myport=, and map_url would take any URL on that port for a virtual one.
-        found = self._mirror_key(url, force=False)
+    def key(self, url: str) -> Optional[str]:
+        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+        if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
+            return None  # a query (S3's ?acl, ?list ...) asks the mirror for another body
+        found = self._from_templates(url)
         if found is None:
-            mapped = map_url(url, extras, self.config)
-            if isinstance(mapped, RepoPath):
-                return key_for(mapped)
-            found = self._mirror_key(url, force=True)
+            self._refresh(force=False)
+            found = self._from_bases(url)
+        if found is None:
+            self._refresh(force=True)  # a mirror list fetched since we last looked
+            found = self._from_bases(url)
         return found
 
 
@@ -99,7 +105,7 @@ class StoreIdHandler:
         self.mapper = mapper
 
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
-        key = self.mapper.key(request.url, request.extras)
+        key = self.mapper.key(request.url)
         # A key never changes for a URL; "no key" may, once a new mirror list is published.
         return ok(store_id=key).reusable_for(KEY_REUSE_SECONDS) if key else err()
 

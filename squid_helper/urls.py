@@ -94,6 +94,9 @@ def _segment_problem(segment: str) -> Optional[str]:
             return "'.' and '..' path segments (also percent-encoded) are not allowed"
         if any(ch in decoded for ch in _FORBIDDEN_DECODED):
             return "encoded '/', '\\', NUL, CR or LF in a path segment is not allowed"
+        if ";" in decoded:
+            # Tomcat-based mirrors read '..;' as '..' (a path parameter): a way out of the tree.
+            return "';' in a path segment is not allowed"
         if "%" not in decoded:
             return None
         try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -35,6 +37,7 @@ from lab.rpmrepo import (
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 from lab.wait import wait_for
 from squid_helper.memo import FRONT_CACHE_SECONDS
+from squid_helper.storeid import STORE_ID_HOST
 
 from conftest import require
 
@@ -445,3 +448,100 @@ def test_dnf_refresh_pulls_a_push_through_at_once(world, rpm_snapshots, servers)
         assert dnf_repomd_gets(a) == a_before, diagnosis(squid, a, b)
     # One extra metalink fetch per refresh window at most, however many clients refresh.
     assert 1 <= source.count("GET", "/metalink") - fetches <= 1 + int(elapsed // interval)
+
+
+# -- security: no client can poison the shared cache or reach the proxy host ------------------
+def accel_get(squid: SquidInstance, path: str, host: str, headers=None, timeout=30.0) -> tuple:
+    return http_get("127.0.0.1", squid.accel_port, path, {"Host": host, **(headers or {})},
+                    timeout=timeout)
+
+
+def test_a_rewrite_helper_that_dies_mid_request_lets_no_attacker_into_the_cache(
+        world, rpm_snapshots, servers):
+    """A lab client asks on the accel port for a package with its own server as the Host, and
+    the rewrite helper dies while it works the request out. Squid used to forward the request
+    as it was, to the attacker, and store the answer under the shared key: every client then
+    got the attacker's file. Now the request fails, and the package is the mirror's."""
+    attack = world / "attack"
+    (attack / TREE / "Packages").mkdir(parents=True)
+    (attack / TREE / "Packages" / "alpha-1.0-1.noarch.rpm").write_bytes(b"attacker's bytes")
+    attacker = mirror(servers, attack)
+    # Slow mirrors: the first request waits for the survey, long enough to kill the helper.
+    one = mirror(servers, rpm_snapshots["new"], delay=1.5)
+    two = mirror(servers, rpm_snapshots["new"], delay=1.5)
+    repos = {REPO: {"mirrors": [one.url + TEMPLATE_PATH, two.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+    path = f"/{REPO}/9/x86_64/Packages/alpha-1.0-1.noarch.rpm"
+    with squid:
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(
+            accel_get(squid, path, f"127.0.0.1:{attacker.port}", timeout=60)))
+        request.start()
+        assert wait_for(lambda: one.count("GET", "repomd.xml") >= 1)  # the helper is at work
+        for pid, role in squid.helper_roles().items():
+            if role == "rewrite":
+                os.kill(pid, signal.SIGKILL)
+        request.join(90)
+        assert answers and answers[0][0] != 200, answers
+        assert attacker.count() == 0, attacker.paths()
+        # The clean URL, through the forward port and the accel port: the mirror's package.
+        status, _, body = squid.get(PACKAGES_URL + "alpha-1.0-1.noarch.rpm", timeout=60)
+        assert status == 200 and body[:4] == b"\xed\xab\xee\xdb"  # the RPM lead's magic
+        status, _, body = accel_get(squid, path, f"127.0.0.1:{squid.accel_port}")
+        assert status == 200 and body[:4] == b"\xed\xab\xee\xdb"
+    assert attacker.count() == 0
+
+
+def test_the_shared_key_and_this_hosts_services_are_refused_to_clients(
+        world, rpm_snapshots, servers):
+    good = mirror(servers, rpm_snapshots["new"])
+    service = mirror(servers, None, documents={"/secret.txt": b"only for this host\n"})
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+    with squid:
+        # Repo URLs are rewritten to mirrors on loopback, and that works ...
+        assert squid.get(PACKAGES_URL + "alpha-1.0-1.noarch.rpm")[0] == 200
+        # ... but no client reaches this host's own services through the proxy,
+        assert squid.get(service.url + "secret.txt")[0] == 403
+        assert squid.get(f"http://localhost:{service.port}/secret.txt")[0] == 403
+        # nor a link-local address (cloud metadata services),
+        assert squid.get("http://169.254.169.254/latest/meta-data/")[0] == 403
+        # nor the shared key of a cached package, now that it is cached.
+        key = f"http://{STORE_ID_HOST}/{REPO}/9/x86_64/Packages/alpha-1.0-1.noarch.rpm"
+        status, headers, _ = squid.get(key)
+        assert status == 403, (status, headers)
+        # The proxy names no version, and mirrors learn nothing of the client.
+        status, headers, _ = squid.get(PACKAGES_URL + "alpha-1.0-1.noarch.rpm")
+        assert "5." not in headers.get("server", "") + headers.get("via", ""), headers
+    gets = [h for m, p, h in good.requests if m == "GET" and p.endswith(".rpm")]
+    assert gets and all("X-Forwarded-For" not in h for h in gets), gets
+    assert service.count() == 0
+
+
+def test_a_one_byte_range_fetches_a_whole_repo_file_but_not_a_whole_other_file(
+        world, rpm_snapshots, servers):
+    big = world / "origin"
+    big.mkdir()
+    (big / "big.iso").write_bytes(os.urandom(8 * 1024 * 1024))
+    origin = mirror(servers, big)
+    good = mirror(servers, rpm_snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    # The generic origin lives on loopback here, so this Squid lets clients reach it.
+    squid, _ = start_squid(world, repos,
+                           squid_params={"guard_local_destinations": False})
+    with squid:
+        status, _, body = http_get("127.0.0.1", squid.port, origin.url + "big.iso",
+                                   {"Host": f"127.0.0.1:{origin.port}", "Range": "bytes=0-0"})
+        assert status == 206 and len(body) == 1
+        # The origin was asked for that byte only, not for 8 MiB.
+        assert origin.requests[-1][2].get("Range") == "bytes=0-0", origin.requests[-1]
+        # A repo file: the whole of it comes into the cache, for the next client.
+        url = PACKAGES_URL + "gamma-1.0-1.noarch.rpm"
+        status, _, body = http_get("127.0.0.1", squid.port, url,
+                                   {"Host": "repoproxy", "Range": "bytes=0-0"})
+        assert status == 206 and len(body) == 1
+        assert wait_for(lambda: squid.get(url)[0] == 200
+                        and good.count("GET", "gamma-1.0-1.noarch.rpm") == 1)
+        gets = [h for m, p, h in good.requests if m == "GET" and p.endswith("gamma-1.0-1"
+                                                                              ".noarch.rpm")]
+        assert len(gets) == 1 and "Range" not in gets[0], gets

@@ -196,7 +196,7 @@ def test_trailing_slash_is_kept():
     assert mapped(BASE + "repodata/").path == "repodata/"
 
 
-@pytest.mark.parametrize("path", ["a-b_c.d~e!$&'()*+,;=:@.rpm",
+@pytest.mark.parametrize("path", ["a-b_c.d~e!$&'()*+,=:@.rpm",
                                   "Packages/x/x-1.0-1.fc40.noarch.rpm",
                                   "images/pxeboot/vmlinuz", ".treeinfo", "...", ".hidden/x"])
 def test_legal_paths(path):
@@ -550,3 +550,10 @@ def test_template_pattern_escapes_regex_characters():
 def test_template_pattern_path_stops_at_query():
     pattern = template_pattern("http://m/{releasever}/")
     assert pattern.match("http://m/40/a.rpm?x=1")["path"] == "a.rpm"
+
+
+@pytest.mark.parametrize("path", ["Packages/..;/..;/secret", "Packages/a;b.rpm",
+                                  "Packages/a%3Bb.rpm", "Packages/a%253bb.rpm"])
+def test_semicolons_are_refused(path):
+    # Tomcat-based mirrors (Artifactory, Nexus) read '..;' as '..': a way out of the tree.
+    assert "';' in a path segment" in refused(BASE + path)

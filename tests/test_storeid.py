@@ -1,0 +1,73 @@
+"""The store_id helper gives the shared key to mirror URLs of repo paths, and to nothing else:
+whatever a client makes Squid fetch under any other URL must not land where every client
+reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from squid_helper.config import parse_config
+from squid_helper.lifetimes import BASE_INDEX_KEY
+from squid_helper.memo import Memo
+from squid_helper.storeid import STORE_ID_HOST, StoreIdMapper
+
+CONFIG = """\
+virtual_hosts: [repoproxy]
+accel_ports: [5000]
+repos:
+  static:
+    mirrors:
+      - http://mirror-a.example/pub/{releasever}/{arch}/
+      - https://mirror-b.example/os/{releasever}/{arch}/
+  listed:
+    mirrorlist: http://lists.example/ml?r={releasever}&a={arch}
+"""
+KEY = f"http://{STORE_ID_HOST}/static/9/x86_64/Packages/a.rpm"
+LISTED_KEY = f"http://{STORE_ID_HOST}/listed/9/x86_64/Packages/a.rpm"
+
+
+@pytest.fixture
+def mapper(tmp_path) -> StoreIdMapper:
+    config = parse_config(CONFIG.replace("repos:", f"cache_dir: {tmp_path}\nrepos:"))
+    memo = Memo(str(tmp_path))
+    # What the rewrite helpers publish when they fetch the list.
+    memo.add_to_dict(BASE_INDEX_KEY, {"http://m.example/fedora/9/x86_64/": "listed/9/x86_64"},
+                     expire=None)
+    return StoreIdMapper(config, memo)
+
+
+@pytest.mark.parametrize("url, key", [
+    ("http://mirror-a.example/pub/9/x86_64/Packages/a.rpm", KEY),
+    ("https://mirror-b.example/os/9/x86_64/Packages/a.rpm", KEY),  # http and https alike
+    ("http://m.example/fedora/9/x86_64/Packages/a.rpm", LISTED_KEY),  # a listed mirror
+])
+def test_mirror_urls_of_a_repo_path_share_one_key(mapper, url, key):
+    assert mapper.key(url) == key
+
+
+@pytest.mark.parametrize("url", [
+    # the virtual host and accel-port URLs: fetched as they are only if the rewrite failed
+    "http://repoproxy/static/9/x86_64/Packages/a.rpm",
+    "http://proxyhost:5000/static/9/x86_64/Packages/a.rpm",
+    "http://127.0.0.1:4444/static/9/x86_64/Packages/a.rpm",
+    "http://evil.test/static/9/x86_64/Packages/a.rpm",
+    # look-alikes of the mirrors
+    "http://mirror-a.example.evil.test/pub/9/x86_64/Packages/a.rpm",
+    "http://mirror-a.example:8080/pub/9/x86_64/Packages/a.rpm",
+    "http://mirror-a.example/pub2/9/x86_64/Packages/a.rpm",
+    "https://mirror-a.example/pub/9/x86_64/Packages/a.rpm",  # this mirror is http only
+    # a query asks the mirror for another body (S3's ?acl, ?list)
+    "http://mirror-a.example/pub/9/x86_64/Packages/a.rpm?acl",
+    "http://m.example/fedora/9/x86_64/Packages/a.rpm?list",
+    "http://mirror-a.example/pub/9/x86_64/Packages/a.rpm#x",
+    # paths that leave the tree or that servers read otherwise
+    "http://mirror-a.example/pub/9/x86_64/../../etc/passwd",
+    "http://mirror-a.example/pub/9/x86_64/Packages/..;/x.rpm",
+    "http://m.example/fedora/9/x86_64/%2e%2e/secret",
+    # the key itself, and what is not http
+    KEY,
+    "ftp://mirror-a.example/pub/9/x86_64/Packages/a.rpm",
+    "mirror-a.example:443",
+])
+def test_nothing_else_gets_the_key(mapper, url):
+    assert mapper.key(url) is None
