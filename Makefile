@@ -27,13 +27,18 @@ test: system-deps install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS)
 
-install: $(VENV)/.installed
+# One stamp per source tree: a venv shared by two checkouts (CI's clean clone and this one)
+# must be reinstalled when the other one installed into it last.
+STAMP      = $(VENV)/.installed-$(subst /,_,$(CURDIR))
 
-$(VENV)/.installed: $(SOURCES)
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet '.[test]'
 	chmod -R a+rX $(VENV)
+	rm -f $(VENV)/.installed*
 	touch $@
 
 system-deps:
