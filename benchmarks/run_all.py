@@ -12,7 +12,7 @@ import time
 from common import BENCH_DIR, arg_parser
 
 SCRIPTS = ("bench_memo_hits.py", "bench_cold_path.py", "bench_cold_dnf.py",
-           "bench_single_flight.py", "bench_memory.py", "bench_squid_e2e.py")
+           "bench_single_flight.py", "bench_memory.py", "bench_squid_e2e.py", "bench_chaos.py")
 LIMIT_SECONDS = 1800.0
 
 

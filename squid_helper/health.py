@@ -51,6 +51,12 @@ class MirrorHealth:
     def is_healthy(self, base: str) -> bool:
         return not self.unhealthy([base])
 
+    def trusted(self, base: str) -> bool:
+        """Healthy, and not on probation: it has answered since it last failed. Only such a
+        mirror is answered unprobed or from the memo."""
+        return self.memo.last(self.lifetimes.unhealthy(host_of(base)), front=True) is None \
+            and self.is_healthy(base)
+
     def record(self, result: ProbeResult) -> None:
         """Learn from one request to a mirror. A host that cannot be reached (refused, timed
         out) is marked at once. A 5xx or 429 is that path's answer: the host is marked only
@@ -64,6 +70,10 @@ class MirrorHealth:
         if result.outcome == ERROR:
             self._count_error(host, result)
             return
+        mark = self.lifetimes.unhealthy(host)
+        if self.memo.last(mark, front=True) is not None and self.memo.delete(mark.key):
+            self.memo.bump_generation()
+            log.warning("mirror %s answers again: %s", host, result.detail)
         fact = self.lifetimes.latency(host)
         known = self.memo.last(fact)
         estimate = result.elapsed if known is None else (
@@ -104,12 +114,12 @@ class MirrorHealth:
         fact = self.lifetimes.probe_budget(host_of(base), int(time.time()))
         return self.memo.count(fact) <= self.lifetimes.config.max_probes_per_second
 
-    def heard_from(self, base: str, within: float) -> bool:
+    def heard_from(self, base: str, within: float, shared: bool = False) -> bool:
         """Whether the mirror answered one of the helpers' requests in the last `within`
-        seconds (its latency sample is that recent)."""
-        # This process's copy: its own samples replace it, another's reach it with the next
-        # change of the memo's generation; at worst a mirror is probed when it need not be.
-        known = self.memo.last(self.lifetimes.latency(host_of(base)), front=True)
+        seconds (its latency sample is that recent). By default this process's copy: its own
+        samples replace it, another's reach it with the next change of the memo's generation;
+        at worst a mirror is probed when it need not be. shared: what all processes heard."""
+        known = self.memo.last(self.lifetimes.latency(host_of(base)), front=not shared)
         return known is not None and time.time() - known.at < within
 
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:

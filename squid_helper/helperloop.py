@@ -30,7 +30,7 @@ log = logging.getLogger("squid_helper.loop")
 
 SlowAnswer = Callable[[], Reply]
 # How often the reply cache asks the handler whether its replies still hold.
-TOKEN_CHECK_SECONDS = 0.1
+TOKEN_CHECK_SECONDS = 0.01
 
 
 class Handler(Protocol):

@@ -22,13 +22,16 @@ from typing import Optional
 from .config import Config
 from .urls import RepoPath
 
-GENERATION_KEY = "generation"
 # A host is taken out for its errors only when several distinct paths failed within a window:
 # one path that breaks (or that a client makes break) is that path's problem, not the host's.
 HOST_ERROR_PATHS = 3
 HOST_ERROR_WINDOW = 60.0
 # A Retry-After longer than this is not taken at its word.
 MAX_BACKOFF = 600.0
+# How long a host that failed is remembered, at least, when it was not heard from since.
+PROBATION = 3600.0
+# How often the mirrors in use are looked at (watch.py), by one helper process at a time.
+WATCH = 5.0
 # base URL -> "repo/releasever/arch" for every mirror a list ever named; the store_id helper
 # uses it to give every mirror's copy of a path the same cache key.
 BASE_INDEX_KEY = "base-index"
@@ -93,7 +96,10 @@ class Lifetimes:
 
     # -- per mirror host ----------------------------------------------------------------------
     def unhealthy(self, host: str) -> Fact:
-        return Fact(f"health:{host}", self.config.unhealthy_ttl, self.config.unhealthy_ttl)
+        """A host found failing: skipped while fresh; after that, until it answers again, on
+        probation (probed before it is trusted with an unprobed or memoised answer)."""
+        return Fact(f"health:{host}", self.config.unhealthy_ttl,
+                    max(self.config.unhealthy_ttl * 10, PROBATION))
 
     def probe_budget(self, host: str, second: int) -> Fact:
         """The probes sent to one mirror host in one second, by every helper process."""
@@ -106,6 +112,10 @@ class Lifetimes:
     def backoff(self, host: str) -> Fact:
         """The host asked us to wait (429/503 with Retry-After): until when."""
         return Fact(f"backoff:{host}", MAX_BACKOFF, MAX_BACKOFF)
+
+    def watched(self, base: str) -> Fact:
+        """A helper process looked at this mirror's repomd.xml (watch.py) just now."""
+        return Fact(f"watched:{base}", WATCH, WATCH)
 
     def latency(self, host: str) -> Fact:
         """How fast the mirror answered lately: worth keeping as long as a last-known answer."""

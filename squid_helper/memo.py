@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 import diskcache
 
 from .config import Config
-from .lifetimes import GENERATION_KEY, Fact
+from .lifetimes import Fact
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")
@@ -28,6 +28,11 @@ _COMPLAINT_INTERVAL = 60.0
 # How often a process looks for a purge made by another (the memo's generation), and how long
 # it trusts that a key is absent: this bounds how long a purge or a new answer goes unnoticed.
 FRONT_CACHE_SECONDS = 0.5
+# The memo's generation is a file whose inode changes with every bump: one stat() tells a
+# process that another one purged, found a mirror failing or published a survey. Checked this
+# often at most.
+GENERATION_FILE = "generation"
+GENERATION_CHECK_SECONDS = 0.01
 _FRONT_CACHE_MAX = 2048
 _TOKENS = itertools.count()
 
@@ -163,17 +168,22 @@ class Memo:
         return bool(self._do(lambda c: c.delete(key), False))
 
     def _check_generation(self, now: float) -> None:
-        if now - self._generation_checked_at < FRONT_CACHE_SECONDS:
+        if now - self._generation_checked_at < GENERATION_CHECK_SECONDS:
             return
         self._generation_checked_at = now
-        generation = self.get(GENERATION_KEY)
+        try:
+            stat = os.stat(os.path.join(self.directory, GENERATION_FILE))
+            generation: Any = (stat.st_ino, stat.st_mtime_ns)
+        except OSError:
+            generation = None
         if generation != self._generation:
             self._generation = generation
             self._front.clear()
 
     def generation(self) -> Any:
         """The memo's generation as this process last saw it (rechecked at most every
-        FRONT_CACHE_SECONDS): it changes when any process purges."""
+        GENERATION_CHECK_SECONDS): it changes when any process purges, finds a mirror failing
+        or publishes a survey."""
         self._check_generation(time.monotonic())
         return self._generation
 
@@ -208,7 +218,15 @@ class Memo:
         """Tell every process to drop its in-process copies (after a purge, a mirror found
         dead, a new survey); this one looks again at once."""
         self._front.clear()
-        self._do(lambda c: c.incr(GENERATION_KEY, default=0), 0)
+        target = os.path.join(self.directory, GENERATION_FILE)
+        temporary = f"{target}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            # A new file each time: its inode and time tell every process, for one stat().
+            with open(temporary, "w") as marker:
+                marker.write(f"{time.time()}\n")
+            os.replace(temporary, target)
+        except OSError:
+            pass  # no memo directory: no other process to tell either
         self._generation_checked_at = float("-inf")
 
     def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:

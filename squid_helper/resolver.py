@@ -31,7 +31,8 @@ from .memo import Memo
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .survey import Survey, Surveys
-from .urls import RepoPath, join_under_base
+from .urls import REPOMD_PATH, RepoPath, join_under_base
+from .watch import Watch
 
 log = logging.getLogger("squid_helper.resolver")
 
@@ -84,6 +85,8 @@ class Resolver:
                                         self.health, self._background)
         self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
                                self.health, self.mirror_lists, self._pool, self._background)
+        self.watch = Watch(memo, self.lifetimes, self.health, self.prober, self._pool,
+                           self._surveyed_ages, self._resurvey)
 
     def close(self, finish: bool = True) -> None:
         """Release threads and connections (the helper loop calls this when no request of this
@@ -91,6 +94,7 @@ class Resolver:
         processes may wait for) run first; at exit it is dropped."""
         # Never cancel probes: a cancelled Future does not wake concurrent.futures.wait().
         self._closing = True
+        self.watch.stop()
         self._background.shutdown(wait=finish, cancel_futures=not finish)
         self._pool.shutdown(wait=finish)
         self.prober.close()
@@ -113,7 +117,8 @@ class Resolver:
         now = time.time()
         fact = self.lifetimes.answer(request)
         answer = self.memo.fresh(fact, front)
-        if answer is not None and self.health.is_healthy(answer.value["base"]):
+        if answer is not None and self._still_good(request, answer.value["base"]):
+            self.watch.used(answer.value["base"], request.triple)
             return Resolution(answer.value["url"], MEMO, "memoised answer",
                               fresh_for=answer.fresh_for(fact, now))
         fact = self.lifetimes.miss(request)
@@ -121,6 +126,28 @@ class Resolver:
         if miss is not None:
             return Resolution(None, NOT_FOUND, miss.value, fresh_for=miss.fresh_for(fact, now))
         return None
+
+    def _still_good(self, request: RepoPath, base: str) -> bool:
+        """Whether a memoised answer's mirror may still be answered with: trusted (healthy,
+        not on probation), and not found stale by the repo's latest survey. Freshness is one
+        fact, like health: a mirror that fell behind loses every answer it had."""
+        if not self.health.trusted(base):
+            return False
+        survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
+        return survey is None or survey.value.usable(base)
+
+    def _surveyed_ages(self, triple: str) -> Dict[str, Tuple[int, int]]:
+        survey = self.memo.last(self.lifetimes.survey(triple))
+        return survey.value.ages if survey is not None else {}
+
+    def _resurvey(self, triple: str) -> None:
+        """Survey a repo again now (the watch saw a mirror's snapshot change)."""
+        request = RepoPath(*triple.split("/"), REPOMD_PATH)
+        trace: List[str] = []
+        mirrors = self.mirror_lists.mirrors(request, trace)
+        if mirrors is not None:
+            self.surveys.current(request, mirrors, trace, force=True)
+            log.info("survey of %s after a change: %s", triple, "; ".join(trace))
 
     def forget(self, request: RepoPath) -> int:
         """Drop what the memo knows about one path (used by purge), in every process."""
@@ -167,7 +194,7 @@ class Resolver:
             return self._fallback(request, trace, f"no mirror list is available for "
                                   f"{request.triple}" + (f" ({trace[-1]})" if trace else ""))
         at_once = self._can_verify_later() and not self.flights.busy(flight)
-        if len(mirrors.bases) == 1 and at_once and self.health.is_healthy(mirrors.bases[0]):
+        if len(mirrors.bases) == 1 and at_once and self.health.trusted(mirrors.bases[0]):
             # Nothing to choose: no survey or probe stands between the client and the mirror.
             return self._answer_at_once(request, list(mirrors.bases), None, trace,
                                         "the repo's only mirror")
@@ -178,7 +205,7 @@ class Resolver:
             return self._publish(request, fresh, trace, "served the current repomd.xml to "
                                  "the survey")
         if (fresh is not None and request.in_snapshot and at_once
-                and self.health.heard_from(fresh, RECENTLY)):
+                and self.health.heard_from(fresh, RECENTLY) and self.health.trusted(fresh)):
             return self._answer_at_once(request, candidates, survey, trace,
                                         "it served the current repomd.xml")
         return self.flights.run(flight, lambda: self._verify(request, candidates, trace, survey),
@@ -189,6 +216,7 @@ class Resolver:
         """The first candidate, unprobed; the path is verified in the background."""
         self._verify_later(request, candidates, survey)
         base = candidates[0]
+        self.watch.used(base, request.triple)
         trace.append(f"{base}: {why}; verifying in the background")
         return Resolution(join_under_base(base, request.path), OPTIMISTIC, f"on {base} ({why})",
                           trace)
@@ -202,6 +230,7 @@ class Resolver:
     def _publish(self, request: RepoPath, base: str, trace: List[str],
                  why: str) -> Resolution:
         url = join_under_base(base, request.path)
+        self.watch.used(base, request.triple)
         self.memo.put(self.lifetimes.answer(request), {"url": url, "base": base})
         self.memo.delete(self.lifetimes.miss(request).key)
         trace.append(f"{base}: {why}")
@@ -242,6 +271,11 @@ class Resolver:
 
     def _verify(self, request: RepoPath, candidates: List[str], trace: List[str],
                 survey: Optional[Survey]) -> Resolution:
+        if not candidates and survey is not None and survey.ranked:
+            # Every usable mirror is marked unhealthy: one may be back. Ask them before
+            # falling back to a last-known answer that names a mirror known to fail.
+            candidates = list(survey.ranked)
+            trace.append("every usable mirror is marked unhealthy: asking them again")
         base, results = self._probe_in_order(candidates, request)
         if base is None and survey is not None and not survey.complete:
             # Mirrors still being surveyed may have it (a push that the fastest mirror has not

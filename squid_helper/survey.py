@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .config import Config
@@ -29,6 +29,7 @@ from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .selection import (
     FRESH,
+    STALE,
     Observation,
     digest_usable,
     newer_than_metalink,
@@ -53,11 +54,19 @@ class Survey:
     ranked: Tuple[str, ...]  # usable mirrors, best verdict first, fastest first within one
     complete: bool  # every mirror asked has answered or failed
     run: str  # which survey produced it (a later run's result replaces it)
+    # (revision, timestamp) of the repomd.xml each mirror served it: what the liveness watch
+    # compares with, to notice a mirror whose snapshot changed since
+    ages: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
     @property
     def fresh(self) -> FrozenSet[str]:
         """Mirrors that served the current repomd.xml to this survey."""
         return frozenset(b for b, v in self.verdicts.items() if v == FRESH)
+
+    def usable(self, base: str) -> bool:
+        """False for a mirror this survey found stale or unusable (a mismatching or missing
+        repomd.xml); True for the others, judged or not."""
+        return base not in self.verdicts or self.verdicts[base] not in (STALE, None)
 
 
 class _Answers:
@@ -232,7 +241,8 @@ class Surveys:
                     f"{verdict[base] or 'excluded'} ({result.detail}, {result.elapsed:.2f}s)"
                     if result else "no answer yet"))
         complete = all(b in results for b in asked)
-        return Survey(mirrors.bases, verdict, tuple(ranked), complete, run), mirrors
+        ages = {b: o.age_key for b, o in observations.items() if o.outcome == "ok" and o.age_key}
+        return Survey(mirrors.bases, verdict, tuple(ranked), complete, run, ages), mirrors
 
     def _complete_later(self, request: RepoPath, *args) -> None:
         try:
