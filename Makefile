@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # command:debian-package pairs the product and its tests use
 DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm
 
-SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/*)
+SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 
 .PHONY: serve test install system-deps lint bench
 

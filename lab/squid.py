@@ -25,7 +25,7 @@ from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import free_port
 from lab.procfs import descendants, wait_gone
-from squid_helper.squidconf import SquidConfParams, render
+from squid_helper.squidconf import SquidConfParams, installed_error_directory, render
 
 SQUID_USER = "proxy"
 START_TIMEOUT = 60.0
@@ -102,6 +102,7 @@ class SquidInstance:
         self.params = replace(SquidConfParams(
             forward_port=self.port, accel_port=self.accel_port, listen_address="127.0.0.1",
             helper_command=helper_command()[0], helper_config=str(self.helper_config),
+            error_directory=installed_error_directory(),
             cache_dir=str(self.cache_dir), cache_dir_type="ufs", cache_size_mb=500,
             cache_mem="32 MB", log_dir=str(self.log_dir), pid_file=str(self.pid_file),
             coredump_dir=str(self.cache_dir), lab_networks=("127.0.0.0/8",),

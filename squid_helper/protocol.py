@@ -52,9 +52,27 @@ def ok(**pairs: str) -> Reply:
 
 
 def err(message: Optional[str] = None, **pairs: str) -> Reply:
-    """ERR (leave the URL alone), with an optional message= and other kv-pairs (notes)."""
-    head = (("message", message),) if message else ()
+    """ERR (leave the URL alone), with an optional message= and other kv-pairs (notes).
+    squid.conf shows the message to the client (a response header and the error page), so it
+    is made client-safe here: see client_safe()."""
+    head = (("message", client_safe(message)),) if message else ()
     return Reply("ERR", head + _squid_keys(pairs))
+
+
+# What a message shown to clients may contain as it is: it goes raw into an HTTP header and
+# into the text of an HTML error page (Squid has no HTML quoting for notes; the page never puts
+# it in an attribute, so an apostrophe is harmless), and it can quote a client's own URL.
+_UNSAFE_FOR_CLIENTS = re.compile(r"[^A-Za-z0-9 !#$%'()*+,\-./:;=?@\[\]^_`{|}~]")
+MAX_MESSAGE_CHARS = 400
+
+
+def client_safe(message: str) -> str:
+    """message with every character that HTML text or a header could read as markup or a line
+    end (< > & " \\, controls, non-ASCII) percent-encoded, cut to MAX_MESSAGE_CHARS."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+    return _UNSAFE_FOR_CLIENTS.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), message)
 
 
 def bh(message: str) -> Reply:

@@ -23,7 +23,13 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, load_config
-from .squidconf import DEFAULT_LAB_NETWORKS, SquidConfError, SquidConfParams, render
+from .squidconf import (
+    DEFAULT_LAB_NETWORKS,
+    SquidConfError,
+    SquidConfParams,
+    installed_error_directory,
+    render,
+)
 
 SQUID_USER = "proxy"
 START_TIMEOUT = 60.0
@@ -239,6 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
         helper_command=helper, helper_config=str(config_path),
+        error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(directory / "logs"), pid_file=str(directory / "run" / "squid.pid"),
         coredump_dir=str(directory / "cache"),

@@ -9,7 +9,9 @@ Pure: render() reads the template and returns text; it writes nothing.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Dict, Optional, Tuple
@@ -17,6 +19,9 @@ from typing import Dict, Optional, Tuple
 TEMPLATE = "squid.conf.in"
 DEFAULT_HELPER = "/opt/squid-helper/venv/bin/squid-helper"
 DEFAULT_CONFIG = "/etc/squid-helper/repos.yaml"
+# Where `pip install` puts the error pages (setup.cfg data_files), under the venv's prefix.
+ERROR_PAGES_UNDER_PREFIX = ("share", "squid-helper", "errors")
+DEFAULT_ERROR_DIRECTORY = "/opt/squid-helper/venv/" + "/".join(ERROR_PAGES_UNDER_PREFIX)
 EXAMPLE_NOTE = ("Rendered by `python -m squid_helper.squidconf`. Install as "
                 "/etc/squid/squid.conf; edit the lab acl.")
 # RFC 1918 networks; the admin narrows them to the lab's own.
@@ -52,6 +57,8 @@ class SquidConfParams:
     listen_address: Optional[str] = None  # None: all addresses
     helper_command: str = DEFAULT_HELPER  # the squid-helper executable (one path)
     helper_config: str = DEFAULT_CONFIG  # repos.yaml as the helpers read it
+    # squid-helper's error pages (ERR_REPO...), installed with the helper's venv
+    error_directory: str = DEFAULT_ERROR_DIRECTORY
     cache_dir: str = "/var/spool/squid"
     cache_dir_type: str = "aufs"
     cache_size_mb: int = 20000
@@ -78,6 +85,12 @@ class SquidConfParams:
     storeid_concurrency: int = 100
     shutdown_lifetime: int = 10
     generated_by: str = EXAMPLE_NOTE
+
+
+def installed_error_directory() -> str:
+    """The error pages installed with this Python's squid-helper (the venv the helpers run
+    from), for squid.conf's error_directory."""
+    return os.path.join(sys.prefix, *ERROR_PAGES_UNDER_PREFIX)
 
 
 def template_text() -> str:
@@ -125,6 +138,7 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "LISTEN_PREFIX": f"{listen}:" if listen else "",
         "HELPER_COMMAND": _token("helper_command", p.helper_command),
         "HELPER_CONFIG": _token("helper_config", p.helper_config),
+        "ERROR_DIRECTORY": _token("error_directory", p.error_directory),
         "CACHE_DIR": _token("cache_dir", p.cache_dir),
         "CACHE_DIR_TYPE": _token("cache_dir_type", p.cache_dir_type),
         "CACHE_SIZE_MB": _count("cache_size_mb", p.cache_size_mb, 1),
@@ -169,6 +183,4 @@ PARAMETER_NAMES = tuple(f.name for f in fields(SquidConfParams))
 
 
 if __name__ == "__main__":  # python -m squid_helper.squidconf > squid.conf.example
-    import sys
-
     sys.stdout.write(render())

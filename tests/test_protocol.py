@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from squid_helper.protocol import (
     MAX_LINE_BYTES,
+    MAX_MESSAGE_CHARS,
     HelperRequest,
     Reply,
     asks_for_fresh,
     bh,
+    client_safe,
     err,
     format_reply,
     ok,
@@ -245,8 +249,24 @@ def test_any_message_stays_one_line_and_round_trips(message, channel):
     assert "\n" not in line and "\r" not in line
     assert line.startswith(f"{channel} ERR " if channel is not None else "ERR ")
     value = line.split("message=", 1)[1]
-    expected = "".join(c if c >= " " and c != "\x7f" else " " for c in message)
-    assert unquote_reply_value(value) == expected
+    assert unquote_reply_value(value) == client_safe(message)
+
+
+@given(st.text(min_size=1))
+def test_messages_for_clients_hold_no_markup_no_line_ends_and_stay_short(message):
+    safe = client_safe(message)
+    assert not set(safe) & set("<>&\"\\\r\n\x00")
+    assert all(" " <= c < "\x7f" for c in safe)
+    assert len(safe) <= MAX_MESSAGE_CHARS * 9  # at worst every kept character encoded
+    if len(message) <= MAX_MESSAGE_CHARS and "%" not in message:
+        assert unquote(safe) == message  # nothing lost, only encoded
+
+
+def test_a_clients_markup_in_a_message_is_encoded():
+    assert client_safe('no mirror has Packages/<b onclick="x">&é') == (
+        "no mirror has Packages/%3Cb onclick=%22x%22%3E%26%C3%A9")
+    assert client_safe("unknown repo 'x'") == "unknown repo 'x'"
+    assert client_safe("x" * 1000).endswith("...")
 
 
 @given(st.integers(0, 9999999999), st.sampled_from([URL, "example.com:443", "http://x/y?q=1"]))

@@ -545,3 +545,47 @@ def test_a_one_byte_range_fetches_a_whole_repo_file_but_not_a_whole_other_file(
         gets = [h for m, p, h in good.requests if m == "GET" and p.endswith("gamma-1.0-1"
                                                                               ".noarch.rpm")]
         assert len(gets) == 1 and "Range" not in gets[0], gets
+
+
+def test_the_client_reads_why_a_repo_url_cannot_be_served(world, rpm_snapshots, servers):
+    """The helper's one-line reason reaches the client: in the X-Squid-Helper-Reason header and
+    in the error page, for 404, 400 and 503, on both ports; a client's markup in its own URL
+    comes back encoded; and dnf, which shows no header, still gets the right status."""
+    good = mirror(servers, rpm_snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH, dead_url() + TEMPLATE_PATH]}}
+    squid, _ = start_squid(world, repos)
+
+    def accel(path: str) -> tuple:
+        return http_get("127.0.0.1", squid.accel_port, path,
+                        {"Host": f"127.0.0.1:{squid.accel_port}"})
+
+    def reason(answer: tuple) -> str:
+        status, headers, body = answer
+        why = headers.get("x-squid-helper-reason", "")
+        assert why and why in body.decode("utf-8"), (status, headers, body[:2000])
+        return why
+
+    with squid:
+        missing = squid.get(f"http://repoproxy/{REPO}/9/x86_64/extra/no-such.txt")
+        assert missing[0] == 404
+        assert "no mirror has extra/no-such.txt" in reason(missing)
+        missing_accel = accel(f"/{REPO}/9/x86_64/extra/no-such.txt")
+        assert missing_accel[0] == 404 and reason(missing_accel) == reason(missing)
+        unknown = squid.get("http://repoproxy/unknown/9/x86_64/x.rpm")
+        assert unknown[0] == 400 and "unknown" in reason(unknown)
+        hostile = accel(f"/{REPO}/9/x86_64/Packages/%2e%2e/%3Cb%3Ex")
+        assert hostile[0] == 400
+        assert "<b>" not in hostile[2].decode("utf-8", "replace")
+        reason(hostile)
+        good.stop()
+        # A path outside the snapshot is probed before the answer: every mirror down is 503
+        # with the helper's reason (a package would be answered at once on the mirror last
+        # known good, and Squid's own connect failure would be the client's 503).
+        gone = squid.get(f"http://repoproxy/{REPO}/9/x86_64/extra/other.txt")
+        assert gone[0] == 503
+        assert "mirror" in reason(gone)
+        # dnf shows the status for each URL it tried, not the header: 503, not a DNS error.
+        client = DnfClient(world, "slave-down")
+        result = client.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+        assert result.returncode != 0
+        assert "503" in dnf_output(result), dnf_output(result)
