@@ -10,6 +10,11 @@ DIR        ?= /var/tmp/squid-helper
 PORT       ?= 3128
 ACCEL_PORT ?= 5000
 PYTEST_ARGS ?=
+# the lab's networks allowed to use the proxy, e.g. ALLOW="10.1.2.0/24 10.1.3.0/24" (default:
+# every private network; localhost always)
+ALLOW      ?=
+# the default venv's squid-helper is linked here, so that the bare command works (as root)
+BIN_LINK   ?= /usr/local/bin/squid-helper
 
 # command:debian-package pairs the product and its tests use
 DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm
@@ -18,10 +23,10 @@ SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/tem
 
 .PHONY: serve test install system-deps lint bench
 
+# serve checks CONFIG itself, and runs the helpers on a private copy (memo and log under DIR)
 serve: system-deps install
-	$(VENV)/bin/squid-helper check --config $(CONFIG) >/dev/null
 	$(VENV)/bin/squid-helper serve --config $(CONFIG) --dir $(DIR) --port $(PORT) \
-		--accel-port $(ACCEL_PORT)
+		--accel-port $(ACCEL_PORT) $(foreach net,$(ALLOW),--allow $(net))
 
 test: system-deps install
 	$(VENV)/bin/ruff check .
@@ -38,6 +43,8 @@ $(STAMP): $(SOURCES)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet '.[test]'
 	chmod -R a+rX $(VENV)
+	if [ "$$(id -u)" = 0 ] && [ "$(VENV)" = /opt/squid-helper/venv ]; then \
+		ln -sfn $(VENV)/bin/squid-helper $(BIN_LINK); fi
 	rm -f $(VENV)/.installed*
 	touch $@
 

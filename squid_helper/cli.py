@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -12,6 +13,7 @@ from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
 from .helperloop import Handler, HelperLoop
 from .logsetup import setup_logging
 from .memo import Memo
+from .preflight import SQUID_USER, memo_mismatch, squid_user_problems
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
@@ -96,7 +98,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     for result in purge(config, args.proxy, args.urls):
         print(f"{'OK  ' if result.ok else 'FAIL'} {result.url}: {result.message}")
         failed += not result.ok
-    return 1 if failed else 0
+    mismatch = memo_mismatch(config, args.config)
+    if mismatch:
+        print(f"warning: {mismatch}", file=sys.stderr)
+    return 1 if failed or mismatch else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -120,7 +125,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"    {repo.name}: {repo.kind}")
         for template in repo.templates:
             print(f"      {template}")
-    return 0
+    problems, checked = squid_user_problems(config, args.config, args.squid_user)
+    if not checked:
+        print(f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
+              f"{args.squid_user}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    if checked and not problems:
+        print(f"  {args.squid_user} (Squid's user) can read the config and write the memo "
+              "and the log file")
+    return 1 if problems else 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -200,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures")
     _add_config(p)
+    p.add_argument("--squid-user", default=SQUID_USER,
+                   help="Squid's cache_effective_user, who runs the helpers: it must read "
+                   "the config and write the memo and log file (default: %(default)s)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("resolve", help="show which mirror a URL would go to, and why")
@@ -224,6 +241,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `squid-helper check | head`: the reader left, which is no error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

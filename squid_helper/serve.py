@@ -23,6 +23,7 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, load_config
+from .preflight import SQUID_USER
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     SquidConfError,
@@ -31,7 +32,6 @@ from .squidconf import (
     render,
 )
 
-SQUID_USER = "proxy"
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
 
@@ -195,7 +195,7 @@ Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on por
     baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
 
 Files: {directory}/squid.conf, logs in {directory}/logs (access.log, cache.log, helper.log).
-Purge a file: squid-helper purge --config {config_path} --proxy {host}:{args.port} \
+Purge a file: {helper_executable()} purge --config {config_path} --proxy {host}:{args.port} \
 http://{vhost}/{repo}/<releasever>/<arch>/<path>
 Stop with Ctrl-C.
 """

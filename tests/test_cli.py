@@ -8,6 +8,8 @@ import subprocess
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import MirrorServer
+from lab.squid import WorldReadableDir, chown_proxy
+from squid_helper.preflight import helper_config_of
 
 from conftest import require
 
@@ -19,10 +21,64 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_check_lists_repos_and_sources(tmp_path):
     config = write_config(tmp_path, {"a": {"mirrors": ["http://127.0.0.1:9/a/{releasever}/"]},
                                      "b": {"mirrorurl": "http://127.0.0.1:9/list"}})
-    result = run("check", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    result = run("check", "--config", str(config), "--squid-user", current_user())
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "a: mirrors" in result.stdout and "b: mirrorlist" in result.stdout
     assert "http://127.0.0.1:9/a/{releasever}/" in result.stdout
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_check_says_what_squids_user_cannot_do_and_how_to_fix_it():
+    """Squid runs the helpers as proxy: check, run as root, looks with proxy's eyes (a
+    directory under /root, or owned by root, is fine for root and useless to proxy)."""
+    require(root=True)
+    with WorldReadableDir("squid-helper-check-") as world:
+        private = world / "private"
+        private.mkdir(mode=0o700)
+        config = write_config(world, {"a": {"mirrors": ["http://127.0.0.1:9/a/"]}})
+        text = config.read_text().replace(str(world / "memo"), str(private / "memo"))
+        config.write_text(text.replace(str(world / "helper.log"), str(private / "helper.log")))
+        config.chmod(0o644)
+        result = run("check", "--config", str(config))
+        assert result.returncode == 1, result.stdout + result.stderr
+        problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
+        assert len(problems) == 2, result.stdout
+        assert f"cannot write the memo directory (cache_dir) {private / 'memo'}" in problems[0]
+        assert f"chown proxy: {private / 'memo'}" in problems[0]
+        assert f"cannot write the log file (log_file) {private / 'helper.log'}" in problems[1]
+        assert "Traceback" not in result.stderr
+        chown_proxy(private)
+        fixed = run("check", "--config", str(config))
+        assert fixed.returncode == 0, fixed.stdout
+        assert "proxy (Squid's user) can read the config and write the memo" in fixed.stdout
+        config.chmod(0o600)
+        unreadable = run("check", "--config", str(config))
+        assert unreadable.returncode == 1 and f"proxy cannot read {config}" in unreadable.stdout
+
+
+def test_check_piped_into_head_exits_quietly(tmp_path):
+    config = write_config(tmp_path, {f"r{i}": {"mirrors": ["http://127.0.0.1:9/a/"]}
+                                     for i in range(2000)})
+    result = subprocess.run(f"{' '.join(helper_command())} check --config {config} "
+                            f"--squid-user {current_user()} | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.endswith(": OK\n") and result.stderr == "", result.stderr
+
+
+def test_helper_config_of_a_running_helpers_command_line():
+    assert helper_config_of(["/opt/v/bin/squid-helper", "rewrite", "--config", "/a.yaml"]) == (
+        "/a.yaml")
+    assert helper_config_of(["/usr/bin/python3", "/opt/v/bin/squid-helper", "storeid",
+                             "-c", "/b.yaml"]) == "/b.yaml"
+    assert helper_config_of(["python", "-m", "squid_helper.cli", "rewrite",
+                             "--config=/c.yaml"]) == "/c.yaml"
+    assert helper_config_of(["/opt/v/bin/squid-helper", "rewrite"]) == (
+        "/etc/squid-helper/repos.yaml")
+    assert helper_config_of(["/opt/v/bin/squid-helper", "purge", "--config", "/a.yaml"]) is None
+    assert helper_config_of(["vim", "rewrite", "--config", "/a.yaml"]) is None
 
 
 def test_check_reports_a_bad_config_without_a_traceback(tmp_path):

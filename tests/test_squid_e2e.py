@@ -253,6 +253,16 @@ def test_purge_with_squidclient_and_with_squid_helper_purge(world, rpm_snapshots
                                   "--proxy", squid.proxy, "http://example.org/x.rpm"],
                                  capture_output=True, text=True, timeout=60)
         assert foreign.returncode == 1 and foreign.stdout.startswith("FAIL"), foreign
+        # A purge with another repos.yaml clears Squid and a memo the helpers do not use: it
+        # says so, and which config they run with.
+        elsewhere = world / "elsewhere"
+        elsewhere.mkdir()
+        other = helper_config(elsewhere, repos, squid.accel_port)
+        stray = subprocess.run([*helper_command(), "purge", "--config", str(other),
+                                "--proxy", squid.proxy, url],
+                               capture_output=True, text=True, timeout=60)
+        assert stray.returncode == 1, stray
+        assert "did not reach them" in stray.stderr and str(config) in stray.stderr, stray
 
         # A root-run purge left the memo usable by the helpers (still owned by proxy).
         slave(world, "slave2", squid)

@@ -1,0 +1,126 @@
+"""What `check` and `purge` look at beyond repos.yaml itself: whether Squid's user can use the
+files the helpers need, and which memo the running helpers use.
+
+Squid starts the helpers as its cache_effective_user (proxy); a root shell that finds the
+config fine proves nothing for that user. Pure parts (helper_config_of, the wording of
+problems) are separate from the probes of the file system and /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from .config import Config, ConfigError, load_config
+
+SQUID_USER = "proxy"
+HELPER_ROLES = ("rewrite", "storeid")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """path itself, or the closest parent that exists (what must be writable to create it)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _user_may(user: str, test_flag: str, path: Path) -> bool:
+    """`test -r/-w/-x path` as user: the kernel's answer, with that user's groups."""
+    if os.geteuid() != 0:
+        return os.access(path, {"-r": os.R_OK, "-w": os.W_OK, "-x": os.X_OK}[test_flag])
+    try:
+        result = subprocess.run(["runuser", "-u", user, "--", "test", test_flag, str(path)],
+                                capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell (no runuser): say nothing rather than something false
+    return result.returncode == 0
+
+
+def squid_user_problems(config: Config, config_path: str,
+                        user: str = SQUID_USER) -> Tuple[List[str], bool]:
+    """What `user` could not do that the helpers need: read the config, write the memo and the
+    log file (or create them). Returns (problems, checked): checked is False when this process
+    can neither switch to that user nor is that user."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return [f"there is no user {user!r} (Squid's cache_effective_user; it comes with "
+                "the squid package)"], True
+    if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != user:
+        return [], False
+    problems = []
+    config_file = Path(config_path).resolve()
+    if not _user_may(user, "-r", config_file):
+        problems.append(f"{user} cannot read {config_file}: chmod a+r it, and a+x its "
+                        "directories")
+    memo = Path(config.cache_dir)
+    database = memo / "cache.db"
+    targets = [(memo, "the memo directory (cache_dir)")]
+    if database.exists():
+        targets.append((database, "the memo database"))
+    if config.log_file:
+        targets.append((Path(config.log_file), "the log file (log_file)"))
+    for path, what in targets:
+        existing = _nearest_existing(path)
+        if not _user_may(user, "-w", existing):
+            fix = (f"chown -R {user}: {path}" if existing == path
+                   else f"mkdir -p {path} && chown {user}: {path}"
+                   if what.startswith("the memo directory")
+                   else f"touch {path} && chown {user}: {path}")
+            problems.append(f"{user} cannot write {what} {path}"
+                            + ("" if existing == path else f" (nor create it in {existing})")
+                            + f": {fix}")
+    return problems, True
+
+
+def helper_config_of(argv: Sequence[str]) -> Optional[str]:
+    """The --config of a running `squid-helper rewrite|storeid` command line, or None when
+    argv is no such helper. Without --config, the helper's default applies."""
+    words = list(argv)
+    is_helper = any(os.path.basename(w) == "squid-helper" or w == "squid_helper.cli"
+                    for w in words[:3])
+    if not is_helper or not any(role in words for role in HELPER_ROLES):
+        return None
+    for index, word in enumerate(words):
+        if word in ("--config", "-c") and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith("--config="):
+            return word.split("=", 1)[1]
+    return "/etc/squid-helper/repos.yaml"
+
+
+def running_helper_configs(proc: Path = Path("/proc")) -> Iterator[Tuple[int, str]]:
+    """(pid, config path) of every squid-helper rewrite/storeid process on this host."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        config = helper_config_of([word for word in argv if word])
+        if config is not None:
+            yield int(entry.name), config
+
+
+def memo_mismatch(config: Config, config_path: str) -> Optional[str]:
+    """A warning when helpers are running and none of them uses config's memo: a purge of
+    this memo would leave theirs answering from what it knows."""
+    ours = os.path.realpath(config.cache_dir)
+    theirs = {}
+    for _pid, path in running_helper_configs():
+        try:
+            theirs[path] = os.path.realpath(load_config(path).cache_dir)
+        except (ConfigError, OSError):
+            theirs[path] = None
+    if not theirs or ours in theirs.values():
+        return None
+    named = "; ".join(f"{memo} (from {path})" if memo else f"unknown (cannot read {path})"
+                      for path, memo in sorted(theirs.items(), key=lambda item: item[0]))
+    return (f"the running helpers use the memo {named}, not {ours} (from {config_path}): "
+            f"this purge did not reach them; run it again with --config "
+            f"{sorted(theirs)[0]}")
