@@ -143,7 +143,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     finally:
         resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
-          f"path {mapped.path}")
+          f"path {mapped.path or '(the repo root)'}")
     for step in resolution.trace:
         print(f"  {step}")
     print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"

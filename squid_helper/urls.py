@@ -36,7 +36,8 @@ class RepoPath:
     repo: str
     releasever: str
     arch: str
-    path: str  # below the repo's base, still percent-encoded as the client sent it
+    path: str  # below the repo's base, still percent-encoded as the client sent it; "" is
+    # the repo root
 
     @property
     def triple(self) -> str:
@@ -49,6 +50,18 @@ class RepoPath:
     @property
     def is_metadata(self) -> bool:
         return self.path == REPOMD_PATH
+
+    @property
+    def is_root(self) -> bool:
+        """The repo root itself (/<repo>/<releasever>/<arch>[/]): answered with a mirror's
+        base URL, chosen as the resolver explains."""
+        return self.path == ""
+
+    @property
+    def follows_repodata(self) -> bool:
+        """Whether the file changes with every push (repomd.xml, and the root's listing), so
+        that an answer for it holds no longer than a repomd.xml answer."""
+        return self.is_metadata or self.is_root
 
     @property
     def in_snapshot(self) -> bool:
@@ -134,8 +147,13 @@ def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     if segments[0] != "":
         return Refused("the URL path must start with '/'")
     segments = segments[1:]
-    if len(segments) < 4 or not segments[3]:
-        return Refused("expected /<repo>/<releasever>/<arch>/<path> in the URL")
+    if len(segments) == 4 and not segments[3]:
+        # /<repo>/<releasever>/<arch>/ is the repo root, as /<repo>/<releasever>/<arch> is:
+        # the original repoproxy's own example URL. Its path is "" (RepoPath.is_root).
+        segments = segments[:3]
+    if len(segments) < 3 or not all(segments[:3]) or (len(segments) > 3 and not segments[3]):
+        return Refused("expected /<repo>/<releasever>/<arch>/<path> (or the repo root "
+                       "/<repo>/<releasever>/<arch>/) in the URL")
     for index, segment in enumerate(segments):
         if not segment and index != len(segments) - 1:
             return Refused("empty path segment ('//') in the URL")

@@ -64,6 +64,13 @@ def test_mirror_urls_of_a_repo_path_share_one_key(mapper, url, key):
     "http://mirror-a.example/pub/9/x86_64/../../etc/passwd",
     "http://mirror-a.example/pub/9/x86_64/Packages/..;/x.rpm",
     "http://m.example/fedora/9/x86_64/%2e%2e/secret",
+    # a mirror's base URL, the rewrite helper's answer for the repo root: deliberately no
+    # shared key, since a directory listing is each mirror's own page (its host names, dates,
+    # layout), not one file that every mirror serves byte for byte
+    "http://mirror-a.example/pub/9/x86_64/",
+    "http://mirror-a.example/pub/9/x86_64",
+    "https://mirror-b.example/os/9/x86_64/",
+    "http://m.example/fedora/9/x86_64/",
     # the key itself, and what is not http
     KEY,
     "ftp://mirror-a.example/pub/9/x86_64/Packages/a.rpm",

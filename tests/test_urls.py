@@ -343,14 +343,69 @@ def test_64_character_releasever_is_still_accepted():
         "http://repoproxy/",
         "http://repoproxy",
         "http://repoproxy/fedora",
+        "http://repoproxy/fedora/",
         "http://repoproxy/fedora/40",
-        "http://repoproxy/fedora/40/x86_64",
-        "http://repoproxy/fedora/40/x86_64/",
-        "http://repoproxy/fedora/40/x86_64?x=/a.rpm",
+        "http://repoproxy/fedora/40/",
+        "http://repoproxy/fedora/40?x=/x86_64/a.rpm",
     ],
 )
 def test_short_paths_are_refused(url):
     assert "expected /<repo>/<releasever>/<arch>/<path>" in refused(url)
+
+
+# --- the repo root (the original repoproxy's example URL) -------------------------------------
+@pytest.mark.parametrize("url, extras", [
+    ("http://repoproxy/fedora/40/x86_64", {}),
+    ("http://repoproxy/fedora/40/x86_64/", {}),
+    ("http://repoproxy/fedora/40/x86_64?x=/a.rpm", {}),  # the query never reaches a mirror
+    ("http://REPOPROXY:80/fedora/40/x86_64/", {}),
+    ("http://proxy.lan:8080/fedora/40/x86_64", {}),
+    ("http://myproxy:5000/fedora/40/x86_64", {"myport": "5000"}),
+    ("http://myproxy:5000/fedora/40/x86_64/", {"myport": "5000"}),
+])
+def test_the_repo_root_with_or_without_slash_is_the_empty_path(url, extras):
+    result = mapped(url, **extras)
+    assert result == RepoPath("fedora", "40", "x86_64", "")
+    assert result.is_root and result.follows_repodata
+    assert not result.is_metadata and not result.in_snapshot
+    assert result.key == "fedora/40/x86_64/"
+
+
+def test_only_the_repo_root_is_the_empty_path():
+    assert not mapped(BASE + "Packages/a.rpm").is_root
+    assert not mapped(BASE + "Packages/").is_root  # a subdirectory is an ordinary path
+    assert mapped(BASE + REPOMD_PATH).follows_repodata
+    assert not mapped(BASE + "Packages/a.rpm").follows_repodata
+
+
+@pytest.mark.parametrize("url", [
+    "http://repoproxy/fedora/40/x86_64//",
+    "http://repoproxy/fedora/40/x86_64/./",
+    "http://repoproxy/fedora/40/x86_64/.",
+    "http://repoproxy/fedora/40/x86_64/..",
+    "http://repoproxy/fedora/40/x86_64/%2e%2e",
+    "http://repoproxy/fedora/40/x86_64/%2e%2e/",
+    "http://repoproxy/fedora/40/%2e%2e",
+    "http://repoproxy/fedora/40/%2e%2e/",
+    "http://repoproxy/fedora/40/..",
+    "http://repoproxy/fedora/../x86_64",
+    "http://repoproxy/fedora/40/x86_64%2f",
+    "http://repoproxy/fedora/40/x86_64%2F..",
+    "http://repoproxy/fedora/40/{arch}/",
+    "http://repoproxy/fedora/40/x86_64;/",
+    "http://repoproxy//40/x86_64/",
+    "http://repoproxy/fedora//x86_64",
+    "https://repoproxy/fedora/40/x86_64/",
+    "http://user@repoproxy/fedora/40/x86_64/",
+    "http://repoproxy/nosuchrepo/40/x86_64/",
+])
+def test_repo_root_look_alikes_are_refused(url):
+    refused(url)
+
+
+def test_the_repo_root_joins_to_the_mirror_base():
+    assert join_under_base("http://m/pub/40/x86_64/", "") == "http://m/pub/40/x86_64/"
+    assert join_under_base("http://m/pub/40/x86_64", "") == "http://m/pub/40/x86_64/"
 
 
 @pytest.mark.parametrize(
@@ -422,7 +477,10 @@ def test_repo_names_are_case_sensitive():
 @given(st.text(alphabet=st.characters(codec="ascii"), max_size=60))
 def test_any_mapped_path_is_safe(tail):
     result = map_url(BASE + tail, {}, CONFIG)
-    if isinstance(result, RepoPath):
+    if isinstance(result, RepoPath) and result.is_root:  # BASE itself, or BASE?query
+        assert join_under_base("http://m.example.org/pub/", result.path) == \
+            "http://m.example.org/pub/"
+    elif isinstance(result, RepoPath):
         assert relative_path_problem(result.path) is None
         for segment in result.path.split("/"):
             assert segment not in (".", "..")
