@@ -16,6 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote
 
 GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
 # A hanging mirror holds each request at most this long, so no test can wait forever on one.
@@ -87,7 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         document = owner.documents.get(path)
         if document is None and owner.root is not None:
-            candidate = (owner.root / path.lstrip("/")).resolve()
+            # Decoded, as a real web server does: dnf asks for snap-1.0%5e2023...rpm, and the
+            # file is snap-1.0^2023...rpm.
+            candidate = (owner.root / unquote(path).lstrip("/")).resolve()
             inside = owner.root.resolve() in candidate.parents or candidate == owner.root.resolve()
             if candidate.is_file() and inside:
                 document = candidate.read_bytes()

@@ -18,6 +18,7 @@ from squid_helper.urls import (
     NotOurs,
     Refused,
     RepoPath,
+    canonical_path,
     expand_template,
     join_under_base,
     map_url,
@@ -41,6 +42,7 @@ PIECES = st.sampled_from([
     "user@", "/", "//", "test", "other", "9", "x86_64", "..", ".", "%2e", "%2E%2e", "%252e",
     "%2f", "%5c", "\\", "%00", "%0d%0a", "{releasever}", "{arch}", "%7b", "?", "#", "a.rpm",
     "Packages", "repodata", "repomd.xml", " ", "\t", "\x00", "é", "%", "%zz", ":", "@", "~",
+    "^", "%5e", "+", "%2b", "%7E", "%7e",
 ])
 URLS = st.lists(PIECES, min_size=0, max_size=14).map("".join) | st.text(max_size=300)
 EXTRAS = st.sampled_from(["", " 127.0.0.1/- - GET myip=127.0.0.1 myport=3128",
@@ -67,6 +69,10 @@ def test_mapping_never_leaves_the_mirror_tree(url, extras):
     assert isinstance(mapped, (RepoPath, Refused, NotOurs))
     if not isinstance(mapped, RepoPath):
         return
+    # One spelling per path: canonical, and the name the client asked for.
+    assert canonical_path(mapped.path) == mapped.path
+    client_path = urlsplit(parsed.url).path.split("/", 4)[4:]
+    assert unquote(mapped.path) == unquote(client_path[0] if client_path else "")
     for template in CONFIG.repos[mapped.repo].templates:
         base = expand_template(template, mapped.releasever, mapped.arch)
         rewritten = join_under_base(base, mapped.path)
