@@ -86,20 +86,31 @@ class _IniReporter(_Reporter):
 
 
 def _line_index(text: str) -> Dict[Tuple[str, ...], int]:
-    """('repos', section) and ('repos', section, key) -> the 1-based line of their first
-    appearance; configparser keeps no line numbers."""
+    """('repos', section), ('repos', section, key) and ('repos', section, key, URL index) ->
+    the 1-based line of their first appearance; configparser keeps no line numbers."""
     lines: Dict[Tuple[str, ...], int] = {}
     section: Optional[str] = None
+    key: Optional[str] = None
+    urls = 0  # URLs of the current key's value seen so far
     for number, line in enumerate(text.splitlines(), start=1):
         header = _SECTION_LINE.match(line)
+        found = _KEY_LINE.match(line)
         if header:
-            section = header.group("name")
+            section, key = header.group("name"), None
             lines.setdefault(("repos", section), number)
             continue
-        key = _KEY_LINE.match(line)
-        if key and section is not None:
+        if found and section is not None:
             # configparser lower-cases keys (optionxform); so do we, to find them again.
-            lines.setdefault(("repos", section, key.group("key").strip().lower()), number)
+            key, urls = found.group("key").strip().lower(), 0
+            lines.setdefault(("repos", section, key), number)
+            value = line.split("=", 1)[1]
+        elif line[:1].isspace() and key is not None and line.strip()[:1] not in ("#", ";", ""):
+            value = line  # an indented continuation of the value above
+        else:
+            continue
+        for _url in value.replace(",", " ").split():
+            lines.setdefault(("repos", section, key, str(urls)), number)
+            urls += 1
     return lines
 
 

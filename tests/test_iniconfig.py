@@ -151,6 +151,8 @@ def test_load_config_reads_the_ini_form_from_a_file(tmp_path):
      "several mirror base URLs go in baseurl= instead"),
     ("[a]\nbaseurl=http://m/ ftp://n/\n", f"{PATH}:2: [a] baseurl (URL 2): 'ftp://n/'",
      "must start with http:// or https://"),
+    ("[a]\nbaseurl=http://m/\n  # a comment\n  http://n/, ftp://o/\n",
+     f"{PATH}:4: [a] baseurl (URL 3): 'ftp://o/'", "must start with http:// or https://"),
     ("[a]\nbaseurl=http://m/$releasever/$basearch/\n", f"{PATH}:2: [a] baseurl (URL 1):",
      "write {releasever} for $releasever and {arch} for $basearch"),
     ("[a]\nmirrorurl=http://m/?r={basearch}\n", f"{PATH}:2: [a] mirrorurl:",
