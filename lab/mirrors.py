@@ -16,6 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote
 
 GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
 # A hanging mirror holds each request at most this long, so no test can wait forever on one.
@@ -87,9 +88,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         document = owner.documents.get(path)
         if document is None and owner.root is not None:
-            candidate = (owner.root / path.lstrip("/")).resolve()
-            if candidate.is_file() and owner.root.resolve() in candidate.parents:
+            # Decoded, as a real web server does: dnf asks for snap-1.0%5e2023...rpm, and the
+            # file is snap-1.0^2023...rpm.
+            candidate = (owner.root / unquote(path).lstrip("/")).resolve()
+            inside = owner.root.resolve() in candidate.parents or candidate == owner.root.resolve()
+            if candidate.is_file() and inside:
                 document = candidate.read_bytes()
+                mtime = candidate.stat().st_mtime
+            elif owner.listings and path.endswith("/") and candidate.is_dir() and inside:
+                document = _listing(path, candidate)
                 mtime = candidate.stat().st_mtime
             else:
                 document = None
@@ -139,6 +146,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
 
+def _listing(path: str, directory: Path) -> bytes:
+    """A directory index like a web server's autoindex: a title naming the path, one link a
+    line."""
+    links = "".join(f'<a href="{entry.name}{"/" if entry.is_dir() else ""}">{entry.name}</a>\n'
+                    for entry in sorted(directory.iterdir()))
+    return (f"<html><head><title>Index of {path}</title></head><body>\n"
+            f"<h1>Index of {path}</h1>\n{links}</body></html>\n").encode()
+
+
 class _MirrorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -164,14 +180,17 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
 class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
     `documents`), or hangs, or answers 500, or refuses HEAD. Records every request. `delay`:
-    seconds added before every answer (a far mirror)."""
+    seconds added before every answer (a far mirror). `listings`: directories under `root`
+    (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
+    mirror with indexes off."""
 
     def __init__(self, root: Optional[Path] = None, behaviour: str = GOOD,
                  documents: Optional[Dict[str, bytes]] = None, port: int = 0,
-                 delay: float = 0.0):
+                 delay: float = 0.0, listings: bool = False):
         self.root = Path(root) if root else None
         self.behaviour = behaviour
         self.delay = delay
+        self.listings = listings
         self.documents: Dict[str, bytes] = dict(documents or {})
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
 from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
 from .helperloop import Handler, HelperLoop
+from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .logsetup import setup_logging
 from .memo import Memo
 from .preflight import SQUID_USER, memo_mismatch, squid_user_problems
@@ -30,7 +32,8 @@ def _load(path: str) -> Config:
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default="/etc/squid-helper/repos.yaml",
-                        help="repos.yaml to use (default: %(default)s)")
+                        help="repos.yaml to use, or the original repoproxy's INI file "
+                        "(default: %(default)s)")
 
 
 class _BrokenConfigHandler:
@@ -110,31 +113,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    print(f"{args.config}: OK")
-    print(f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}")
-    print(f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}")
-    print(f"  memo:          {config.cache_dir}")
-    print(f"  log file:      {config.log_file or 'stderr'}")
+def _summary(config: Config, path: str) -> List[str]:
+    lines = [f"{path}: OK",
+             f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}",
+             f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}",
+             f"  memo:          {config.cache_dir}",
+             f"  log file:      {config.log_file or 'stderr'}"]
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
-        print(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
-    print(f"  repos ({len(config.repos)}):")
+        lines.append(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
+    lines.append(f"  repos ({len(config.repos)}):")
     for repo in config.repos.values():
-        print(f"    {repo.name}: {repo.kind}")
-        for template in repo.templates:
-            print(f"      {template}")
+        lines.append(f"    {repo.name}: {repo.kind}")
+        lines.extend(f"      {template}" for template in repo.templates)
+    return lines
+
+
+def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
+    """What check says of Squid's user's access to the config, memo and log file; a line
+    starting with PROBLEM for each thing that user could not do."""
     problems, checked = squid_user_problems(config, args.config, args.squid_user)
     if not checked:
-        print(f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
-              f"{args.squid_user}")
-    for problem in problems:
-        print(f"PROBLEM: {problem}")
-    if checked and not problems:
-        print(f"  {args.squid_user} (Squid's user) can read the config and write the memo "
-              "and the log file")
-    return 1 if problems else 0
+        return [f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
+                f"{args.squid_user}"]
+    if not problems:
+        return [f"  {args.squid_user} (Squid's user) can read the config and write the memo "
+                "and the log file"]
+    return [f"PROBLEM: {problem}" for problem in problems]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    access = _squid_user_lines(config, args)
+    failed = 1 if any(line.startswith("PROBLEM") for line in access) else 0
+    if not looks_like_ini(Path(args.config).read_text(encoding="utf-8"), args.config):
+        print("\n".join(_summary(config, args.config) + access))
+        return failed
+    # The original repoproxy's INI form: the whole output is the equivalent repos.yaml, the
+    # summary in its comments, so that `check --config old.ini > repos.yaml` moves to YAML.
+    print("\n".join("# " + line for line in [
+        *_summary(config, f"{args.config} (the original repoproxy's INI form)"), *access, "",
+        "The same configuration as repos.yaml (every setting is at its default; accel_ports",
+        f"is {ORIGINAL_ACCEL_PORT}, the original's port). Save it, edit it, check it, and use",
+        "--config with it:", f"  squid-helper check --config {args.config} > repos.yaml"]))
+    print(as_yaml(config), end="")
+    return failed
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -157,7 +180,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     finally:
         resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
-          f"path {mapped.path}")
+          f"path {mapped.path or '(the repo root)'}")
     for step in resolution.trace:
         print(f"  {step}")
     print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"
@@ -212,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "else /usr/sbin/squid)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate repos.yaml and show what it configures")
+    p = sub.add_parser("check", help="validate repos.yaml and show what it configures (for the "
+                       "original repoproxy's INI form: print the equivalent repos.yaml)")
     _add_config(p)
     p.add_argument("--squid-user", default=SQUID_USER,
                    help="Squid's cache_effective_user, who runs the helpers: it must read "

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 import yaml
 
 SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
-# The old repoproxy spelled the mirrorlist key this way; old configs keep working.
-SOURCE_ALIASES = {"mirrorurl": "mirrorlist"}
+# The original repoproxy's names: its documentation spelled the mirrorlist key 'mirrorurl', and
+# its repos.yaml took 'baseurl: URL' for a repo without a mirrorlist. Old configs keep working.
+SOURCE_ALIASES = {"mirrorurl": "mirrorlist", "baseurl": "mirrors"}
 PLACEHOLDERS = ("{releasever}", "{arch}")
 DEFAULT_LOG_FILE = "/var/log/repoproxy.log"
 
@@ -139,6 +140,11 @@ def validate_template(url: str) -> Optional[str]:
         return "must be a non-empty URL string such as 'https://mirrors.example.org/pub/'"
     if any(ch in url for ch in "\r\n\t \x00\\"):
         return "must not contain whitespace, backslashes or control characters"
+    dollar = re.search(r"\$\{?(releasever|basearch|arch)\b", url)
+    if dollar:
+        # A URL copied from a yum .repo file: its variables are not substituted here.
+        return (f"uses yum's ${dollar.group(1)}; write {{releasever}} for $releasever and "
+                "{arch} for $basearch/$arch (the values come from the client's URL)")
     leftover = url
     for placeholder in PLACEHOLDERS:
         leftover = leftover.replace(placeholder, "")
@@ -193,7 +199,8 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
         canonical = SOURCE_ALIASES.get(key, key)
         if canonical not in SOURCE_KINDS:
             raise report.error((*keys, str(key)), "unknown key; a repo takes exactly one of "
-                               + ", ".join(SOURCE_KINDS) + " (or the old name 'mirrorurl')")
+                               + ", ".join(SOURCE_KINDS) + " (or the original repoproxy's "
+                               "names 'mirrorurl' for mirrorlist, 'baseurl' for mirrors)")
         sources.append((key, canonical))
     if len(sources) != 1:
         found = ", ".join(k for k, _ in sources) or "none"
@@ -227,6 +234,16 @@ TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "repo
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate a repos.yaml, or a config in the original repoproxy's INI form (detected by
+    iniconfig.looks_like_ini), and return the Config it describes."""
+    from .iniconfig import looks_like_ini, parse_ini_config  # it builds on this module
+
+    if looks_like_ini(text, path):
+        return parse_ini_config(text, path)
+    return parse_yaml_config(text, path)
+
+
+def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     """Validate the YAML text of a repos.yaml and return the Config it describes."""
     duplicates: list = []
     report = _Reporter(path, _line_index(text, duplicates))
@@ -236,17 +253,24 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML: {problem}{_ini_hint(text)}") from None
     if duplicates:
         keys, line = duplicates[0]
         raise ConfigError(f"{path}:{line}: {'.'.join(keys)}: appears twice in the same mapping; "
                           "YAML would silently keep only the last one, so remove or rename one")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping with at least a 'repos:' key")
+        raise ConfigError(f"{path}: must be a YAML mapping with at least a 'repos:' key"
+                          + _ini_hint(text))
     for key in data:
         if key not in TOP_LEVEL_KEYS:
+            looks_like_a_repo = isinstance(data[key], dict) and any(
+                k in data[key] for k in (*SOURCE_KINDS, *SOURCE_ALIASES))
             raise report.error((str(key),), "unknown key; known keys are "
-                               + ", ".join(TOP_LEVEL_KEYS))
+                               + ", ".join(TOP_LEVEL_KEYS) + (
+                                   "; this looks like a repo, and repos go under 'repos:' (the "
+                                   "original repoproxy's repos.yaml had them at the top level: "
+                                   "indent them below a 'repos:' line)"
+                                   if looks_like_a_repo else ""))
 
     hosts = _string_list(data.get("virtual_hosts", ["repoproxy"]), ("virtual_hosts",), report)
     for index, host in enumerate(hosts):
@@ -300,8 +324,16 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     )
 
 
+def _ini_hint(text: str) -> str:
+    """For a YAML error in what may be an INI file that does not start with its section."""
+    if re.search(r"^\[[^\[\]]+\]\s*$", text, re.MULTILINE):
+        return ("; if this is the original repoproxy's INI form ([repo] sections with "
+                "mirrorurl=...), its first line, comments aside, must be a [repo] line")
+    return ""
+
+
 def load_config(path: str) -> Config:
-    """Read and validate a repos.yaml file."""
+    """Read and validate a repos.yaml file (or the original repoproxy's INI form)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

@@ -54,9 +54,10 @@ class Lifetimes:
 
     # -- answers for one path -----------------------------------------------------------------
     def answer(self, request: RepoPath) -> Fact:
-        """A verified mirror for one path; repomd.xml follows the repodata, so it holds for
-        metadata_ttl, everything else (immutable files) for path_ttl."""
-        ttl = self.config.metadata_ttl if request.is_metadata else self.config.path_ttl
+        """A verified mirror for one path; repomd.xml (and the repo root, whose listing
+        changes with it) follows the repodata, so it holds for metadata_ttl, everything else
+        (immutable files) for path_ttl."""
+        ttl = self.config.metadata_ttl if request.follows_repodata else self.config.path_ttl
         return Fact(f"path:{request.key}", ttl, self.config.last_known_ttl)
 
     def miss(self, request: RepoPath) -> Fact:

@@ -9,6 +9,8 @@
      whose repomd.xml it served; the path is verified in the background, and a request for it
      that arrives before the verification ends waits for it, so that dnf's retry after a
      half-synced mirror's 404 goes to a mirror that has the file;
+   * the repo root (/<repo>/<releasever>/<arch>/): the base URL of a mirror holding the
+     current repodata, preferring one that answers for the base URL itself (see _root_holder);
    * anything else: probed on the mirrors in order (one process at a time, across processes).
 3. When nothing can be verified, the last-known answer is reused so that Squid can serve the
    copy it holds; only without one does the client get an error.
@@ -208,6 +210,9 @@ class Resolver:
                 and self.health.heard_from(fresh, RECENTLY) and self.health.trusted(fresh)):
             return self._answer_at_once(request, candidates, survey, trace,
                                         "it served the current repomd.xml")
+        if request.is_root and survey.fresh:
+            # A stale mirror's listing shows an old repo: only the current ones may answer.
+            candidates = [b for b in candidates if b in survey.fresh] or candidates
         return self.flights.run(flight, lambda: self._verify(request, candidates, trace, survey),
                                 lambda: self.cached(request, front=False))
 
@@ -290,6 +295,11 @@ class Resolver:
             trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
         if base is not None:
             return self._publish(request, base, trace, "answered")
+        if request.is_root:
+            base = self._root_holder(request, candidates, results, survey, trace)
+            if base is not None:
+                return self._publish(request, base, trace, "holds the repo, and lists no "
+                                     "directory: the client gets the mirror's own answer")
         unasked = [b for b in candidates if b not in results]
         if unasked:
             # Those mirrors' probes for this second are spent (a flood of new paths): the
@@ -298,15 +308,46 @@ class Resolver:
             return Resolution(join_under_base(unasked[0], request.path), OPTIMISTIC,
                               f"on {unasked[0]} (unprobed: max_probes_per_second spent)", trace)
         failures = [r for r in results.values() if r.outcome in (FAILED, ERROR)]
+        what = request.path or "the repo root"
         if results and not failures and all(r.outcome == MISSING for r in results.values()):
-            reason = f"no mirror has {request.path} ({len(results)} answered 404)"
+            reason = f"no mirror has {what} ({len(results)} answered 404)"
             self.memo.put(self.lifetimes.miss(request), reason)
             return Resolution(None, NOT_FOUND, reason, trace)
         if not candidates:
             why = "no healthy mirror holds the current metadata"
         else:
-            why = f"no mirror answered for {request.path} ({len(failures)} failed)"
+            why = f"no mirror answered for {what} ({len(failures)} failed)"
         return self._fallback(request, trace, why)
+
+    def _root_holder(self, request: RepoPath, candidates: List[str],
+                     results: Dict[str, ProbeResult], survey: Optional[Survey],
+                     trace: List[str]) -> Optional[str]:
+        """The mirror to answer the repo root with when none answered for its base URL.
+
+        What probing a directory means: a directory has no content of its own. Its listing
+        is a server setting (nginx and Apache answer 403 or 404 with indexes off, object
+        stores 404), so a mirror that refuses it may hold the whole repo, and one that lists
+        it may hold an old one. The base URL is probed first, like any path, among the
+        mirrors holding the current repodata, so that a client (a person browsing, a health
+        check) gets a listing wherever a current mirror offers one; the original repoproxy
+        also asked the mirrors for '/'. When they all refuse it (4xx), the repo is still
+        there: the first of them that holds it is answered all the same (the client gets its
+        403/404 page, not a 'no mirror has' from us). Holding it means serving the current
+        repomd.xml: to the survey, or else (a single mirror is never surveyed) to a probe of
+        its repodata/repomd.xml now."""
+        listless = [b for b in candidates
+                    if b in results and results[b].outcome == MISSING]
+        vouched = [b for b in listless if survey is not None and b in survey.fresh]
+        if vouched:
+            trace.append(f"{vouched[0]}: served the current repomd.xml to the survey")
+            return vouched[0]
+        if not listless:
+            return None
+        repomd = RepoPath(request.repo, request.releasever, request.arch, REPOMD_PATH)
+        base, probed = self._probe_in_order(listless, repomd)
+        for mirror, result in probed.items():
+            trace.append(f"{mirror}: {REPOMD_PATH}: {result.detail} ({result.elapsed:.2f}s)")
+        return base
 
     def _probe_in_order(self, candidates: List[str], request: RepoPath
                         ) -> Tuple[Optional[str], Dict[str, ProbeResult]]:

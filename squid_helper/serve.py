@@ -23,6 +23,7 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, load_config
+from .iniconfig import as_yaml, looks_like_ini
 from .preflight import SQUID_USER
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
@@ -125,8 +126,10 @@ def check_helper_runnable(helper: str, config: Path, user: str) -> None:
 
 def write_private_config(source: str, directory: Path, accel_port: int) -> Path:
     """A copy of repos.yaml whose memo, log file and accel port belong to this directory."""
-    load_config(source)  # report the user's own file and line numbers first
-    data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    config = load_config(source)  # report the user's own file and line numbers first
+    text = Path(source).read_text(encoding="utf-8")
+    # The original repoproxy's INI form becomes its equivalent YAML.
+    data = yaml.safe_load(as_yaml(config) if looks_like_ini(text, source) else text)
     data["cache_dir"] = str(directory / "memo")
     data["log_file"] = str(directory / "logs" / "helper.log")
     data["accel_ports"] = [accel_port]

@@ -5,6 +5,9 @@ another mirror that URL changes, and the cached copy would be lost. This helper 
 mirror URL of a repo path to the same key:
     http://squid-helper.invalid/<repo>/<releasever>/<arch>/<path>
 
+The key spells the path as the rewrite helper does (urls.canonical_path), so that a file
+requested as snap-1.0%5e1.rpm and as snap-1.0^1.rpm is one object.
+
 Only a URL that the rewrite helper could have answered with gets the key: one under a mirror
 base of the config or of a fetched mirror list, with a safe path and no query. The virtual
 host, accel-port URLs and unknown hosts never do: if Squid ever fetched one of those as it
@@ -25,7 +28,7 @@ from .helperloop import SlowAnswer
 from .lifetimes import BASE_INDEX_KEY
 from .memo import Memo
 from .protocol import HelperRequest, Reply, err, ok
-from .urls import RepoPath, relative_path_problem, template_pattern
+from .urls import RepoPath, canonical_path, relative_path_problem, template_pattern
 
 log = logging.getLogger("squid_helper.storeid")
 
@@ -74,7 +77,7 @@ class StoreIdMapper:
             if url.startswith(base):
                 path = url[len(base):]
                 if relative_path_problem(path) is None:
-                    return f"http://{STORE_ID_HOST}/{triple}/{path}"
+                    return f"http://{STORE_ID_HOST}/{triple}/{canonical_path(path)}"
         return None
 
     def _from_templates(self, url: str) -> Optional[str]:
@@ -83,7 +86,7 @@ class StoreIdMapper:
             if match and relative_path_problem(match["path"]) is None:
                 return store_key(repo, match["releasever"] if "releasever" in
                                  pattern.groupindex else "-", match["arch"] if "arch" in
-                                 pattern.groupindex else "-", match["path"])
+                                 pattern.groupindex else "-", canonical_path(match["path"]))
         return None
 
     def key(self, url: str) -> Optional[str]:

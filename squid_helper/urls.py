@@ -11,7 +11,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .config import Config
 
@@ -19,8 +19,10 @@ MAX_URL_LENGTH = 8192
 # releasever, arch and repo end up inside mirror URLs and memo keys: letters, digits and a few
 # separators only, so no placeholder ({...}), percent-escape or slash can ride along.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-# RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ':' / '@'
-_PCHAR_RE = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*$")
+# RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ':' / '@'; and '^', which RFC 3986
+# wants escaped but curl sends as it is: Fedora's snapshot versions hold it
+# (foo-1.0^20230101git1234abc). It means nothing to a server, and is escaped on its way on.
+_PCHAR_RE = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,;=:@^-]|%[0-9A-Fa-f]{2})*$")
 _FORBIDDEN_DECODED = ("\x00", "\r", "\n", "\\", "/")
 _DECODE_ROUNDS = 3
 REPOMD_PATH = "repodata/repomd.xml"
@@ -36,7 +38,8 @@ class RepoPath:
     repo: str
     releasever: str
     arch: str
-    path: str  # below the repo's base, still percent-encoded as the client sent it
+    path: str  # below the repo's base, percent-encoded in one spelling (canonical_path);
+    # "" is the repo root
 
     @property
     def triple(self) -> str:
@@ -49,6 +52,18 @@ class RepoPath:
     @property
     def is_metadata(self) -> bool:
         return self.path == REPOMD_PATH
+
+    @property
+    def is_root(self) -> bool:
+        """The repo root itself (/<repo>/<releasever>/<arch>[/]): answered with a mirror's
+        base URL, chosen as the resolver explains."""
+        return self.path == ""
+
+    @property
+    def follows_repodata(self) -> bool:
+        """Whether the file changes with every push (repomd.xml, and the root's listing), so
+        that an answer for it holds no longer than a repomd.xml answer."""
+        return self.is_metadata or self.is_root
 
     @property
     def in_snapshot(self) -> bool:
@@ -109,6 +124,25 @@ def _segment_problem(segment: str) -> Optional[str]:
     return "percent-encoding nested too deep in a path segment"
 
 
+def canonical_segment(segment: str) -> str:
+    """A path segment (already judged safe by _segment_problem) in one spelling: every byte
+    but the unreserved characters (letters, digits, '-', '.', '_', '~') percent-encoded,
+    upper-case hex.
+
+    Clients spell one file name in several ways: dnf (librepo) sends
+    snap-1.0%5e2023...rpm and libstdc%2b%2b-devel...rpm, curl sends snap-1.0^2023...rpm and
+    libstdc++-devel...rpm, and tilde-2.0~rc1 raw or as %7E. One spelling makes them one memo
+    entry, one mirror URL and one Squid object. Escaping all but the unreserved characters
+    is what librepo does to package paths, and for a reason: S3-backed mirrors (Fedora's
+    CloudFront one among them) read a raw '+' in a path as a space, and 404 libstdc++."""
+    return quote(unquote(segment, errors="strict"), safe="")
+
+
+def canonical_path(path: str) -> str:
+    """canonical_segment of each segment of a path that relative_path_problem accepts."""
+    return "/".join(canonical_segment(segment) for segment in path.split("/"))
+
+
 def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     """Classify a URL from Squid: a repo file we serve, a refused repo URL, or not ours."""
     if len(url) > MAX_URL_LENGTH:
@@ -134,8 +168,13 @@ def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     if segments[0] != "":
         return Refused("the URL path must start with '/'")
     segments = segments[1:]
-    if len(segments) < 4 or not segments[3]:
-        return Refused("expected /<repo>/<releasever>/<arch>/<path> in the URL")
+    if len(segments) == 4 and not segments[3]:
+        # /<repo>/<releasever>/<arch>/ is the repo root, as /<repo>/<releasever>/<arch> is:
+        # the original repoproxy's own example URL. Its path is "" (RepoPath.is_root).
+        segments = segments[:3]
+    if len(segments) < 3 or not all(segments[:3]) or (len(segments) > 3 and not segments[3]):
+        return Refused("expected /<repo>/<releasever>/<arch>/<path> (or the repo root "
+                       "/<repo>/<releasever>/<arch>/) in the URL")
     for index, segment in enumerate(segments):
         if not segment and index != len(segments) - 1:
             return Refused("empty path segment ('//') in the URL")
@@ -149,7 +188,7 @@ def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     if repo not in config.repos:
         known = ", ".join(sorted(config.repos)) or "none"
         return Refused(f"unknown repo {repo!r}; configured repos: {known}")
-    return RepoPath(repo, releasever, arch, "/".join(segments[3:]))
+    return RepoPath(repo, releasever, arch, canonical_path("/".join(segments[3:])))
 
 
 def expand_template(template: str, releasever: str, arch: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import subprocess
@@ -9,7 +10,9 @@ import subprocess
 from lab.helper import helper_command, write_config
 from lab.mirrors import MirrorServer
 from lab.squid import WorldReadableDir, chown_proxy
+from squid_helper.config import load_config
 from squid_helper.preflight import helper_config_of
+from squid_helper.serve import write_private_config
 
 from conftest import require
 
@@ -126,3 +129,51 @@ def test_resolve_as_root_leaves_the_memo_writable_for_squids_user(tmp_path, snap
     owners = {entry.name: entry.stat().st_uid for entry in os.scandir(memo)}
     assert "cache.db" in owners
     assert set(owners.values()) == {proxy.pw_uid}, owners
+
+
+ORIGINAL_INI = """\
+# the original repoproxy's config, as its documentation wrote it
+[myrepo]
+mirrorurl=http://wherever.com/mirrorlist?repo=myrepo&ver={releasever}&arch={arch}
+
+[koji]
+baseurl=http://kojipkgs.example/repos/f{releasever}-build/latest/{arch}
+  http://mirror.example/koji/%7Ef{releasever}/{arch}/
+"""
+
+
+def test_check_prints_the_equivalent_repos_yaml_of_an_ini_config(tmp_path):
+    old = tmp_path / "old.ini"
+    old.write_text(ORIGINAL_INI)
+    # (as root, proxy could not create the INI form's default memo here: not this test's point)
+    result = run("check", "--config", str(old), "--squid-user", current_user())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"# {old} (the original repoproxy's INI form): OK\n")
+    assert f"#   squid-helper check --config {old} > repos.yaml" in result.stdout
+    # The whole output is the repos.yaml to move to: it loads to the same configuration.
+    moved = tmp_path / "repos.yaml"
+    moved.write_text(result.stdout)
+    before, after = load_config(str(old)), load_config(str(moved))
+    assert dataclasses.replace(before, path="") == dataclasses.replace(after, path="")
+    assert after.repos["myrepo"].kind == "mirrorlist" and len(after.repos["koji"].templates) == 2
+    again = run("check", "--config", str(moved), "--squid-user", current_user())
+    assert again.returncode == 0 and again.stdout.startswith(f"{moved}: OK\n"), again
+
+
+def test_check_reports_an_ini_error_with_file_line_section_and_key(tmp_path):
+    old = tmp_path / "old.ini"
+    old.write_text(ORIGINAL_INI + "[myrepo]\nbaseurl=http://m/\n")
+    result = run("check", "--config", str(old))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{old}:8: [myrepo]: the section appears twice (first at line 2)" in result.stderr
+
+
+def test_serve_runs_an_ini_config_as_its_equivalent_yaml(tmp_path):
+    old = tmp_path / "old.ini"
+    old.write_text(ORIGINAL_INI)
+    (tmp_path / "serve").mkdir()
+    private = write_private_config(str(old), tmp_path / "serve", 5123)
+    config = load_config(str(private))
+    assert config.accel_ports == frozenset({5123})
+    assert config.cache_dir == str(tmp_path / "serve" / "memo")
+    assert config.repos == load_config(str(old)).repos

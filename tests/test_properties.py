@@ -18,6 +18,7 @@ from squid_helper.urls import (
     NotOurs,
     Refused,
     RepoPath,
+    canonical_path,
     expand_template,
     join_under_base,
     map_url,
@@ -41,18 +42,21 @@ PIECES = st.sampled_from([
     "user@", "/", "//", "test", "other", "9", "x86_64", "..", ".", "%2e", "%2E%2e", "%252e",
     "%2f", "%5c", "\\", "%00", "%0d%0a", "{releasever}", "{arch}", "%7b", "?", "#", "a.rpm",
     "Packages", "repodata", "repomd.xml", " ", "\t", "\x00", "é", "%", "%zz", ":", "@", "~",
+    "^", "%5e", "+", "%2b", "%7E", "%7e",
 ])
 URLS = st.lists(PIECES, min_size=0, max_size=14).map("".join) | st.text(max_size=300)
 EXTRAS = st.sampled_from(["", " 127.0.0.1/- - GET myip=127.0.0.1 myport=3128",
                           " 127.0.0.1/- - GET myip=127.0.0.1 myport=5000", " - - -"])
 
 
-def _inside(url: str, base: str) -> bool:
+def _inside(url: str, base: str, root: bool = False) -> bool:
+    """url lies below base; root: url may be the base itself (the repo root's answer)."""
     parts, base_parts = urlsplit(url), urlsplit(base)
     if (parts.scheme, parts.netloc) != (base_parts.scheme, base_parts.netloc):
         return False
-    path = unquote(unquote(unquote(parts.path)))
-    return posixpath.normpath(path).startswith(posixpath.normpath(base_parts.path) + "/")
+    path = posixpath.normpath(unquote(unquote(unquote(parts.path))))
+    base_path = posixpath.normpath(base_parts.path)
+    return (root and path == base_path) or path.startswith(base_path + "/")
 
 
 @settings(max_examples=1500, deadline=None)
@@ -65,10 +69,17 @@ def test_mapping_never_leaves_the_mirror_tree(url, extras):
     assert isinstance(mapped, (RepoPath, Refused, NotOurs))
     if not isinstance(mapped, RepoPath):
         return
+    # One spelling per path: canonical, and the name the client asked for.
+    assert canonical_path(mapped.path) == mapped.path
+    client_path = urlsplit(parsed.url).path.split("/", 4)[4:]
+    assert unquote(mapped.path) == unquote(client_path[0] if client_path else "")
     for template in CONFIG.repos[mapped.repo].templates:
         base = expand_template(template, mapped.releasever, mapped.arch)
         rewritten = join_under_base(base, mapped.path)
-        assert _inside(rewritten, base), (url, rewritten)
+        # Only the repo root (/<repo>/<releasever>/<arch>[/]) is answered with the base itself.
+        assert _inside(rewritten, base, root=mapped.is_root), (url, rewritten)
+        if mapped.is_root:
+            assert rewritten == base if base.endswith("/") else base + "/"
         assert "{" not in rewritten and "}" not in rewritten
         assert not any(ch in rewritten for ch in "\r\n\x00 \\")
 
@@ -129,5 +140,5 @@ def test_every_line_gets_exactly_one_well_formed_reply(lines):
         if match["result"] == "OK":
             url = reply.split('rewrite-url="', 1)[1][:-1]
             assert _inside(url, "http://127.0.0.1:8080/pub/") or _inside(
-                url, "http://127.0.0.2/x/"), reply
+                url, "http://127.0.0.2/x/", root=True), reply
     assert sorted(got_channels) == expected_channels

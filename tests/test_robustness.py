@@ -31,7 +31,9 @@ HOSTILE_URLS = [
     "https://repoproxy/test/9/x86_64/Packages/a.rpm",
     "http://user:pw@repoproxy/test/9/x86_64/Packages/a.rpm",
     "http://repoproxy/other/9/x86_64/Packages/a.rpm",
-    "http://repoproxy/test/9/x86_64/",
+    "http://repoproxy/test/9/x86_64//",
+    "http://repoproxy/test/9/x86_64/%2e%2e/",
+    "http://repoproxy/test/9/",
     "http://repoproxy/",
     "http://repoproxy:99999/test/9/x86_64/a.rpm",
 ]

@@ -45,6 +45,24 @@ def test_mirror_urls_of_a_repo_path_share_one_key(mapper, url, key):
     assert mapper.key(url) == key
 
 
+# Fedora's file names, as dnf (librepo: '^' and '+' escaped in lower case), curl (raw) and
+# others (upper case, '~' escaped) spell them: one key each, in the rewrite helper's spelling.
+@pytest.mark.parametrize("names, key", [
+    (["snap-1.0%5e20230101git1234abc-1.noarch.rpm", "snap-1.0^20230101git1234abc-1.noarch.rpm",
+      "snap-1.0%5E20230101git1234abc-1.noarch.rpm"], "snap-1.0%5E20230101git1234abc-1.noarch.rpm"),
+    (["tilde-2.0~rc1-1.noarch.rpm", "tilde-2.0%7Erc1-1.noarch.rpm", "tilde-2.0%7erc1-1.noarch.rpm"],
+     "tilde-2.0~rc1-1.noarch.rpm"),
+    (["libsq%2b%2b-devel-3.0-1.noarch.rpm", "libsq++-devel-3.0-1.noarch.rpm",
+      "libsq%2B%2B-devel-3.0-1.noarch.rpm"], "libsq%2B%2B-devel-3.0-1.noarch.rpm"),
+])
+def test_every_spelling_of_a_fedora_file_name_has_one_key(mapper, names, key):
+    for base, repo in (("http://mirror-a.example/pub/9/x86_64/", "static"),
+                       ("https://mirror-b.example/os/9/x86_64/", "static"),
+                       ("http://m.example/fedora/9/x86_64/", "listed")):
+        keys = {mapper.key(base + "Packages/" + name) for name in names}
+        assert keys == {f"http://{STORE_ID_HOST}/{repo}/9/x86_64/Packages/{key}"}
+
+
 @pytest.mark.parametrize("url", [
     # the virtual host and accel-port URLs: fetched as they are only if the rewrite failed
     "http://repoproxy/static/9/x86_64/Packages/a.rpm",
@@ -64,6 +82,13 @@ def test_mirror_urls_of_a_repo_path_share_one_key(mapper, url, key):
     "http://mirror-a.example/pub/9/x86_64/../../etc/passwd",
     "http://mirror-a.example/pub/9/x86_64/Packages/..;/x.rpm",
     "http://m.example/fedora/9/x86_64/%2e%2e/secret",
+    # a mirror's base URL, the rewrite helper's answer for the repo root: deliberately no
+    # shared key, since a directory listing is each mirror's own page (its host names, dates,
+    # layout), not one file that every mirror serves byte for byte
+    "http://mirror-a.example/pub/9/x86_64/",
+    "http://mirror-a.example/pub/9/x86_64",
+    "https://mirror-b.example/os/9/x86_64/",
+    "http://m.example/fedora/9/x86_64/",
     # the key itself, and what is not http
     KEY,
     "ftp://mirror-a.example/pub/9/x86_64/Packages/a.rpm",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 from hypothesis import given
@@ -16,6 +16,7 @@ from squid_helper.urls import (
     NotOurs,
     Refused,
     RepoPath,
+    canonical_path,
     expand_template,
     join_under_base,
     map_url,
@@ -188,6 +189,40 @@ def test_path_keeps_its_percent_encoding():
     assert result.path == "Packages/g/g%2B%2B-13.rpm"
 
 
+# --- Fedora's real file names: one spelling whatever the client sends -------------------------
+# What dnf 4.14 (librepo 1.14) sent through Squid in tests/test_fedora_names.py: '^' and '+'
+# escaped in lower-case hex, '~' raw. curl sends all three raw; others escape '~' as %7E.
+@pytest.mark.parametrize("sent, canonical", [
+    ("snap-1.0%5e20230101git1234abc-1.noarch.rpm", "snap-1.0%5E20230101git1234abc-1.noarch.rpm"),
+    ("snap-1.0%5E20230101git1234abc-1.noarch.rpm", "snap-1.0%5E20230101git1234abc-1.noarch.rpm"),
+    ("snap-1.0^20230101git1234abc-1.noarch.rpm", "snap-1.0%5E20230101git1234abc-1.noarch.rpm"),
+    ("tilde-2.0~rc1-1.noarch.rpm", "tilde-2.0~rc1-1.noarch.rpm"),
+    ("tilde-2.0%7Erc1-1.noarch.rpm", "tilde-2.0~rc1-1.noarch.rpm"),
+    ("tilde-2.0%7erc1-1.noarch.rpm", "tilde-2.0~rc1-1.noarch.rpm"),
+    ("libsq%2b%2b-devel-3.0-1.noarch.rpm", "libsq%2B%2B-devel-3.0-1.noarch.rpm"),
+    ("libsq++-devel-3.0-1.noarch.rpm", "libsq%2B%2B-devel-3.0-1.noarch.rpm"),
+    ("libsq%2B+-devel-3.0-1.noarch.rpm", "libsq%2B%2B-devel-3.0-1.noarch.rpm"),
+    ("gcc-c++-13.2.1-1.fc40.x86_64.rpm", "gcc-c%2B%2B-13.2.1-1.fc40.x86_64.rpm"),
+    ("perl-Text-Tabs+Wrap-2021.0726-1.noarch.rpm", "perl-Text-Tabs%2BWrap-2021.0726-1.noarch.rpm"),
+    ("foo-1.0~rc1^git2-1.fc40.x86_64.rpm", "foo-1.0~rc1%5Egit2-1.fc40.x86_64.rpm"),
+    ("%61%2D%5f%2e%30.rpm", "a-_.0.rpm"),  # escaped unreserved characters are decoded
+])
+def test_fedora_file_names_have_one_spelling_whatever_the_client_sends(sent, canonical):
+    result = mapped(BASE + "Packages/" + sent)
+    assert result.path == "Packages/" + canonical
+    assert unquote(result.path) == unquote("Packages/" + sent)  # the name itself intact
+    assert canonical_path(result.path) == result.path  # a fixed point
+    assert result.in_snapshot
+    assert join_under_base("http://m/pub/", result.path) == "http://m/pub/Packages/" + canonical
+
+
+def test_a_caret_is_the_only_character_outside_rfc3986_that_is_accepted():
+    assert mapped(BASE + "a^b.rpm").path == "a%5Eb.rpm"
+    assert "illegal character" in refused(BASE + "a^b|c.rpm")
+    # the checks still see through the escapes around it
+    assert "'..'" in refused(BASE + "Packages/%2e%2e/a^b.rpm")
+
+
 def test_literal_percent_sign_sent_as_percent_25_is_allowed():
     assert mapped(BASE + "Packages/100%25-done.rpm").path == "Packages/100%25-done.rpm"
 
@@ -200,7 +235,8 @@ def test_trailing_slash_is_kept():
                                   "Packages/x/x-1.0-1.fc40.noarch.rpm",
                                   "images/pxeboot/vmlinuz", ".treeinfo", "...", ".hidden/x"])
 def test_legal_paths(path):
-    assert mapped(BASE + path).path == path
+    # The same name, escaped where it is not unreserved (canonical_path)
+    assert mapped(BASE + path).path == quote(path, safe="/")
 
 
 @pytest.mark.parametrize("releasever,arch", [("40", "x86_64"), ("9-stream", "aarch64"),
@@ -289,8 +325,9 @@ def test_raw_control_characters_spaces_and_non_ascii_are_refused(url):
     assert "control characters" in refused(url)
 
 
-@pytest.mark.parametrize("path", ["a\\b.rpm", "..\\..\\x", "a\"b", "a<b", "a>b", "a|b", "a^b",
-                                  "a`b", "a%zzb", "a%2", "a%"])
+# '^' is outside pchar too, but accepted: Fedora's snapshot versions hold it (see below).
+@pytest.mark.parametrize("path", ["a\\b.rpm", "..\\..\\x", "a\"b", "a<b", "a>b", "a|b", "a`b",
+                                  "a{b", "a}b", "a%zzb", "a%2", "a%"])
 def test_characters_outside_rfc3986_pchar_are_refused(path):
     assert "illegal character" in refused(BASE + path)
 
@@ -343,14 +380,69 @@ def test_64_character_releasever_is_still_accepted():
         "http://repoproxy/",
         "http://repoproxy",
         "http://repoproxy/fedora",
+        "http://repoproxy/fedora/",
         "http://repoproxy/fedora/40",
-        "http://repoproxy/fedora/40/x86_64",
-        "http://repoproxy/fedora/40/x86_64/",
-        "http://repoproxy/fedora/40/x86_64?x=/a.rpm",
+        "http://repoproxy/fedora/40/",
+        "http://repoproxy/fedora/40?x=/x86_64/a.rpm",
     ],
 )
 def test_short_paths_are_refused(url):
     assert "expected /<repo>/<releasever>/<arch>/<path>" in refused(url)
+
+
+# --- the repo root (the original repoproxy's example URL) -------------------------------------
+@pytest.mark.parametrize("url, extras", [
+    ("http://repoproxy/fedora/40/x86_64", {}),
+    ("http://repoproxy/fedora/40/x86_64/", {}),
+    ("http://repoproxy/fedora/40/x86_64?x=/a.rpm", {}),  # the query never reaches a mirror
+    ("http://REPOPROXY:80/fedora/40/x86_64/", {}),
+    ("http://proxy.lan:8080/fedora/40/x86_64", {}),
+    ("http://myproxy:5000/fedora/40/x86_64", {"myport": "5000"}),
+    ("http://myproxy:5000/fedora/40/x86_64/", {"myport": "5000"}),
+])
+def test_the_repo_root_with_or_without_slash_is_the_empty_path(url, extras):
+    result = mapped(url, **extras)
+    assert result == RepoPath("fedora", "40", "x86_64", "")
+    assert result.is_root and result.follows_repodata
+    assert not result.is_metadata and not result.in_snapshot
+    assert result.key == "fedora/40/x86_64/"
+
+
+def test_only_the_repo_root_is_the_empty_path():
+    assert not mapped(BASE + "Packages/a.rpm").is_root
+    assert not mapped(BASE + "Packages/").is_root  # a subdirectory is an ordinary path
+    assert mapped(BASE + REPOMD_PATH).follows_repodata
+    assert not mapped(BASE + "Packages/a.rpm").follows_repodata
+
+
+@pytest.mark.parametrize("url", [
+    "http://repoproxy/fedora/40/x86_64//",
+    "http://repoproxy/fedora/40/x86_64/./",
+    "http://repoproxy/fedora/40/x86_64/.",
+    "http://repoproxy/fedora/40/x86_64/..",
+    "http://repoproxy/fedora/40/x86_64/%2e%2e",
+    "http://repoproxy/fedora/40/x86_64/%2e%2e/",
+    "http://repoproxy/fedora/40/%2e%2e",
+    "http://repoproxy/fedora/40/%2e%2e/",
+    "http://repoproxy/fedora/40/..",
+    "http://repoproxy/fedora/../x86_64",
+    "http://repoproxy/fedora/40/x86_64%2f",
+    "http://repoproxy/fedora/40/x86_64%2F..",
+    "http://repoproxy/fedora/40/{arch}/",
+    "http://repoproxy/fedora/40/x86_64;/",
+    "http://repoproxy//40/x86_64/",
+    "http://repoproxy/fedora//x86_64",
+    "https://repoproxy/fedora/40/x86_64/",
+    "http://user@repoproxy/fedora/40/x86_64/",
+    "http://repoproxy/nosuchrepo/40/x86_64/",
+])
+def test_repo_root_look_alikes_are_refused(url):
+    refused(url)
+
+
+def test_the_repo_root_joins_to_the_mirror_base():
+    assert join_under_base("http://m/pub/40/x86_64/", "") == "http://m/pub/40/x86_64/"
+    assert join_under_base("http://m/pub/40/x86_64", "") == "http://m/pub/40/x86_64/"
 
 
 @pytest.mark.parametrize(
@@ -422,7 +514,10 @@ def test_repo_names_are_case_sensitive():
 @given(st.text(alphabet=st.characters(codec="ascii"), max_size=60))
 def test_any_mapped_path_is_safe(tail):
     result = map_url(BASE + tail, {}, CONFIG)
-    if isinstance(result, RepoPath):
+    if isinstance(result, RepoPath) and result.is_root:  # BASE itself, or BASE?query
+        assert join_under_base("http://m.example.org/pub/", result.path) == \
+            "http://m.example.org/pub/"
+    elif isinstance(result, RepoPath):
         assert relative_path_problem(result.path) is None
         for segment in result.path.split("/"):
             assert segment not in (".", "..")
