@@ -13,11 +13,12 @@ from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
 from .helperloop import Handler, HelperLoop
 from .logsetup import setup_logging
 from .memo import Memo
-from .preflight import SQUID_USER, memo_mismatch, squid_user_problems
+from .preflight import memo_mismatch, squid_user_problems
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
 from .rewrite import RewriteHandler
+from .squiduser import SquidUserError, detect_squid_user
 from .storeid import StoreIdHandler, StoreIdMapper
 from .urls import NotOurs, Refused, map_url
 
@@ -125,14 +126,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"    {repo.name}: {repo.kind}")
         for template in repo.templates:
             print(f"      {template}")
-    problems, checked = squid_user_problems(config, args.config, args.squid_user)
+    try:
+        user = detect_squid_user(args.squid_user, option="--squid-user").name
+    except SquidUserError as exc:
+        print(f"PROBLEM: {exc}")
+        return 1
+    problems, checked = squid_user_problems(config, args.config, user)
     if not checked:
-        print(f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
-              f"{args.squid_user}")
+        print(f"  {user} (Squid's user): not checked; run check as root or as {user}")
     for problem in problems:
         print(f"PROBLEM: {problem}")
     if checked and not problems:
-        print(f"  {args.squid_user} (Squid's user) can read the config and write the memo "
+        print(f"  {user} (Squid's user) can read the config and write the memo "
               "and the log file")
     return 1 if problems else 0
 
@@ -210,13 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Squid's disk cache size in MB (default: %(default)s)")
     p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
                    "else /usr/sbin/squid)")
+    p.add_argument("--user", metavar="USER",
+                   help="Squid's cache_effective_user, who runs the helpers (default: the "
+                   "Squid build's default user from `squid -v`, else whichever of proxy/squid "
+                   "exists)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures")
     _add_config(p)
-    p.add_argument("--squid-user", default=SQUID_USER,
+    p.add_argument("--squid-user", metavar="USER",
                    help="Squid's cache_effective_user, who runs the helpers: it must read "
-                   "the config and write the memo and log file (default: %(default)s)")
+                   "the config and write the memo and log file (default: the installed "
+                   "Squid's default user from `squid -v`, else whichever of proxy/squid "
+                   "exists)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("resolve", help="show which mirror a URL would go to, and why")

@@ -23,7 +23,6 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, load_config
-from .preflight import SQUID_USER
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     SquidConfError,
@@ -31,6 +30,7 @@ from .squidconf import (
     installed_error_directory,
     render,
 )
+from .squiduser import SquidUserError, detect_squid_user
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
@@ -53,7 +53,7 @@ def find_squid(explicit: Optional[str]) -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise ServeError("Squid is not installed (on Debian/Ubuntu: sudo apt-get install squid; "
-                     "or point --squid at the binary)")
+                     "on EL/Fedora: sudo dnf install squid; or point --squid at the binary)")
 
 
 def helper_executable() -> str:
@@ -139,6 +139,23 @@ def write_private_config(source: str, directory: Path, accel_port: int) -> Path:
     return target
 
 
+def squid_user(args: argparse.Namespace, squid: str, root: bool) -> pwd.struct_passwd:
+    """The user Squid runs its helpers as: --user, else the build's default user (squid -v),
+    else whichever of proxy/squid exists. Without root, Squid cannot switch users: it runs as
+    whoever runs serve."""
+    explicit = getattr(args, "user", None)
+    if not root:
+        me = pwd.getpwuid(os.geteuid())
+        if explicit and explicit != me.pw_name:
+            raise ServeError(f"--user {explicit}: only root can run Squid as another user "
+                             f"(running as {me.pw_name})")
+        return me
+    try:
+        return pwd.getpwnam(detect_squid_user(explicit, squid, option="--user").name)
+    except SquidUserError as exc:
+        raise ServeError(str(exc)) from None
+
+
 def _wait_listening(process: subprocess.Popen, address: str, port: int,
                     timeout: float) -> bool:
     host = "127.0.0.1" if address in ("0.0.0.0", "") else ("::1" if address == "::" else address)
@@ -218,15 +235,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
     root = _is_root()
-    user_name = SQUID_USER if root else pwd.getpwuid(os.geteuid()).pw_name
-    if root:
-        try:
-            user = pwd.getpwnam(SQUID_USER)
-        except KeyError:
-            raise ServeError(f"there is no {SQUID_USER!r} user to run Squid's helpers as "
-                             "(it comes with the squid package)") from None
-    else:
-        user = pwd.getpwuid(os.geteuid())
+    user = squid_user(args, squid, root)
+    user_name = user.pw_name
     for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
         check_port_free(args.listen, port, what)
 
@@ -259,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     if root:
         _chown([directory / "cache", directory / "memo", directory / "logs", directory / "run"],
                user)
-        check_helper_runnable(helper, config_path, SQUID_USER)
+        check_helper_runnable(helper, config_path, user_name)
     pid_file = directory / "run" / "squid.pid"
     if pid_file.exists():
         pid_file.unlink()  # the ports are free, so no Squid of ours is running
