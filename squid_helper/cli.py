@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Squid's cache_effective_user, who runs the helpers (default: the "
                    "Squid build's default user from `squid -v`, else whichever of proxy/squid "
                    "exists)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="where Squid's access.log and cache.log and the helper's helper.log "
+                   "go (default: DIR/logs of --dir)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures")
