@@ -2,8 +2,9 @@
 # Everything else here is what those two need.
 
 PYTHON     ?= /usr/bin/python3
-# Squid runs the helper as user `proxy`: the venv must live where that user can read it
-# (not under /root), and be built from the system Python (not a pyenv under /root).
+# Squid runs the helper as its user (`proxy` on Debian, `squid` on EL/Fedora): the venv must
+# live where that user can read it (not under /root), and be built from the system Python (not
+# a pyenv under /root).
 VENV       ?= $(if $(filter 0,$(shell id -u)),/opt/squid-helper/venv,$(CURDIR)/.venv)
 CONFIG     ?= repos.yaml
 DIR        ?= /var/tmp/squid-helper
@@ -16,12 +17,16 @@ ALLOW      ?=
 # the default venv's squid-helper is linked here, so that the bare command works (as root)
 BIN_LINK   ?= /usr/local/bin/squid-helper
 
-# command:debian-package pairs the product and its tests use
-DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm
+# command:package pairs the product and its tests use, on Debian/Ubuntu (apt-get) and on
+# EL 9/Fedora (dnf, where there is no apt-get); packaging/install-deps installs what is missing
+DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm \
+	rpm2archive:rpm2cpio systemd-analyze:systemd logrotate:logrotate
+RPM_DEPS   = squid:squid squidclient:squid dnf:dnf createrepo_c:createrepo_c rpmbuild:rpm-build \
+	rpm2archive:rpm systemd-analyze:systemd logrotate:logrotate
 
 SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 
-.PHONY: serve test install system-deps lint bench
+.PHONY: serve test install system-deps lint bench rpm install-service
 
 # serve checks CONFIG itself, and runs the helpers on a private copy (memo and log under DIR)
 serve: system-deps install
@@ -49,25 +54,20 @@ $(STAMP): $(SOURCES)
 	touch $@
 
 system-deps:
-	@missing=""; \
-	for pair in $(DEBIAN_DEPS); do \
-		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then \
-			echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; \
-			exit 1; \
-		fi; \
-		echo "installing Debian packages:$$missing"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$$missing python3-venv >/dev/null; \
-	fi
-	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
+	@DEBIAN_DEPS="$(DEBIAN_DEPS)" RPM_DEPS="$(RPM_DEPS)" PYTHON="$(PYTHON)" packaging/install-deps
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
 	$(VENV)/bin/python benchmarks/run_all.py
+
+# The noarch RPM for EL 9/Fedora (dist/rpmbuild/RPMS/noarch/), built from this tree.
+rpm:
+	packaging/build-rpm
+
+# From a clone, without the RPM (Debian/Ubuntu, or EL/Fedora): squid-helper.service running
+# this venv's squid-helper, its environment file, logrotate, /etc/squid-helper/repos.yaml and
+# the directories, owned by Squid's user. Then: systemctl enable --now squid-helper
+install-service: system-deps install
+	packaging/install-service --bin $(VENV)/bin/squid-helper --python $(VENV)/bin/python

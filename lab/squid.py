@@ -1,11 +1,11 @@
 """A real Squid with the installed helper wired in, and the proxy user it runs the helpers as.
 
 Squid runs on free 127.0.0.1 ports from a squid.conf rendered by squid_helper.squidconf (the
-template squid.conf.example comes from), as root with cache_effective_user proxy, so the helpers
-run as `proxy` exactly as in production. The same squid.conf can drop the helper lines (the
-no-helper baseline), run other helper programs (e.g. an echo helper) or gain extra lines (e.g.
-`dns_nameservers`). Every process started here is stopped by the object that started it, with
-bounded waits.
+template squid.conf.example comes from), as root with cache_effective_user Squid's user on this
+host (proxy on Debian), so the helpers run as that user exactly as in production. The same
+squid.conf can drop the helper lines (the no-helper baseline), run other helper programs (e.g.
+an echo helper) or gain extra lines (e.g. `dns_nameservers`). Every process started here is
+stopped by the object that started it, with bounded waits.
 """
 
 from __future__ import annotations
@@ -26,8 +26,19 @@ from lab.httpclient import http_get
 from lab.mirrors import free_port
 from lab.procfs import descendants, wait_gone
 from squid_helper.squidconf import SquidConfParams, installed_error_directory, render
+from squid_helper.squiduser import SquidUserError, detect_squid_user
 
-SQUID_USER = "proxy"
+
+def _squid_user() -> str:
+    """Squid's user on this host, found as `serve` finds it (proxy on Debian, squid on EL and
+    Fedora); proxy where there is no Squid, so that the tests that need one say so."""
+    try:
+        return detect_squid_user().name
+    except SquidUserError:
+        return "proxy"
+
+
+SQUID_USER = _squid_user()
 START_TIMEOUT = 60.0
 # squid.conf directives that wire the helpers in: helpers=False drops every line of them.
 HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
@@ -108,7 +119,7 @@ class SquidInstance:
             coredump_dir=str(self.cache_dir), lab_networks=("127.0.0.0/8",),
             rewrite_children=4, rewrite_startup=1, rewrite_idle=1, rewrite_concurrency=20,
             storeid_children=2, storeid_startup=1, storeid_idle=1, storeid_concurrency=20,
-            shutdown_lifetime=1, visible_hostname="squid-helper-test",
+            shutdown_lifetime=1, visible_hostname="squid-helper-test", effective_user=SQUID_USER,
             generated_by="rendered by lab/squid.py"), **overrides)
         self.process: Optional[subprocess.Popen] = None
         self._stderr = None

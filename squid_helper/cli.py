@@ -15,11 +15,12 @@ from .helperloop import Handler, HelperLoop
 from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .logsetup import setup_logging
 from .memo import Memo
-from .preflight import SQUID_USER, memo_mismatch, squid_user_problems
+from .preflight import memo_mismatch, squid_user_problems
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
 from .rewrite import RewriteHandler
+from .squiduser import SquidUserError, detect_squid_user
 from .storeid import StoreIdHandler, StoreIdMapper
 from .urls import NotOurs, Refused, map_url
 
@@ -132,13 +133,16 @@ def _summary(config: Config, path: str) -> List[str]:
 def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
     """What check says of Squid's user's access to the config, memo and log file; a line
     starting with PROBLEM for each thing that user could not do."""
-    problems, checked = squid_user_problems(config, args.config, args.squid_user)
+    try:
+        user = detect_squid_user(args.squid_user, option="--squid-user").name
+    except SquidUserError as exc:
+        return [f"PROBLEM: {exc}"]
+    problems, checked = squid_user_problems(config, args.config, user)
     if not checked:
-        return [f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
-                f"{args.squid_user}"]
+        return [f"  {user} (Squid's user): not checked; run check as root or as {user}"]
     if not problems:
-        return [f"  {args.squid_user} (Squid's user) can read the config and write the memo "
-                "and the log file"]
+        return [f"  {user} (Squid's user) can read the config and write the memo and the log "
+                "file"]
     return [f"PROBLEM: {problem}" for problem in problems]
 
 
@@ -233,14 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Squid's disk cache size in MB (default: %(default)s)")
     p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
                    "else /usr/sbin/squid)")
+    p.add_argument("--user", metavar="USER",
+                   help="Squid's cache_effective_user, who runs the helpers (default: the "
+                   "Squid build's default user from `squid -v`, else whichever of proxy/squid "
+                   "exists)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="where Squid's access.log and cache.log and the helper's helper.log "
+                   "go (default: DIR/logs of --dir)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures (for the "
                        "original repoproxy's INI form: print the equivalent repos.yaml)")
     _add_config(p)
-    p.add_argument("--squid-user", default=SQUID_USER,
+    p.add_argument("--squid-user", metavar="USER",
                    help="Squid's cache_effective_user, who runs the helpers: it must read "
-                   "the config and write the memo and log file (default: %(default)s)")
+                   "the config and write the memo and log file (default: the installed "
+                   "Squid's default user from `squid -v`, else whichever of proxy/squid "
+                   "exists)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("resolve", help="show which mirror a URL would go to, and why")

@@ -1,9 +1,10 @@
 """What `check` and `purge` look at beyond repos.yaml itself: whether Squid's user can use the
 files the helpers need, and which memo the running helpers use.
 
-Squid starts the helpers as its cache_effective_user (proxy); a root shell that finds the
-config fine proves nothing for that user. Pure parts (helper_config_of, the wording of
-problems) are separate from the probes of the file system and /proc.
+Squid starts the helpers as its cache_effective_user (proxy on Debian, squid on EL/Fedora:
+see squiduser); a root shell that finds the config fine proves nothing for that user. Pure
+parts (helper_config_of, the wording of problems) are separate from the probes of the file
+system and /proc.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from .config import Config, ConfigError, load_config
 
-SQUID_USER = "proxy"
 HELPER_ROLES = ("rewrite", "storeid")
 
 
@@ -41,7 +41,7 @@ def _user_may(user: str, test_flag: str, path: Path) -> bool:
 
 
 def squid_user_problems(config: Config, config_path: str,
-                        user: str = SQUID_USER) -> Tuple[List[str], bool]:
+                        user: str) -> Tuple[List[str], bool]:
     """What `user` could not do that the helpers need: read the config, write the memo and the
     log file (or create them). Returns (problems, checked): checked is False when this process
     can neither switch to that user nor is that user."""

@@ -2,8 +2,13 @@
 
 Everything lives in one private directory (--dir): a copy of repos.yaml whose memo and log file
 point inside it, squid.conf rendered from the same template as squid.conf.example, Squid's disk
-cache and its logs. Problems a new user meets (no Squid, a port in use, a helper that the proxy
-user cannot run, a bad repos.yaml) are reported in one sentence each, never as a traceback.
+cache and its logs (or --log-dir). Problems a new user meets (no Squid, a port in use, a helper
+that Squid's user cannot run, a bad repos.yaml) are reported in one sentence each, never as a
+traceback.
+
+As a service (packaging/squid-helper.service.in): SIGHUP rereads repos.yaml and has Squid
+reconfigure (its helpers restart with the new config); SIGTERM stops Squid and its helpers and
+exits 0; with systemd's NOTIFY_SOCKET set, serve says READY=1 once Squid listens.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import yaml
 
 from .config import ConfigError, load_config
 from .iniconfig import as_yaml, looks_like_ini
-from .preflight import SQUID_USER
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     SquidConfError,
@@ -32,9 +36,14 @@ from .squidconf import (
     installed_error_directory,
     render,
 )
+from .squiduser import SquidUserError, detect_squid_user
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
+# Squid's -n: it names its shared memory segments after it (/dev/shm/<name>-cf__*.shm), and
+# `squid -z` fails (EEXIST) when another Squid of the same name creates them at that moment:
+# the system's squid.service at boot, or another Squid on a test host.
+SQUID_SERVICE_NAME = "squidhelper"
 
 
 class ServeError(Exception):
@@ -54,7 +63,7 @@ def find_squid(explicit: Optional[str]) -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise ServeError("Squid is not installed (on Debian/Ubuntu: sudo apt-get install squid; "
-                     "or point --squid at the binary)")
+                     "on EL/Fedora: sudo dnf install squid; or point --squid at the binary)")
 
 
 def helper_executable() -> str:
@@ -124,22 +133,72 @@ def check_helper_runnable(helper: str, config: Path, user: str) -> None:
                 "from /usr/bin/python3) and chmod -R a+rX it")
 
 
-def write_private_config(source: str, directory: Path, accel_port: int) -> Path:
-    """A copy of repos.yaml whose memo, log file and accel port belong to this directory."""
+def _write_atomically(target: Path, text: str) -> None:
+    """Helpers that Squid starts meanwhile (a reload) read the old file or the new one, never
+    half of one."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.chmod(0o644)
+    os.replace(temporary, target)
+
+
+def write_private_config(source: str, directory: Path, accel_port: int,
+                         log_dir: Optional[Path] = None) -> Path:
+    """A copy of repos.yaml whose memo, log file and accel port belong to this directory (the
+    log file to log_dir, if given)."""
     config = load_config(source)  # report the user's own file and line numbers first
     text = Path(source).read_text(encoding="utf-8")
     # The original repoproxy's INI form becomes its equivalent YAML.
     data = yaml.safe_load(as_yaml(config) if looks_like_ini(text, source) else text)
     data["cache_dir"] = str(directory / "memo")
-    data["log_file"] = str(directory / "logs" / "helper.log")
+    data["log_file"] = str((log_dir or directory / "logs") / "helper.log")
     data["accel_ports"] = [accel_port]
     target = directory / "repos.yaml"
-    target.write_text(f"# written by squid-helper serve from {os.path.abspath(source)}; "
-                      "edit that file, not this one\n"
-                      + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    target.chmod(0o644)
+    _write_atomically(target, f"# written by squid-helper serve from {os.path.abspath(source)}; "
+                              "edit that file, not this one\n"
+                              + yaml.safe_dump(data, sort_keys=False))
     load_config(str(target))
     return target
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd about the service's state (Type=notify: READY=1, STOPPING=1, STATUS=...);
+    nothing without $NOTIFY_SOCKET. Returns whether the message was sent."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode("utf-8"))
+    except OSError:
+        return False
+    return True
+
+
+def squid_environment() -> dict:
+    """serve's environment without NOTIFY_SOCKET: systemd listens to serve (the main process)
+    only, and Squid built --with-systemd would otherwise send its own READY=1."""
+    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+
+
+def squid_user(args: argparse.Namespace, squid: str, root: bool) -> pwd.struct_passwd:
+    """The user Squid runs its helpers as: --user, else the build's default user (squid -v),
+    else whichever of proxy/squid exists. Without root, Squid cannot switch users: it runs as
+    whoever runs serve."""
+    explicit = getattr(args, "user", None)
+    if not root:
+        me = pwd.getpwuid(os.geteuid())
+        if explicit and explicit != me.pw_name:
+            raise ServeError(f"--user {explicit}: only root can run Squid as another user "
+                             f"(running as {me.pw_name})")
+        return me
+    try:
+        return pwd.getpwnam(detect_squid_user(explicit, squid, option="--user").name)
+    except SquidUserError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def _wait_listening(process: subprocess.Popen, address: str, port: int,
@@ -176,7 +235,8 @@ def _stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def _instructions(args: argparse.Namespace, config_path: Path, directory: Path) -> str:
+def _instructions(args: argparse.Namespace, config_path: Path, directory: Path,
+                  log_dir: Path) -> str:
     config = load_config(str(config_path))
     host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
     vhost = sorted(config.virtual_hosts)[0]
@@ -197,10 +257,10 @@ Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on por
   or, without proxy=, the old repoproxy style:
     baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
 
-Files: {directory}/squid.conf, logs in {directory}/logs (access.log, cache.log, helper.log).
+Files: {directory}/squid.conf, logs in {log_dir} (access.log, cache.log, helper.log).
 Purge a file: {helper_executable()} purge --config {config_path} --proxy {host}:{args.port} \
 http://{vhost}/{repo}/<releasever>/<arch>/<path>
-Stop with Ctrl-C.
+Stop with Ctrl-C (SIGTERM); reload {args.config} with SIGHUP.
 """
 
 
@@ -215,98 +275,153 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.port == args.accel_port:
-        raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
-    config = load_config(args.config)
-    squid = find_squid(getattr(args, "squid", None))
-    root = _is_root()
-    user_name = SQUID_USER if root else pwd.getpwuid(os.geteuid()).pw_name
-    if root:
-        try:
-            user = pwd.getpwnam(SQUID_USER)
-        except KeyError:
-            raise ServeError(f"there is no {SQUID_USER!r} user to run Squid's helpers as "
-                             "(it comes with the squid package)") from None
-    else:
-        user = pwd.getpwuid(os.geteuid())
-    for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
-        check_port_free(args.listen, port, what)
-
-    directory = Path(args.dir).resolve()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o755)
-        for sub in ("cache", "memo", "logs", "run"):
-            (directory / sub).mkdir(exist_ok=True)
-    except OSError as exc:
-        raise ServeError(f"cannot create the directory {directory}: {exc.strerror}") from None
-    config_path = write_private_config(args.config, directory, args.accel_port)
-    helper = helper_executable()
-    conf = directory / "squid.conf"
+def _squid_conf(args: argparse.Namespace, config_path: Path, directory: Path, log_dir: Path,
+                user_name: str) -> str:
+    """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
+    repo_virtual acl, so a reload renders it again)."""
+    config = load_config(str(config_path))
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
-        helper_command=helper, helper_config=str(config_path),
+        helper_command=helper_executable(), helper_config=str(config_path),
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
-        log_dir=str(directory / "logs"), pid_file=str(directory / "run" / "squid.pid"),
+        log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
         shutdown_lifetime=SHUTDOWN_LIFETIME,
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
-                     "every start")
-    conf.write_text(render(params), encoding="utf-8")
-    conf.chmod(0o644)
+                     "every start and reload")
+    return render(params)
+
+
+def reload_squid(args: argparse.Namespace, squid: str, conf: Path, directory: Path,
+                 log_dir: Path, user_name: str) -> bool:
+    """SIGHUP: reread the user's repos.yaml into the private copy, render squid.conf again and
+    have Squid reconfigure, which restarts the helpers with the new config (the memo stays).
+    An invalid repos.yaml is refused and everything keeps running as it was."""
+    try:
+        config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
+        _write_atomically(conf, _squid_conf(args, config_path, directory, log_dir, user_name))
+        repos = len(load_config(str(config_path)).repos)
+    except (ConfigError, SquidConfError) as exc:
+        print(f"squid-helper serve: reload refused, still serving the previous configuration: "
+              f"{exc}", file=sys.stderr, flush=True)
+        return False
+    try:
+        result = subprocess.run([squid, "-n", SQUID_SERVICE_NAME, "-k", "reconfigure", "-f",
+                                 str(conf)],
+                                capture_output=True, text=True, timeout=60,
+                                env=squid_environment())
+    except subprocess.TimeoutExpired:
+        result = subprocess.CompletedProcess([], -1, "", "squid -k reconfigure hung for 60 s")
+    if result.returncode != 0:
+        print(f"squid-helper serve: reload: squid -k reconfigure failed (exit "
+              f"{result.returncode}): {(result.stderr or result.stdout).strip()}",
+              file=sys.stderr, flush=True)
+        return False
+    _say(f"squid-helper serve: reloaded {args.config} ({repos} repos); Squid reconfigures "
+         "and restarts its helpers")
+    return True
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.port == args.accel_port:
+        raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
+    load_config(args.config)
+    squid = find_squid(getattr(args, "squid", None))
+    root = _is_root()
+    user = squid_user(args, squid, root)
+    for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
+        check_port_free(args.listen, port, what)
+
+    directory = Path(args.dir).resolve()
+    log_dir = Path(args.log_dir).resolve() if getattr(args, "log_dir", None) else (
+        directory / "logs")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+        for sub in ("cache", "memo", "run"):
+            (directory / sub).mkdir(exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"cannot create the directory {exc.filename or directory}: "
+                         f"{exc.strerror}") from None
+    config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
+    helper = helper_executable()
+    conf = directory / "squid.conf"
+    _write_atomically(conf, _squid_conf(args, config_path, directory, log_dir, user.pw_name))
     if root:
-        _chown([directory / "cache", directory / "memo", directory / "logs", directory / "run"],
-               user)
-        check_helper_runnable(helper, config_path, SQUID_USER)
+        _chown([directory / "cache", directory / "memo", log_dir, directory / "run"], user)
+        check_helper_runnable(helper, config_path, user.pw_name)
     pid_file = directory / "run" / "squid.pid"
     if pid_file.exists():
         pid_file.unlink()  # the ports are free, so no Squid of ours is running
 
     _say(f"squid-helper serve: initialising the cache in {directory / 'cache'} (squid -z)")
     try:
-        init = subprocess.run([squid, "-z", "-N", "-f", str(conf)], capture_output=True,
-                              text=True, timeout=300)
+        init = subprocess.run([squid, "-n", SQUID_SERVICE_NAME, "-z", "-N", "-f", str(conf)],
+                              capture_output=True,
+                              text=True, timeout=300, env=squid_environment())
     except subprocess.TimeoutExpired:
         raise ServeError("squid -z did not finish within 300 s") from None
     if init.returncode != 0:
         raise ServeError(f"squid -z failed (exit {init.returncode}):\n{init.stderr.strip()}\n"
-                         f"{_tail(directory / 'logs' / 'cache.log')}")
+                         f"{_tail(log_dir / 'cache.log')}")
 
-    stopping = {"signal": None}
-    process = subprocess.Popen([squid, "-N", "-d1", "-f", str(conf)],
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    # Signals only set flags (and pass a stop on to Squid); the loop below acts on them. They
+    # are caught before Squid starts, so that no signal can leave a Squid without its serve.
+    pending = {"stop": None, "reload": False}
+    running: List[subprocess.Popen] = []
 
-    def on_signal(signum, _frame) -> None:
-        stopping["signal"] = signum
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+    def on_stop(signum, _frame) -> None:
+        pending["stop"] = signum
+        sd_notify("STOPPING=1")
+        for child in running:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def on_reload(_signum, _frame) -> None:
+        pending["reload"] = True
+
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
+    try:
+        process = subprocess.Popen([squid, "-n", SQUID_SERVICE_NAME, "-N", "-d1", "-f",
+                                    str(conf)],
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env=squid_environment())
+    except BaseException:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        raise
+    running.append(process)
+    if pending["stop"] is not None:
+        process.send_signal(signal.SIGTERM)
     try:
         started = _wait_listening(process, args.listen, args.port, START_TIMEOUT)
-        if not started and stopping["signal"] is None:
+        if not started and pending["stop"] is None:
             code = _stop(process)
             raise ServeError(f"Squid did not start (exit {code}); the end of "
-                             f"{directory / 'logs' / 'cache.log'}:\n"
-                             f"{_tail(directory / 'logs' / 'cache.log')}")
-        if stopping["signal"] is None:
-            _say(_instructions(args, config_path, directory))
+                             f"{log_dir / 'cache.log'}:\n{_tail(log_dir / 'cache.log')}")
+        if pending["stop"] is None:
+            _say(_instructions(args, config_path, directory, log_dir))
+            sd_notify(f"READY=1\nSTATUS=serving on ports {args.port} and {args.accel_port}")
         while process.poll() is None:
+            if pending["reload"] and pending["stop"] is None:
+                pending["reload"] = False
+                reload_squid(args, squid, conf, directory, log_dir, user.pw_name)
             try:
-                process.wait(timeout=1)
+                process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 continue
-        if stopping["signal"] is not None:
+        if pending["stop"] is not None:
             code = _stop(process)
             _say(f"squid-helper serve: Squid stopped (exit {code})")
             return 0
         _say(f"squid-helper serve: Squid exited by itself (exit {process.returncode}); see "
-             f"{directory / 'logs' / 'cache.log'}:\n{_tail(directory / 'logs' / 'cache.log')}")
+             f"{log_dir / 'cache.log'}:\n{_tail(log_dir / 'cache.log')}")
         return 1
     finally:
         _stop(process)

@@ -38,9 +38,9 @@ def require(*commands: str, root: bool = True) -> None:
     problems = []
     if missing:
         problems.append("missing commands: " + ", ".join(missing)
-                        + " (apt-get install squid squidclient dnf createrepo-c rpm)")
+                        + " (make system-deps installs them, with apt-get or dnf)")
     if root and os.geteuid() != 0:
-        problems.append("must run as root (Squid drops to cache_effective_user proxy)")
+        problems.append(f"must run as root (Squid drops to cache_effective_user {SQUID_USER})")
     if root and not problems:
         try:
             pwd.getpwnam(SQUID_USER)
