@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -151,6 +152,59 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0 if resolution.url else 2
 
 
+def _status_proxy(args: argparse.Namespace) -> Optional[str]:
+    return None if args.no_squid else args.proxy
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .status import collect, render_table
+
+    config = _load(args.config)
+    status = collect(config, _status_proxy(args))
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.writelines(render_table(status).splitlines(keepends=True))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import exposition, serve_metrics
+    from .status import collect
+
+    config = _load(args.config)
+    proxy = _status_proxy(args)
+    if args.listen is None:
+        sys.stdout.write(exposition(collect(config, proxy)))
+        sys.stdout.flush()
+        return 0
+    address, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not address:
+        print(f"squid-helper metrics: --listen {args.listen!r} is not ADDRESS:PORT "
+              "(e.g. 127.0.0.1:9707)", file=sys.stderr)
+        return 2
+    try:
+        serve_metrics(lambda: collect(config, proxy), address.strip("[]"), int(port),
+                      ready=lambda url: print(f"serving {url}", flush=True))
+    except OSError as exc:
+        print(f"squid-helper metrics: cannot listen on {args.listen}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_status_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proxy", default="127.0.0.1:3128",
+                        help="Squid's HOST:PORT, whose cache manager gives its hit counters; "
+                        "it answers localhost only (default: %(default)s)")
+    parser.add_argument("--no-squid", action="store_true",
+                        help="leave Squid out: the memo's view only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="squid-helper",
@@ -211,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_resolve)
 
+    p = sub.add_parser("status", help="mirrors, their health and memoised answers per repo, "
+                       "and Squid's hit ratio")
+    _add_config(p)
+    _add_status_source(p)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document (schema in the README) instead of the table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="the status as a Prometheus text exposition")
+    _add_config(p)
+    _add_status_source(p)
+    p.add_argument("--listen", metavar="ADDRESS:PORT",
+                   help="serve /metrics there (until stopped) instead of printing once")
+    p.set_defaults(func=cmd_metrics)
+
     return parser
 
 
@@ -224,6 +293,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`squid-helper status | head`): nothing more to say. Point
+        # stdout at /dev/null so that the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as if killed by SIGPIPE, what a shell pipeline expects
 
 
 if __name__ == "__main__":
