@@ -197,6 +197,26 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    from .warm import WarmError, run
+
+    if bool(args.packages) == args.everything:
+        print("squid-helper warm: name the packages to fetch, or --all (not both)",
+              file=sys.stderr)
+        return 2
+    if args.workers < 1 or args.timeout <= 0:
+        print("squid-helper warm: --workers and --timeout must be positive", file=sys.stderr)
+        return 2
+    config = _load(args.config)
+    setup_logging(None, "warm", logging.WARNING)
+    try:
+        return run(config, args.proxy, args.tree, args.packages, args.everything,
+                   args.workers, args.timeout)
+    except WarmError as exc:
+        print(f"squid-helper warm: {exc}", file=sys.stderr)
+        return 1
+
+
 def _add_status_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy", default="127.0.0.1:3128",
                         help="Squid's HOST:PORT, whose cache manager gives its hit counters; "
@@ -279,6 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ADDRESS:PORT",
                    help="serve /metrics there (until stopped) instead of printing once")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("warm", help="fetch a repo's metadata and packages through Squid, so "
+                       "that builds start with them cached")
+    _add_config(p)
+    p.add_argument("--proxy", default="127.0.0.1:3128",
+                   help="Squid's forward proxy HOST:PORT (default: %(default)s)")
+    p.add_argument("tree", metavar="REPO/RELEASEVER/ARCH", help="e.g. fedora/40/x86_64")
+    p.add_argument("packages", nargs="*", metavar="PACKAGE",
+                   help="package names: the newest version of each, in every architecture "
+                   "the repo has it for")
+    p.add_argument("--all", dest="everything", action="store_true",
+                   help="every package the repo lists")
+    p.add_argument("--workers", type=int, default=4,
+                   help="files fetched at once (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for an answer through the proxy (default: "
+                   "%(default)s)")
+    p.set_defaults(func=cmd_warm)
 
     return parser
 
