@@ -192,6 +192,79 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0 if resolution.url else 2
 
 
+def _status_proxy(args: argparse.Namespace) -> Optional[str]:
+    return None if args.no_squid else args.proxy
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .status import collect, render_table
+
+    config = _load(args.config)
+    status = collect(config, _status_proxy(args))
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.writelines(render_table(status).splitlines(keepends=True))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import exposition, serve_metrics
+    from .status import collect
+
+    config = _load(args.config)
+    proxy = _status_proxy(args)
+    if args.listen is None:
+        sys.stdout.write(exposition(collect(config, proxy)))
+        sys.stdout.flush()
+        return 0
+    address, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not address:
+        print(f"squid-helper metrics: --listen {args.listen!r} is not ADDRESS:PORT "
+              "(e.g. 127.0.0.1:9707)", file=sys.stderr)
+        return 2
+    try:
+        serve_metrics(lambda: collect(config, proxy), address.strip("[]"), int(port),
+                      ready=lambda url: print(f"serving {url}", flush=True))
+    except OSError as exc:
+        print(f"squid-helper metrics: cannot listen on {args.listen}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from .warm import WarmError, run
+
+    if bool(args.packages) == args.everything:
+        print("squid-helper warm: name the packages to fetch, or --all (not both)",
+              file=sys.stderr)
+        return 2
+    if args.workers < 1 or args.timeout <= 0:
+        print("squid-helper warm: --workers and --timeout must be positive", file=sys.stderr)
+        return 2
+    config = _load(args.config)
+    setup_logging(None, "warm", logging.WARNING)
+    try:
+        return run(config, args.proxy, args.tree, args.packages, args.everything,
+                   args.workers, args.timeout)
+    except WarmError as exc:
+        print(f"squid-helper warm: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_status_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proxy", default="127.0.0.1:3128",
+                        help="Squid's HOST:PORT, whose cache manager gives its hit counters; "
+                        "it answers localhost only (default: %(default)s)")
+    parser.add_argument("--no-squid", action="store_true",
+                        help="leave Squid out: the memo's view only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="squid-helper",
@@ -265,6 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_resolve)
 
+    p = sub.add_parser("status", help="mirrors, their health and memoised answers per repo, "
+                       "and Squid's hit ratio")
+    _add_config(p)
+    _add_status_source(p)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document (schema in the README) instead of the table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="the status as a Prometheus text exposition")
+    _add_config(p)
+    _add_status_source(p)
+    p.add_argument("--listen", metavar="ADDRESS:PORT",
+                   help="serve /metrics there (until stopped) instead of printing once")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("warm", help="fetch a repo's metadata and packages through Squid, so "
+                       "that builds start with them cached")
+    _add_config(p)
+    p.add_argument("--proxy", default="127.0.0.1:3128",
+                   help="Squid's forward proxy HOST:PORT (default: %(default)s)")
+    p.add_argument("tree", metavar="REPO/RELEASEVER/ARCH", help="e.g. fedora/40/x86_64")
+    p.add_argument("packages", nargs="*", metavar="PACKAGE",
+                   help="package names: the newest version of each, in every architecture "
+                   "the repo has it for")
+    p.add_argument("--all", dest="everything", action="store_true",
+                   help="every package the repo lists")
+    p.add_argument("--workers", type=int, default=4,
+                   help="files fetched at once (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for an answer through the proxy (default: "
+                   "%(default)s)")
+    p.set_defaults(func=cmd_warm)
+
     return parser
 
 
@@ -279,11 +385,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # `squid-helper check | head`: the reader left, which is no error. Point stdout at
-        # /dev/null so that the interpreter's final flush does not complain either.
+        # The reader went away (`squid-helper check | head`): nothing more to say. Point
+        # stdout at /dev/null so that the interpreter's final flush does not complain either.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return 141  # as if killed by SIGPIPE, what a shell pipeline expects
 
 
 if __name__ == "__main__":

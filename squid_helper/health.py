@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from .lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
@@ -32,6 +32,8 @@ class MirrorHealth:
     def __init__(self, memo: Memo, lifetimes: Lifetimes):
         self.memo = memo
         self.lifetimes = lifetimes
+        # Told of every result (host, result) before it is judged; must not block (probelog).
+        self.on_result: Optional[Callable[[str, ProbeResult], None]] = None
 
     def unhealthy(self, bases: Iterable[str]) -> List[str]:
         """The bases whose host is currently marked unhealthy or asked us to back off
@@ -64,6 +66,8 @@ class MirrorHealth:
         to be left alone (Retry-After), for as long as it asks. Any answer is a latency
         sample."""
         host = host_of(result.url)
+        if self.on_result is not None:
+            self.on_result(host, result)
         if result.outcome == FAILED:
             self._mark(host, result.detail)
             return

@@ -121,3 +121,9 @@ class Lifetimes:
     def latency(self, host: str) -> Fact:
         """How fast the mirror answered lately: worth keeping as long as a last-known answer."""
         return Fact(f"latency:{host}", self.config.last_known_ttl, self.config.last_known_ttl)
+
+    def last_probe(self, host: str) -> Fact:
+        """The latest answer the helpers got from the host, of any kind (probelog), for
+        `squid-helper status`: kept as long as its latency."""
+        return Fact(f"last-probe:{host}", self.config.last_known_ttl,
+                    self.config.last_known_ttl)

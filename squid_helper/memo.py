@@ -37,6 +37,21 @@ _FRONT_CACHE_MAX = 2048
 _TOKENS = itertools.count()
 
 
+def give_files_to_directory_owner(directory: str) -> None:
+    """An operator running `squid-helper resolve`, `purge` or `status` as root must not leave
+    memo files (database, WAL, shared memory) that the helpers, running as Squid's user, can
+    no longer write: files root created are handed to the owner of the directory."""
+    owner = os.stat(directory)
+    if owner.st_uid == 0:
+        return
+    for entry in os.scandir(directory):
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != owner.st_uid:
+                os.chown(entry.path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+        except OSError:
+            pass
+
+
 @dataclass(frozen=True)
 class Stored:
     """A fact as the memo holds it: the value and the wall-clock time it was learnt. How long
@@ -108,18 +123,7 @@ class Memo:
             return self._cache
 
     def _give_files_to_directory_owner(self) -> None:
-        """An operator running `squid-helper resolve` or `purge` as root must not leave memo
-        files (database, WAL, shared memory) that the helpers, running as Squid's user, can no
-        longer write: files root created are handed to the owner of the directory."""
-        owner = os.stat(self.directory)
-        if owner.st_uid == 0:
-            return
-        for entry in os.scandir(self.directory):
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != owner.st_uid:
-                    os.chown(entry.path, owner.st_uid, owner.st_gid, follow_symlinks=False)
-            except OSError:
-                pass
+        give_files_to_directory_owner(self.directory)
 
     def _fail(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -32,6 +32,7 @@ from .lifetimes import Lifetimes
 from .memo import Memo
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
+from .probelog import ProbeLog
 from .survey import Survey, Surveys
 from .urls import REPOMD_PATH, RepoPath, join_under_base
 from .watch import Watch
@@ -83,6 +84,8 @@ class Resolver:
         self._closing = False
         self._verifying_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
+        self.probe_log = ProbeLog(memo, self.lifetimes, self._background)
+        self.health.on_result = self.probe_log.note
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
                                         self.health, self._background)
         self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
@@ -99,6 +102,7 @@ class Resolver:
         self.watch.stop()
         self._background.shutdown(wait=finish, cancel_futures=not finish)
         self._pool.shutdown(wait=finish)
+        self.probe_log.flush()  # a flush cancelled with the background work: one write a host
         self.prober.close()
 
     def _verifications(self, delta: int) -> None:
