@@ -200,6 +200,9 @@ def test_a_reload_with_requests_in_flight_costs_no_answer(tmp_path, snapshots):
         config = write_config(tmp_path, {"test": {"mirrors": [one.url, two.url]}},
                               workers=4)
         with HelperProcess(config) as helper:
+            # The helper answers, so its SIGHUP handler is in place (on a loaded machine the
+            # interpreter may still be starting 0.2 s after the launch).
+            assert helper.ask("http://example.org/", channel=False) == "ERR"
             # Not packages: each is probed before it is answered, so all are slow.
             names = [f"extra/file-{i}.txt" for i in range(6)]
             helper.send_raw("".join(f"{i} {PKG}{name} myport=3128\n"
