@@ -12,6 +12,7 @@ from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
 from .helperloop import Handler, HelperLoop
 from .logsetup import setup_logging
 from .memo import Memo
+from .probe import system_ca_file
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
@@ -112,6 +113,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}")
     print(f"  memo:          {config.cache_dir}")
     print(f"  log file:      {config.log_file or 'stderr'}")
+    system = f"the system's, {system_ca_file() or 'none found: certifi'}"
+    print(f"  CA file:       {config.ca_file or system}")
+    print(f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}")
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
         print(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
