@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config, parse_upstream_proxy
 from .squidconf import DEFAULT_LAB_NETWORKS, SquidConfError, SquidConfParams, render
 
 SQUID_USER = "proxy"
@@ -48,6 +48,28 @@ def find_squid(explicit: Optional[str]) -> str:
             return candidate
     raise ServeError("Squid is not installed (on Debian/Ubuntu: sudo apt-get install squid; "
                      "or point --squid at the binary)")
+
+
+def tls_library(squid_version: str) -> str:
+    """The TLS library a Squid is built with, from its `squid -v` text: "openssl" for
+    --with-openssl (Debian's squid-openssl), else "gnutls" (Debian's squid)."""
+    return "openssl" if "--with-openssl" in squid_version else "gnutls"
+
+
+def squid_tls_library(squid: str) -> str:
+    try:
+        version = subprocess.run([squid, "-v"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "gnutls"
+    return tls_library(version.stdout)
+
+
+def network_params(config: Config) -> dict:
+    """The SquidConfParams fields that repos.yaml decides: the CA bundle Squid trusts for
+    https:// mirrors and the parent proxy it goes through, the same the helpers use."""
+    return {"ca_file": config.ca_file,
+            "upstream_proxy": (parse_upstream_proxy(config.upstream_proxy)
+                               if config.upstream_proxy else None)}
 
 
 def helper_executable() -> str:
@@ -119,11 +141,13 @@ def check_helper_runnable(helper: str, config: Path, user: str) -> None:
 
 def write_private_config(source: str, directory: Path, accel_port: int) -> Path:
     """A copy of repos.yaml whose memo, log file and accel port belong to this directory."""
-    load_config(source)  # report the user's own file and line numbers first
+    original = load_config(source)  # report the user's own file and line numbers first
     data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
     data["cache_dir"] = str(directory / "memo")
     data["log_file"] = str(directory / "logs" / "helper.log")
     data["accel_ports"] = [accel_port]
+    if original.ca_file:
+        data["ca_file"] = original.ca_file  # absolute: a relative one was relative to source
     target = directory / "repos.yaml"
     target.write_text(f"# written by squid-helper serve from {os.path.abspath(source)}; "
                       "edit that file, not this one\n"
@@ -244,7 +268,8 @@ def _serve(args: argparse.Namespace) -> int:
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
-        shutdown_lifetime=SHUTDOWN_LIFETIME,
+        shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=squid_tls_library(squid),
+        **network_params(config),
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
                      "every start")
     conf.write_text(render(params), encoding="utf-8")
