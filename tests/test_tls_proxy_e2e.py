@@ -192,9 +192,11 @@ def test_dnf_works_through_an_upstream_parent_proxy(world, rpm_snapshots, server
     # Squid's fetches: each package once (the second client's were hits), as GET https://...
     assert sorted(e.url.rsplit("/", 1)[1] for e in rpm_gets) == sorted(RPMS), seen
     assert all(e.url.startswith(good.url) and e.status == 200 for e in rpm_gets), rpm_gets
-    # The helper's probes: CONNECT tunnels to the https mirror, and its requests for the dead
-    # http mirror, which the parent answered itself.
-    assert any(e.method == "CONNECT" and e.url == f"127.0.0.1:{good.port}" for e, _ in seen)
+    # The helper's probes: CONNECT tunnels to the https mirror (logged once the helpers, gone
+    # with Squid, closed them), and its requests for the dead http mirror, which the parent
+    # answered itself.
+    assert wait_for(lambda: any(e.method == "CONNECT" and e.url == f"127.0.0.1:{good.port}"
+                                for e, _ in parent.requests())), parent.requests()
     dead_host = dead.split("/")[2]
     probes = [(e, agent) for e, agent in seen if dead_host in e.url]
     assert probes and all(agent.startswith("squid-helper/") and e.status == 503
