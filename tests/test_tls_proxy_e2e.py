@@ -7,18 +7,27 @@ Fails (never skips) with CI=true when squid, dnf, createrepo_c or rpmbuild is mi
 
 from __future__ import annotations
 
+import os
+import queue
 import shutil
+import signal
+import subprocess
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, List, Optional
 
 import pytest
+import yaml
 
 # The end-to-end helpers of test_squid_e2e: Squid started from the shipped template with the
 # helper's repos.yaml beside it, dnf clients that must succeed, what the mirrors saw.
 from test_squid_e2e import assert_installed, diagnosis, rpm_requests, slave, start_squid
 
-from lab.mirrors import MirrorServer, dead_url
+from lab.helper import helper_command
+from lab.httpclient import http_get
+from lab.mirrors import MirrorServer, dead_url, free_port
+from lab.procfs import alive, descendants
 from lab.rpmrepo import PACKAGES_PATH, REPO, TEMPLATE_PATH, TREE, DnfClient, dnf_output
 from lab.squid import ParentSquid, SquidInstance, WorldReadableDir
 from lab.tls import LabCA
@@ -209,3 +218,56 @@ def test_dnf_works_through_an_upstream_parent_proxy(world, rpm_snapshots, server
     log = (world / "helper.log").read_text()
     assert (f"upstream proxy {parent.proxy_url} could not reach {dead_host}: 503 "
             "ERR_CONNECT_FAIL") in log, log[-3000:]
+
+
+def test_serve_gives_squid_the_ca_file_and_the_parent_of_repos_yaml(world, rpm_snapshots,
+                                                                     servers, ca, parent):
+    """`squid-helper serve` with a relative ca_file and an upstream_proxy in repos.yaml: the
+    Squid it runs fetches an https:// mirror's files through the parent, on both ports."""
+    good = mirror(servers, rpm_snapshots["new"], tls=ca.server_context())
+    config = world / "tls" / "repos.yaml"  # beside the CA: ca_file is relative to it
+    config.write_text(yaml.safe_dump({
+        "virtual_hosts": ["repoproxy"], "probe_timeout": 2, "ca_file": ca.cert_file.name,
+        "upstream_proxy": parent.proxy_url,
+        "repos": {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}}))
+    port, accel = free_port(), free_port()
+    lines: queue.Queue = queue.Queue()
+    process = subprocess.Popen(
+        [*helper_command(), "serve", "--config", str(config), "--port", str(port),
+         "--accel-port", str(accel), "--listen", "127.0.0.1", "--dir", str(world / "serve"),
+         "--allow", "127.0.0.0/8", "--cache-size", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        threading.Thread(target=lambda: [lines.put(x) for x in process.stdout],
+                         daemon=True).start()
+        output: List[str] = []
+
+        def serving() -> bool:
+            while not lines.empty():
+                output.append(lines.get())
+            return any("proxy=" in line for line in output) or process.poll() is not None
+
+        assert wait_for(serving, timeout=90) and process.poll() is None, \
+            "".join(output) + (process.stderr.read() if process.poll() is not None else "")
+        conf = (world / "serve" / "squid.conf").read_text()
+        assert f"cache_peer 127.0.0.1 parent {parent.port} 0 no-query" in conf
+        assert f"cafile={ca.cert_file} default-ca=off" in conf
+        forward = http_get("127.0.0.1", port, f"http://repoproxy/{REPO}/9/x86_64/Packages/"
+                           + RPMS[0], {"Host": "repoproxy"})
+        old_style = http_get("127.0.0.1", accel, f"/{REPO}/9/x86_64/Packages/{RPMS[1]}",
+                             {"Host": f"127.0.0.1:{accel}"})
+        assert forward[0] == old_style[0] == 200, (forward[:2], old_style[:2])
+        assert forward[2][:4] == old_style[2][:4] == b"\xed\xab\xee\xdb"  # RPM leads
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            leftovers = descendants(process.pid)
+            process.kill()
+            process.wait(timeout=10)
+            for pid in leftovers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    fetched = [e.url for e, _ in parent.requests() if e.method == "GET"]
+    assert f"{good.url}pub/9/x86_64/Packages/{RPMS[0]}" in fetched, fetched
+    assert f"{good.url}pub/9/x86_64/Packages/{RPMS[1]}" in fetched, fetched
