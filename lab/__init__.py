@@ -7,12 +7,14 @@ stdin/stdout as Squid drives it. Every process or server is stopped by whoever s
 
 Modules, one job each:
 
-* mirrors: HTTP mirrors on 127.0.0.1 (good, hanging, 500, HEAD-refusing, far) and fake repos.
+* mirrors: HTTP(S) mirrors on 127.0.0.1 (good, hanging, 500, HEAD-refusing, far) and fake
+  repos.
+* tls: a test CA, and certificates for https:// mirrors (good, wrong name, unknown CA).
 * helper: the `squid-helper` command, a driver for it, its repos.yaml.
 * procfs: process trees and figures from /proc.
 * httpclient: HTTP clients for the proxy: one request per connection, or many kept alive.
 * dns: a loopback DNS server that answers NXDOMAIN.
-* squid: a real Squid with the helpers wired in, and its logs.
+* squid: a real Squid with the helpers wired in, and its logs; a plain parent proxy.
 * rpmrepo: real RPMs, repositories from createrepo_c, isolated dnf clients.
 * soak: mixed load through a real Squid, with resource samples and error counts.
 

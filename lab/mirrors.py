@@ -2,7 +2,8 @@
 
 A MirrorServer is a real HTTP server in a thread: it serves a directory tree and in-memory
 documents, or misbehaves (hangs, answers 500, refuses HEAD), optionally after a fixed delay (a
-far mirror), and records every request. stop() cuts it off like a dead machine.
+far mirror), and records every request. stop() cuts it off like a dead machine. Given an
+ssl.SSLContext (lab.tls makes them) it serves https:// instead.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -21,6 +23,8 @@ from urllib.parse import unquote
 GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
 # A hanging mirror holds each request at most this long, so no test can wait forever on one.
 HANG_LIMIT = 60.0
+# A TLS client that neither completes nor abandons its handshake is cut off after this long.
+HANDSHAKE_LIMIT = 10.0
 
 
 def free_port() -> int:
@@ -163,8 +167,29 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
     def get_request(self):
         connection, address = super().get_request()
         with self.owner.lock:
+            self.owner.accepted += 1
+        if self.owner.tls is not None:
+            # The handshake happens in the request's own thread (finish_request), so that one
+            # slow or failing client cannot stall the accept loop.
+            connection = self.owner.tls.wrap_socket(connection, server_side=True,
+                                                    do_handshake_on_connect=False)
+        with self.owner.lock:
             self.owner.connections.add(connection)
         return connection, address
+
+    def finish_request(self, request, client_address) -> None:
+        if self.owner.tls is not None:
+            try:
+                request.settimeout(HANDSHAKE_LIMIT)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError) as exc:
+                # A client that rejects our certificate ends here (e.g. "tlsv1 alert unknown
+                # ca"): recorded, so a test can see the helper tried and refused.
+                with self.owner.lock:
+                    self.owner.handshake_failures.append(str(exc))
+                return
+        super().finish_request(request, client_address)
 
     def shutdown_request(self, request) -> None:
         with self.owner.lock:
@@ -172,8 +197,9 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
-        # A client that closes a kept-alive connection (a helper exiting) is no error.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # A client that closes a kept-alive connection (a helper exiting), or a TLS one that
+        # goes away without a goodbye, is no error.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -182,12 +208,18 @@ class MirrorServer:
     `documents`), or hangs, or answers 500, or refuses HEAD. Records every request. `delay`:
     seconds added before every answer (a far mirror). `listings`: directories under `root`
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
-    mirror with indexes off."""
+    mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an
+    https:// mirror; `handshake_failures` then records every client that gave up on the TLS
+    handshake, and why."""
 
     def __init__(self, root: Optional[Path] = None, behaviour: str = GOOD,
                  documents: Optional[Dict[str, bytes]] = None, port: int = 0,
-                 delay: float = 0.0, listings: bool = False):
+                 delay: float = 0.0, listings: bool = False,
+                 tls: Optional[ssl.SSLContext] = None):
         self.root = Path(root) if root else None
+        self.tls = tls
+        self.handshake_failures: List[str] = []
+        self.accepted = 0  # connections accepted, TLS handshake or not
         self.behaviour = behaviour
         self.delay = delay
         self.listings = listings
@@ -211,7 +243,7 @@ class MirrorServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
 
     def start(self) -> MirrorServer:
         self._thread.start()

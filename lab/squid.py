@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from lab.helper import helper_command
 from lab.httpclient import http_get
@@ -277,6 +277,10 @@ class SquidInstance:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def access_log(self) -> List[AccessEntry]:
+        return [entry for entry, _ in self._access_lines()]
+
+    def _access_lines(self) -> List[Tuple[AccessEntry, str]]:
+        """Each access.log line as an AccessEntry, with the line itself."""
         path = self.log_dir / "access.log"
         if not path.exists():
             return []
@@ -286,9 +290,16 @@ class SquidInstance:
             if len(fields) < 7 or "/" not in fields[3]:
                 continue
             code, _, status = fields[3].partition("/")
-            entries.append(AccessEntry(code, int(status) if status.isdigit() else 0,
-                                       fields[5], fields[6]))
+            entries.append((AccessEntry(code, int(status) if status.isdigit() else 0,
+                                        fields[5], fields[6]), line))
         return entries
+
+    def hierarchy(self, url_suffix: str) -> List[Tuple[AccessEntry, str]]:
+        """Each access.log line whose URL ends with url_suffix, with its hierarchy field
+        (HIER_DIRECT/..., FIRSTUP_PARENT/..., HIER_NONE/- for a hit): how Squid reached the
+        origin."""
+        return [(entry, line.split()[8]) for entry, line in self._access_lines()
+                if entry.url.endswith(url_suffix) and len(line.split()) > 8]
 
     def wait_access_lines(self, count: int, timeout: float = 15.0) -> List[AccessEntry]:
         """access.log once it has at least `count` lines (Squid logs a request when it ends)."""
@@ -315,3 +326,57 @@ class SquidInstance:
         """A request through the forward proxy port."""
         return http_get("127.0.0.1", self.port, url, {"Host": url.split("/")[2]},
                         method=method, timeout=timeout, source=source)
+
+
+# -- a plain parent proxy ------------------------------------------------------------------------
+PARENT_HOSTNAME = "squid-helper-lab-parent"
+
+
+class ParentSquid(SquidInstance):
+    """A plain Squid on a free 127.0.0.1 port, with no helper and no cache: the upstream proxy
+    of a lab whose Squid (or helper) is configured with upstream_proxy. It lets 127.0.0.0/8 do
+    anything, CONNECT to any port included (the helpers tunnel their https:// probes), and
+    fetches https:// URLs itself over TLS 1.2 (a Squid 5.7 built with GnuTLS reads nothing
+    back over TLS 1.3). Its access log ends each line with the request's User-Agent, so that a
+    test tells the helpers' requests (squid-helper/...) from Squid's fetches (the client's)."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory, Path(directory) / "no-helpers", helpers=False,
+                         visible_hostname=PARENT_HOSTNAME)
+
+    @property
+    def hostname(self) -> str:
+        """The name it puts in the Via header of what it forwards."""
+        return self.params.visible_hostname
+
+    def conf_text(self) -> str:
+        p = self.params
+        return "\n".join([
+            "# a plain parent proxy, written by lab/squid.py ParentSquid",
+            f"http_port 127.0.0.1:{self.port}",
+            # Not the child's name: a Squid that finds its own name in Via sees a loop (403).
+            f"visible_hostname {p.visible_hostname}",
+            "acl loopback src 127.0.0.0/8",
+            "http_access allow loopback",
+            "http_access deny all",
+            "cache deny all",
+            "tls_outgoing_options min-version=1.2 options=NORMAL:-VERS-TLS1.3",
+            'logformat lab %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt '
+            '"%{User-Agent}>h"',
+            f"access_log daemon:{self.log_dir}/access.log lab",
+            f"cache_log {self.log_dir}/cache.log",
+            "cache_store_log none",
+            f"pid_filename {self.pid_file}",
+            f"coredump_dir {self.cache_dir}",
+            f"cache_effective_user {SQUID_USER}",
+            "pinger_enable off",
+            f"shutdown_lifetime {p.shutdown_lifetime} seconds",
+        ]) + "\n"
+
+    def requests(self) -> List[Tuple[AccessEntry, str]]:
+        """Every request it handled, with its User-Agent ("-" for none)."""
+        found = []
+        for entry, line in self._access_lines():
+            agent = line.rsplit('"', 2)[-2] if line.endswith('"') else "-"
+            found.append((entry, agent))
+        return found

@@ -16,6 +16,7 @@ from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .logsetup import setup_logging
 from .memo import Memo
 from .preflight import memo_mismatch, squid_user_problems
+from .probe import system_ca_file
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
@@ -115,11 +116,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _summary(config: Config, path: str) -> List[str]:
+    system = f"the system's, {system_ca_file() or 'none found: certifi'}"
     lines = [f"{path}: OK",
              f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}",
              f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}",
              f"  memo:          {config.cache_dir}",
-             f"  log file:      {config.log_file or 'stderr'}"]
+             f"  log file:      {config.log_file or 'stderr'}",
+             f"  CA file:       {config.ca_file or system}",
+             f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}"]
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
         lines.append(f"  {key + ':':<16}{int(value) if value == int(value) else value}")

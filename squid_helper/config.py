@@ -7,11 +7,13 @@ would be accepted, because the people who edit this file read Squid's cache.log,
 from __future__ import annotations
 
 import math
+import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -77,6 +79,11 @@ class Config:
     log_file: Optional[str]
     repos: Dict[str, Repo]
     settings: Dict[str, float] = field(default_factory=dict)
+    # The PEM bundle of the CAs trusted for https:// mirrors and sources (an absolute path),
+    # instead of the system's; None: the system's store (see probe.system_ca_file).
+    ca_file: Optional[str] = None
+    # "http://host:port": the proxy every probe, source fetch and Squid fetch goes through.
+    upstream_proxy: Optional[str] = None
 
     def __getattr__(self, name: str) -> float:
         # Numeric settings read as attributes (config.probe_timeout) without a field each.
@@ -163,6 +170,69 @@ def validate_template(url: str) -> Optional[str]:
     return None
 
 
+def ca_file_problem(path: str) -> Optional[str]:
+    """Why the CA bundle at path cannot be used, or None when it is a readable PEM file with at
+    least one certificate. Squid and the helper read the same file: Squid (built with GnuTLS)
+    takes a file only, never a directory, and says no more than a warning about a bad one."""
+    if os.path.isdir(path):
+        return ("is a directory; give one PEM file with the CA certificates (Squid built "
+                "with GnuTLS cannot read a CA directory)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(16 * 1024 * 1024 + 1)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return (f"cannot be read: {exc.strerror or exc} (Squid's helpers read it as the "
+                "proxy user)")
+    if len(data) > 16 * 1024 * 1024:
+        return "is larger than 16 MB; is it really a CA bundle?"
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        return ("is not a PEM CA bundle: it has no '-----BEGIN CERTIFICATE-----' block (a DER "
+                "file converts with: openssl x509 -inform der -in CA.der -out CA.pem)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=data.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        return f"is not a usable PEM CA bundle: {getattr(exc, 'reason', None) or exc}"
+    return None
+
+
+def parse_upstream_proxy(value: Any) -> Tuple[str, int]:
+    """The (host, port) of an upstream_proxy value such as 'http://proxy.example:3128'.
+    Raises ValueError saying what is wrong and what would be accepted. An IPv6 host comes
+    back without its brackets."""
+    example = "e.g. http://proxy.example.org:3128"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a proxy URL, {example}")
+    if any(ch.isspace() or ord(ch) < 32 or ch in "\\\"'#" for ch in value):
+        raise ValueError(f"{value!r} must not contain spaces, quotes, '#', backslashes or "
+                         "control characters")
+    parts: SplitResult = urlsplit(value)
+    if parts.scheme != "http":
+        raise ValueError(f"{value!r}: only http:// proxies are supported (Squid and the helper "
+                         f"talk plain HTTP to the proxy, and tunnel TLS through it), {example}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{value!r}: a user name or password in the proxy URL is not "
+                         "supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: a proxy URL has a host and a port only, {example}")
+    host = parts.hostname or ""
+    bracketed = parts.netloc.startswith("[")
+    if not host or (not bracketed and not _HOST_RE.match(host)) or (
+            bracketed and not re.fullmatch(r"[0-9A-Fa-f:.]+", host)):
+        raise ValueError(f"{value!r}: no valid host name, {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        raise ValueError(f"{value!r}: give the port explicitly, {example}")
+    if not 0 < port < 65536:
+        raise ValueError(f"{value!r}: the port must be a number 1-65535, {example}")
+    return host, port
+
+
 def _number(value: Any, keys: Tuple[str, ...], minimum: float, report: _Reporter) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise report.error(keys, f"must be a number (got {value!r})")
@@ -229,8 +299,8 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
     return Repo(name, kind, (value,))
 
 
-TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "repos",
-                  *NUMERIC_SETTINGS)
+TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
+                  "upstream_proxy", "repos", *NUMERIC_SETTINGS)
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
@@ -297,6 +367,27 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     if log_file is not None and (not isinstance(log_file, str) or not log_file):
         raise report.error(("log_file",), "must be a file path, or null to log to stderr")
 
+    ca_file = data.get("ca_file")
+    if ca_file is not None:
+        if not isinstance(ca_file, str) or not ca_file.strip():
+            raise report.error(("ca_file",), "must be the path of a PEM file with CA "
+                               "certificates, or null for the system's CA store")
+        if not os.path.isabs(ca_file) and not path.startswith("<"):
+            # Relative to repos.yaml, not to wherever Squid happens to start the helper.
+            ca_file = os.path.join(os.path.dirname(os.path.abspath(path)), ca_file)
+        ca_file = os.path.abspath(ca_file)
+        problem = ca_file_problem(ca_file)
+        if problem:
+            raise report.error(("ca_file",), f"{ca_file}: {problem}")
+
+    upstream_proxy = data.get("upstream_proxy")
+    if upstream_proxy is not None:
+        try:
+            host, port = parse_upstream_proxy(upstream_proxy)
+        except ValueError as exc:
+            raise report.error(("upstream_proxy",), str(exc)) from None
+        upstream_proxy = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
     settings = {}
     for key, (default, minimum, _meaning) in NUMERIC_SETTINGS.items():
         value = _number(data.get(key, default), (key,), minimum, report)
@@ -321,6 +412,8 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
         log_file=log_file,
         repos=repos,
         settings=settings,
+        ca_file=ca_file,
+        upstream_proxy=upstream_proxy,
     )
 
 

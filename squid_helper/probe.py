@@ -1,22 +1,28 @@
 """HTTP I/O towards mirrors: probe a path (HEAD, ranged GET fallback) and fetch small documents.
 
 One requests.Session per mirror host keeps connections alive between probes; sessions are
-shared by the threads of a process.
+shared by the threads of a process. https:// mirrors are verified against ca_file (default: the
+system's CA store, the one Squid uses too), and everything goes through upstream_proxy when one
+is configured; proxy environment variables are never looked at (they usually name Squid
+itself).
 """
 
 from __future__ import annotations
 
 import email.utils
+import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from . import __version__
+from .config import Config
 
 FOUND, MISSING, FAILED, ERROR, UNCHANGED = "found", "missing", "failed", "error", "unchanged"
 # Statuses with which servers refuse HEAD although they would serve a GET.
@@ -26,6 +32,76 @@ USER_AGENT = f"squid-helper/{__version__}"
 MIRROR_FAILURES = (requests.RequestException, OSError)
 # A response's validator -> the request header that sends it back.
 _CONDITION = {"ETag": "If-None-Match", "Last-Modified": "If-Modified-Since"}
+# Where Debian/Ubuntu, then Fedora/RHEL keep the system's CA bundle: the store Squid trusts by
+# default too, and where update-ca-certificates puts a lab's own CA. requests alone would use
+# certifi's copy of Mozilla's list, which knows no lab CA.
+SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+# Squid 5.7 built with GnuTLS (Debian's) completes a TLS 1.3 handshake with a mirror, then
+# fails to read the answer (ERR_READ_ERROR); squid.conf keeps it to TLS 1.2. The helper speaks
+# no newer TLS than Squid, so that it never vouches for a mirror Squid cannot fetch from.
+MAX_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def system_ca_file() -> Optional[str]:
+    """The system's CA bundle file, or None on a system without one."""
+    for candidate in (*SYSTEM_CA_FILES, ssl.get_default_verify_paths().cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def trust_store(ca_file: Optional[str]) -> Union[str, bool]:
+    """What requests' verify= gets: ca_file, else the system's bundle, else True (certifi's,
+    on a system that has no bundle at all)."""
+    return ca_file or system_ca_file() or True
+
+
+# How http.client words a proxy's refusal of CONNECT (then the status line).
+_TUNNEL_FAILED = "Tunnel connection failed:"
+
+
+def _causes(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:
+    """exc and what it wraps: requests and urllib3 nest the ssl error in args and reason."""
+    if depth > 6 or exc is None:
+        return
+    yield exc
+    inner = [getattr(exc, "reason", None), exc.__cause__, exc.__context__,
+             *(a for a in getattr(exc, "args", ()) if isinstance(a, BaseException))]
+    for nested in inner:
+        if isinstance(nested, BaseException) and nested is not exc:
+            yield from _causes(nested, depth + 1)
+
+
+def describe_failure(exc: BaseException, url: str, elapsed: float,
+                     proxy: Optional[str] = None) -> str:
+    """A mirror request's failure in a few words, naming the host and, for TLS, the
+    certificate problem (pure: reads only the exception)."""
+    host = urlsplit(url).netloc
+    if isinstance(exc, requests.Timeout):
+        return f"timeout after {elapsed:.1f}s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        for cause in _causes(exc):
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                why = cause.verify_message or cause.reason or "rejected"
+                return f"certificate verify failed for host {host}: {why.strip().rstrip('.')}"
+        for cause in _causes(exc):
+            if isinstance(cause, ssl.SSLError) and cause.reason:
+                return f"TLS handshake with host {host} failed: {cause.reason}"
+        return f"TLS handshake with host {host} failed"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        for cause in _causes(exc):
+            text = str(cause)
+            if text.startswith(_TUNNEL_FAILED):
+                # The proxy answered CONNECT with an error: it could not reach the mirror.
+                status = text[len(_TUNNEL_FAILED):].strip()
+                return f"upstream proxy {proxy} could not connect to {host}: {status}"
+        return f"upstream proxy {proxy} failed (connection refused or lost)"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+        # Ours, not the mirror's: e.g. ca_file gone since the config was read.
+        return f"error {type(exc).__name__}: {str(exc)[:160]}"
+    return f"error {type(exc).__name__}"
 
 
 @dataclass(frozen=True)
@@ -42,14 +118,39 @@ class ProbeResult:
     retry_after: Optional[float] = None  # seconds a 429 or 503 asked us to wait
 
 
-class Prober:
-    """Probes and fetches with a per-host Session and a hard overall time limit per call."""
+class _MirrorAdapter(HTTPAdapter):
+    """An HTTPAdapter whose TLS connections, direct or tunnelled through the upstream proxy,
+    go no higher than MAX_TLS_VERSION."""
 
-    def __init__(self, timeout: float, max_document_bytes: int = 8 * 1024 * 1024):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("ssl_maximum_version", MAX_TLS_VERSION)
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("ssl_maximum_version", MAX_TLS_VERSION)
+        return super().proxy_manager_for(proxy, **kwargs)
+
+
+class Prober:
+    """Probes and fetches with a per-host Session and a hard overall time limit per call.
+
+    ca_file: the PEM bundle https:// mirrors are verified against (None: the system's).
+    proxy: 'http://host:port' that every request goes through (None: straight to the mirror).
+    """
+
+    def __init__(self, timeout: float, max_document_bytes: int = 8 * 1024 * 1024,
+                 ca_file: Optional[str] = None, proxy: Optional[str] = None):
         self.timeout = timeout
         self.max_document_bytes = max_document_bytes
+        self.verify = trust_store(ca_file)
+        self.proxy = proxy
         self._sessions: Dict[str, requests.Session] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_config(cls, config: Config) -> Prober:
+        """The prober a config asks for (its probe_timeout, ca_file and upstream_proxy)."""
+        return cls(config.probe_timeout, ca_file=config.ca_file, proxy=config.upstream_proxy)
 
     def _session(self, url: str) -> requests.Session:
         host = urlsplit(url).netloc
@@ -57,9 +158,14 @@ class Prober:
             session = self._sessions.get(host)
             if session is None:
                 session = requests.Session()
-                session.trust_env = False  # never route probes through a proxy (Squid itself)
+                # Proxy environment variables usually name Squid itself: only upstream_proxy
+                # counts. (trust_env also keeps REQUESTS_CA_BUNDLE from changing verify.)
+                session.trust_env = False
+                session.verify = self.verify
+                if self.proxy:
+                    session.proxies = {"http": self.proxy, "https": self.proxy}
                 session.headers["User-Agent"] = USER_AGENT
-                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
+                adapter = _MirrorAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 self._sessions[host] = session
@@ -73,13 +179,20 @@ class Prober:
 
     def _failure(self, url: str, exc: Exception, started: float) -> ProbeResult:
         elapsed = time.monotonic() - started
-        if isinstance(exc, requests.Timeout):
-            detail = f"timeout after {elapsed:.1f}s"
-        elif isinstance(exc, requests.ConnectionError):
-            detail = "connection failed"
-        else:
-            detail = f"error {type(exc).__name__}"
-        return ProbeResult(url, FAILED, detail, elapsed)
+        return ProbeResult(url, FAILED, describe_failure(exc, url, elapsed, self.proxy), elapsed)
+
+    def _proxy_refusal(self, url: str, response: requests.Response,
+                       started: float) -> Optional[ProbeResult]:
+        """Through the upstream proxy, an answer the proxy made itself (Squid marks its own
+        with X-Squid-Error: ERR_CONNECT_FAIL, ERR_READ_TIMEOUT, ERR_ACCESS_DENIED ...) says
+        the mirror was not reached: it fails like a dead mirror, and is no 404 or 5xx of the
+        mirror's."""
+        error = response.headers.get("X-Squid-Error") if self.proxy else None
+        if not error:
+            return None
+        return ProbeResult(url, FAILED, f"upstream proxy {self.proxy} could not reach "
+                           f"{urlsplit(url).netloc}: {response.status_code} {error}",
+                           time.monotonic() - started)
 
     @staticmethod
     def _classify(status: int) -> str:
@@ -107,6 +220,9 @@ class Prober:
         try:
             response = session.head(url, timeout=self.timeout, allow_redirects=False)
             response.close()
+            refused = self._proxy_refusal(url, response, started)
+            if refused is not None:
+                return refused
             detail = f"HEAD {response.status_code}"
             if response.status_code in HEAD_REFUSED:
                 left = deadline - time.monotonic()
@@ -115,6 +231,9 @@ class Prober:
                 response = session.get(url, timeout=left, allow_redirects=False,
                                        headers={"Range": "bytes=0-0"}, stream=True)
                 response.close()
+                refused = self._proxy_refusal(url, response, started)
+                if refused is not None:
+                    return refused
                 detail = f"GET {response.status_code} after {detail}"
         except MIRROR_FAILURES as exc:
             return self._failure(url, exc, started)
@@ -130,6 +249,9 @@ class Prober:
         try:
             with self._session(url).get(url, timeout=self.timeout, stream=True,
                                         headers=conditions) as response:
+                refused = self._proxy_refusal(url, response, started)
+                if refused is not None:
+                    return refused
                 if response.status_code == 304 and conditions:
                     return ProbeResult(url, UNCHANGED, "GET 304 (unchanged)",
                                        time.monotonic() - started, validators=validators)

@@ -66,7 +66,7 @@ class Resolver:
     def __init__(self, config: Config, memo: Memo, prober: Optional[Prober] = None):
         self.config = config
         self.memo = memo
-        self.prober = prober or Prober(config.probe_timeout)
+        self.prober = prober or Prober.for_config(config)
         self.lifetimes = Lifetimes(config)
         # Probe threads only talk HTTP. What the answers mean (health, memo) is worked out by
         # the threads waiting for them: the helper loop's workers, and background threads

@@ -27,7 +27,7 @@ from typing import List, Optional
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config, parse_upstream_proxy
 from .iniconfig import as_yaml, looks_like_ini
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
@@ -64,6 +64,28 @@ def find_squid(explicit: Optional[str]) -> str:
             return candidate
     raise ServeError("Squid is not installed (on Debian/Ubuntu: sudo apt-get install squid; "
                      "on EL/Fedora: sudo dnf install squid; or point --squid at the binary)")
+
+
+def tls_library(squid_version: str) -> str:
+    """The TLS library a Squid is built with, from its `squid -v` text: "openssl" for
+    --with-openssl (Debian's squid-openssl), else "gnutls" (Debian's squid)."""
+    return "openssl" if "--with-openssl" in squid_version else "gnutls"
+
+
+def squid_tls_library(squid: str) -> str:
+    try:
+        version = subprocess.run([squid, "-v"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "gnutls"
+    return tls_library(version.stdout)
+
+
+def network_params(config: Config) -> dict:
+    """The SquidConfParams fields that repos.yaml decides: the CA bundle Squid trusts for
+    https:// mirrors and the parent proxy it goes through, the same the helpers use."""
+    return {"ca_file": config.ca_file,
+            "upstream_proxy": (parse_upstream_proxy(config.upstream_proxy)
+                               if config.upstream_proxy else None)}
 
 
 def helper_executable() -> str:
@@ -146,13 +168,15 @@ def write_private_config(source: str, directory: Path, accel_port: int,
                          log_dir: Optional[Path] = None) -> Path:
     """A copy of repos.yaml whose memo, log file and accel port belong to this directory (the
     log file to log_dir, if given)."""
-    config = load_config(source)  # report the user's own file and line numbers first
+    original = load_config(source)  # report the user's own file and line numbers first
     text = Path(source).read_text(encoding="utf-8")
     # The original repoproxy's INI form becomes its equivalent YAML.
-    data = yaml.safe_load(as_yaml(config) if looks_like_ini(text, source) else text)
+    data = yaml.safe_load(as_yaml(original) if looks_like_ini(text, source) else text)
     data["cache_dir"] = str(directory / "memo")
     data["log_file"] = str((log_dir or directory / "logs") / "helper.log")
     data["accel_ports"] = [accel_port]
+    if original.ca_file:
+        data["ca_file"] = original.ca_file  # absolute: a relative one was relative to source
     target = directory / "repos.yaml"
     _write_atomically(target, f"# written by squid-helper serve from {os.path.abspath(source)}; "
                               "edit that file, not this one\n"
@@ -275,8 +299,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _squid_conf(args: argparse.Namespace, config_path: Path, directory: Path, log_dir: Path,
-                user_name: str) -> str:
+def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directory: Path,
+                log_dir: Path, user_name: str) -> str:
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
     repo_virtual acl, so a reload renders it again)."""
     config = load_config(str(config_path))
@@ -290,7 +314,8 @@ def _squid_conf(args: argparse.Namespace, config_path: Path, directory: Path, lo
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
-        shutdown_lifetime=SHUTDOWN_LIFETIME,
+        shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=squid_tls_library(squid),
+        **network_params(config),
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
                      "every start and reload")
     return render(params)
@@ -303,7 +328,8 @@ def reload_squid(args: argparse.Namespace, squid: str, conf: Path, directory: Pa
     An invalid repos.yaml is refused and everything keeps running as it was."""
     try:
         config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
-        _write_atomically(conf, _squid_conf(args, config_path, directory, log_dir, user_name))
+        _write_atomically(conf, _squid_conf(args, squid, config_path, directory, log_dir,
+                                            user_name))
         repos = len(load_config(str(config_path)).repos)
     except (ConfigError, SquidConfError) as exc:
         print(f"squid-helper serve: reload refused, still serving the previous configuration: "
@@ -351,7 +377,8 @@ def _serve(args: argparse.Namespace) -> int:
     config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
     helper = helper_executable()
     conf = directory / "squid.conf"
-    _write_atomically(conf, _squid_conf(args, config_path, directory, log_dir, user.pw_name))
+    _write_atomically(conf, _squid_conf(args, squid, config_path, directory, log_dir,
+                                          user.pw_name))
     if root:
         _chown([directory / "cache", directory / "memo", log_dir, directory / "run"], user)
         check_helper_runnable(helper, config_path, user.pw_name)

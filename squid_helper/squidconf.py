@@ -40,6 +40,41 @@ http_access deny !repo_virtual !repo_accel to_linklocal"""
 LOCAL_UNGUARDED = """\
 # guard_local_destinations is off: clients may reach this host's own services through the
 # proxy (a test lab whose origin servers live on loopback; never in production)."""
+DIRECT = """\
+# Rewritten accel requests go straight to the mirror, never to a cache_peer: without this
+# Squid answered them with ERR_READ_ERROR / 502.
+always_direct allow repo_accel"""
+UPSTREAM = """\
+# Every request goes through the upstream proxy (upstream_proxy in repos.yaml, which the
+# helpers' probes use too). never_direct covers the rewritten accel requests as well; an
+# "always_direct allow repo_accel" line would send those around the parent (always_direct wins
+# over never_direct), and through the parent they need none. https:// mirror URLs go to the
+# parent as "GET https://..." (not CONNECT): the parent makes the TLS connection and checks
+# the certificate, so tls_outgoing_options below does not apply to them.
+cache_peer @UPSTREAM_HOST@ parent @UPSTREAM_PORT@ 0 no-query no-digest default name=upstream
+never_direct allow all
+# Squid 5.7 sends the first request on a connection to the parent that was kept open from
+# before a "squid -k reconfigure" without the host in its request line ("GET /path"), and the
+# parent answers 400. With no idle connections kept, there are none to reuse.
+server_persistent_connections off"""
+TLS_LIBRARIES = ("gnutls", "openssl")
+TLS_GNUTLS = """\
+# --- https:// mirrors -------------------------------------------------------------------------
+# Squid fetches https:// mirror URLs itself. What Debian's Squid 5.7 does (built with GnuTLS:
+# squid -v shows --with-gnutls), checked on this project's test machine:
+#  * over TLS 1.3 it completes the handshake, then reads no answer (ERR_READ_ERROR, 502):
+#    options= (a GnuTLS priority string) keeps it to TLS 1.2, and the helper speaks no newer;
+#  * it does not verify a mirror's certificate at all: an unknown CA or a wrong name is
+#    fetched all the same, cafile= or not. The helper verifies every https:// mirror (against
+#    the same ca_file) before it answers with it, and skips one that fails;
+#  * cafile= takes one PEM file (capath= needs OpenSSL) and a bad one is only a warning;
+#    ssl_bump (HTTPS interception) is not available.
+tls_outgoing_options @TLS_OPTIONS@"""
+TLS_OPENSSL = """\
+# --- https:// mirrors -------------------------------------------------------------------------
+# Squid fetches https:// mirror URLs itself, and verifies them against the CA bundle below
+# (the helper verifies them against the same ca_file before it answers with them).
+tls_outgoing_options @TLS_OPTIONS@"""
 
 _PLACEHOLDER_RE = re.compile(r"@([A-Z_]+)@")
 _TOKEN_RE = re.compile(r"^[^\s#\"'\\]+$")
@@ -85,6 +120,15 @@ class SquidConfParams:
     storeid_concurrency: int = 100
     shutdown_lifetime: int = 10
     generated_by: str = EXAMPLE_NOTE
+    # The PEM bundle Squid trusts for https:// mirrors instead of the system's (ca_file in
+    # repos.yaml); None: the system's.
+    ca_file: Optional[str] = None
+    # (host, port) of the parent proxy every request goes through (upstream_proxy in
+    # repos.yaml); None: Squid goes to the mirrors itself.
+    upstream_proxy: Optional[Tuple[str, int]] = None
+    # The TLS library Squid is built with (squid -v): "gnutls" (Debian's squid) or "openssl"
+    # (squid-openssl); tls_outgoing_options differs.
+    tls_library: str = "gnutls"
 
 
 def installed_error_directory() -> str:
@@ -132,6 +176,27 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
                                                                p.listen_address)
     if ":" in listen and not listen.startswith("["):
         listen = f"[{listen}]"  # an IPv6 address
+    if p.tls_library not in TLS_LIBRARIES:
+        raise SquidConfError(f"tls_library must be one of {', '.join(TLS_LIBRARIES)} "
+                             f"(got {p.tls_library!r})")
+    tls_options = "min-version=1.2"
+    if p.tls_library == "gnutls":
+        tls_options += " options=NORMAL:-VERS-TLS1.3"
+    if p.ca_file is not None:
+        # default-ca=off: ca_file replaces the system's store, for Squid as for the helper.
+        tls_options += f" cafile={_token('ca_file', p.ca_file)} default-ca=off"
+    tls = (TLS_GNUTLS if p.tls_library == "gnutls" else TLS_OPENSSL).replace(
+        "@TLS_OPTIONS@", tls_options)
+    if p.upstream_proxy is None:
+        forwarding = DIRECT
+    else:
+        if not isinstance(p.upstream_proxy, tuple) or len(p.upstream_proxy) != 2:
+            raise SquidConfError(f"upstream_proxy must be (host, port) (got "
+                                 f"{p.upstream_proxy!r})")
+        host, port = p.upstream_proxy
+        forwarding = UPSTREAM.replace("@UPSTREAM_HOST@", _token("upstream_proxy host", host)
+                                      ).replace("@UPSTREAM_PORT@",
+                                                _count("upstream_proxy port", port, 1, 65535))
     values = {
         "FORWARD_PORT": _count("forward_port", p.forward_port, 1, 65535),
         "ACCEL_PORT": _count("accel_port", p.accel_port, 1, 65535),
@@ -153,6 +218,8 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "VIRTUAL_HOSTS": " ".join(_token("virtual_hosts", h) for h in p.virtual_hosts),
         "STORE_ID_HOST": STORE_ID_HOST,
         "LOCAL_DESTINATIONS": LOCAL_GUARD if p.guard_local_destinations else LOCAL_UNGUARDED,
+        "FORWARDING": forwarding,
+        "TLS_OUTGOING": tls,
         "EFFECTIVE_USER": _token("effective_user", p.effective_user),
         "VISIBLE_HOSTNAME": _token("visible_hostname", p.visible_hostname),
         "REWRITE_CHILDREN": _count("rewrite_children", p.rewrite_children, 1),

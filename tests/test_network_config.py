@@ -1,0 +1,145 @@
+"""ca_file and upstream_proxy: their validation in repos.yaml (errors name the file, the line,
+the key and the value)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.helper import helper_command
+from lab.squid import WorldReadableDir
+from lab.tls import LabCA
+from squid_helper.config import ConfigError, load_config, parse_config, parse_upstream_proxy
+
+from conftest import require
+
+PATH = "/etc/squid-helper/repos.yaml"
+REPOS = "repos:\n  f:\n    mirrors: [https://m.example.org/pub/]\n"
+
+
+def config_error(text: str, path: str = PATH) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path)
+    return str(info.value)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> LabCA:
+    return LabCA(tmp_path / "ca")
+
+
+# -- ca_file -------------------------------------------------------------------------------------
+def test_without_ca_file_the_system_store_is_meant():
+    config = parse_config(REPOS, PATH)
+    assert config.ca_file is None and config.upstream_proxy is None
+
+
+def test_a_pem_ca_file_is_accepted(ca):
+    config = parse_config(f"ca_file: {ca.cert_file}\n{REPOS}", PATH)
+    assert config.ca_file == str(ca.cert_file)
+
+
+def test_a_relative_ca_file_is_relative_to_repos_yaml(tmp_path, ca):
+    (tmp_path / "etc").mkdir()
+    config_path = tmp_path / "etc" / "repos.yaml"
+    config_path.write_text(f"ca_file: ../ca/{ca.cert_file.name}\n{REPOS}")
+    elsewhere = Path.cwd()
+    assert load_config(str(config_path)).ca_file == str(ca.cert_file)
+    assert Path.cwd() == elsewhere
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no such file"),
+    ("this is no certificate\n", "is not a PEM CA bundle: it has no '-----BEGIN CERTIFICATE"),
+    ("", "is not a PEM CA bundle"),
+    ("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+     "is not a usable PEM CA bundle"),
+])
+def test_a_bad_ca_file_is_refused_naming_the_file_and_the_key(tmp_path, content, problem):
+    bundle = tmp_path / "lab-ca.pem"
+    if content is not None:
+        bundle.write_text(content)
+    message = config_error(f"virtual_hosts: [repoproxy]\nca_file: {bundle}\n{REPOS}")
+    assert message.startswith(f"{PATH}:2: ca_file: {bundle}: {problem}"), message
+
+
+def test_a_der_ca_file_is_refused_with_the_conversion_command(tmp_path, ca):
+    der = tmp_path / "ca.der"
+    subprocess.run(["openssl", "x509", "-in", str(ca.cert_file), "-outform", "der", "-out",
+                    str(der)], check=True, capture_output=True)
+    message = config_error(f"ca_file: {der}\n{REPOS}")
+    assert "openssl x509 -inform der" in message, message
+
+
+def test_a_directory_is_no_ca_file(tmp_path):
+    message = config_error(f"ca_file: {tmp_path}\n{REPOS}")
+    assert message.startswith(f"{PATH}:1: ca_file: {tmp_path}: is a directory"), message
+    assert "GnuTLS" in message
+
+
+@pytest.mark.parametrize("value", ['""', "5", "[a.pem]", "{x: 1}"])
+def test_ca_file_must_be_a_path(value):
+    message = config_error(f"ca_file: {value}\n{REPOS}")
+    assert message.startswith(f"{PATH}:1: ca_file: must be the path of a PEM file"), message
+
+
+def test_a_ca_file_the_proxy_user_cannot_read_is_refused_when_it_checks(ca):
+    """Squid's helpers run as proxy: `squid-helper check` as that user says so (serve runs
+    exactly this before it starts Squid)."""
+    require("runuser")
+    with WorldReadableDir() as world:
+        private = world / "root-only.pem"
+        shutil.copy(ca.cert_file, private)
+        private.chmod(0o600)
+        config = world / "repos.yaml"
+        config.write_text(f"ca_file: {private}\nlog_file: null\n{REPOS}")
+        config.chmod(0o644)
+        result = subprocess.run(["runuser", "-u", "proxy", "--", *helper_command(), "check",
+                                 "--config", str(config)], capture_output=True, text=True,
+                                timeout=60)
+        assert load_config(str(config)).ca_file == str(private)  # root may read it
+    assert result.returncode == 2, result
+    assert (f"{config}:1: ca_file: {private}: cannot be read: Permission denied (Squid's "
+            "helpers read it as the proxy user)") in result.stderr, result.stderr
+
+
+# -- upstream_proxy ------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, expected", [
+    ("http://proxy.example.org:3128", "http://proxy.example.org:3128"),
+    ("http://10.1.2.3:8080/", "http://10.1.2.3:8080"),
+    ("http://[::1]:3128", "http://[::1]:3128"),
+])
+def test_an_http_proxy_with_a_port_is_accepted(value, expected):
+    config = parse_config(f"upstream_proxy: '{value}'\n{REPOS}", PATH)
+    assert config.upstream_proxy == expected
+    assert parse_upstream_proxy(expected)[1] == int(expected.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("https://proxy.example.org:3128", "only http:// proxies are supported"),
+    ("socks5://proxy.example.org:1080", "only http:// proxies are supported"),
+    ("proxy.example.org:3128", "only http:// proxies are supported"),
+    ("http://proxy.example.org", "give the port explicitly"),
+    ("http://proxy.example.org:0", "the port must be a number 1-65535"),
+    ("http://proxy.example.org:65536", "the port must be a number 1-65535"),
+    ("http://proxy.example.org:http", "the port must be a number 1-65535"),
+    ("http://user:secret@proxy.example.org:3128", "a user name or password"),
+    ("http://proxy.example.org:3128/path", "a host and a port only"),
+    ("http://proxy.example.org:3128?x=1", "a host and a port only"),
+    ("http://proxy_example:3128", "no valid host name"),
+    ("http://:3128", "no valid host name"),
+    ("http://proxy.example.org:3128 # x", "must not contain spaces"),
+])
+def test_a_bad_upstream_proxy_is_refused_naming_key_and_value(value, problem):
+    message = config_error(f"virtual_hosts: [repoproxy]\nupstream_proxy: '{value}'\n{REPOS}")
+    assert message.startswith(f"{PATH}:2: upstream_proxy: {value!r}"), message
+    assert problem in message, message
+
+
+@pytest.mark.parametrize("value", ["3128", "[http://p:1]", "null_but_not"])
+def test_upstream_proxy_must_be_a_url_string(value):
+    message = config_error(f"upstream_proxy: {value}\n{REPOS}")
+    assert message.startswith(f"{PATH}:1: upstream_proxy: "), message

@@ -1,0 +1,132 @@
+"""What ca_file and upstream_proxy put into squid.conf (Squid must accept it), and how `serve`
+takes them from repos.yaml."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.helper import helper_command
+from lab.tls import LabCA
+from squid_helper.config import load_config
+from squid_helper.serve import (
+    network_params,
+    squid_tls_library,
+    tls_library,
+    write_private_config,
+)
+from squid_helper.squidconf import SquidConfError, SquidConfParams, render
+
+from conftest import require
+
+REPOS = "repos:\n  f:\n    mirrors: [https://m.example.org/pub/]\n"
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> LabCA:
+    return LabCA(tmp_path / "ca")
+
+
+# -- squid.conf -----------------------------------------------------------------------------------
+def directives(text: str) -> list:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_by_default_squid_speaks_tls_1_2_to_mirrors_with_the_system_store():
+    lines = directives(render())
+    assert "tls_outgoing_options min-version=1.2 options=NORMAL:-VERS-TLS1.3" in lines
+    assert "always_direct allow repo_accel" in lines
+    assert not [line for line in lines if line.startswith(("cache_peer", "never_direct"))]
+
+
+def test_ca_file_replaces_squids_system_store():
+    lines = directives(render(SquidConfParams(ca_file="/etc/squid-helper/lab-ca.pem")))
+    assert ("tls_outgoing_options min-version=1.2 options=NORMAL:-VERS-TLS1.3 "
+            "cafile=/etc/squid-helper/lab-ca.pem default-ca=off") in lines
+    openssl = directives(render(SquidConfParams(ca_file="/etc/ca.pem", tls_library="openssl")))
+    assert "tls_outgoing_options min-version=1.2 cafile=/etc/ca.pem default-ca=off" in openssl
+
+
+def test_an_upstream_proxy_is_squids_only_way_out():
+    lines = directives(render(SquidConfParams(upstream_proxy=("proxy.example.org", 3128))))
+    assert "cache_peer proxy.example.org parent 3128 0 no-query no-digest default " \
+           "name=upstream" in lines
+    assert "never_direct allow all" in lines
+    assert "server_persistent_connections off" in lines
+    # always_direct would send rewritten accel requests around the parent.
+    assert not [line for line in lines if line.startswith("always_direct")]
+    # The guard against loopback destinations stays (the parent is no client destination).
+    assert "http_access deny !repo_virtual !repo_accel to_localhost" in lines
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"ca_file": "/etc/my ca.pem"}, "ca_file"),
+    ({"ca_file": "/etc/ca.pem\nhttp_access allow all"}, "ca_file"),
+    ({"upstream_proxy": ("proxy\nhttp_access allow all", 3128)}, "upstream_proxy host"),
+    ({"upstream_proxy": ("proxy", 0)}, "upstream_proxy port"),
+    ({"upstream_proxy": "http://proxy:3128"}, "upstream_proxy must be"),
+    ({"tls_library": "wolfssl"}, "tls_library"),
+])
+def test_unsafe_network_parameters_are_refused(changes, problem):
+    with pytest.raises(SquidConfError, match=problem):
+        render(SquidConfParams(**changes))
+
+
+@pytest.mark.parametrize("network", [
+    {"ca_file": "CA"},
+    {"upstream_proxy": ("127.0.0.1", 3128)},
+    {"upstream_proxy": ("::1", 3128), "ca_file": "CA"},
+    {"ca_file": "CA", "tls_library": "gnutls"},
+])
+def test_squid_accepts_the_rendered_network_settings(tmp_path, ca, network):
+    """`squid -k parse` stays clean with ca_file and upstream_proxy rendered in."""
+    require("squid", root=False)
+    network = {k: (str(ca.cert_file) if v == "CA" else v) for k, v in network.items()}
+    conf = tmp_path / "squid.conf"
+    conf.write_text(render(SquidConfParams(
+        helper_command=helper_command()[0], helper_config=str(tmp_path / "repos.yaml"),
+        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path), pid_file=str(tmp_path / "pid"),
+        coredump_dir=str(tmp_path), **network)))
+    result = subprocess.run([shutil.which("squid"), "-k", "parse", "-f", str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    problems = [line for line in output.splitlines()
+                if any(word in line for word in ("FATAL", "ERROR", "Bungled", "UNKNOWN"))
+                or ("WARNING" in line and "violates HTTP" not in line)]
+    assert problems == [], output
+    assert "Processing: tls_outgoing_options min-version=1.2" in output
+
+
+# -- serve -------------------------------------------------------------------------------------
+def test_serve_gives_squid_what_repos_yaml_says(tmp_path, ca):
+    source = tmp_path / "conf" / "repos.yaml"
+    source.parent.mkdir()
+    shutil.copy(ca.cert_file, source.parent / "lab-ca.pem")
+    source.write_text(f"ca_file: lab-ca.pem\nupstream_proxy: http://[::1]:3129\n{REPOS}")
+    (tmp_path / "serve").mkdir()
+    private = write_private_config(str(source), tmp_path / "serve", 5001)
+    config = load_config(str(private))
+    # The private copy lives elsewhere: its ca_file is the source's, made absolute.
+    assert yaml.safe_load(private.read_text())["ca_file"] == str(source.parent / "lab-ca.pem")
+    assert network_params(config) == {"ca_file": str(source.parent / "lab-ca.pem"),
+                                      "upstream_proxy": ("::1", 3129)}
+    assert network_params(load_config(str(_plain(tmp_path)))) == {
+        "ca_file": None, "upstream_proxy": None}
+
+
+def _plain(tmp_path: Path) -> Path:
+    path = tmp_path / "plain.yaml"
+    path.write_text(REPOS)
+    return path
+
+
+def test_serve_tells_the_tls_library_from_squid_v():
+    assert tls_library("configure options: '--enable-ssl-crtd' '--with-openssl'") == "openssl"
+    assert tls_library("configure options: '--with-gnutls'") == "gnutls"
+    require("squid", root=False)
+    assert squid_tls_library(shutil.which("squid")) == "gnutls"  # Debian's squid package
