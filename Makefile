@@ -17,7 +17,8 @@ ALLOW      ?=
 BIN_LINK   ?= /usr/local/bin/squid-helper
 
 # command:debian-package pairs the product and its tests use
-DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm
+DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm \
+              redis-server:redis-server
 
 SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 

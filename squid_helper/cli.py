@@ -13,12 +13,13 @@ from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
 from .helperloop import Handler, HelperLoop
 from .logsetup import setup_logging
 from .memo import Memo
-from .preflight import SQUID_USER, memo_mismatch, squid_user_problems
+from .preflight import SQUID_USER, memo_mismatch, shared_memo_problem, squid_user_problems
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
 from .resolver import Resolver
 from .rewrite import RewriteHandler
 from .storeid import StoreIdHandler, StoreIdMapper
+from .stores import redacted
 from .urls import NotOurs, Refused, map_url
 
 log = logging.getLogger("squid_helper.cli")
@@ -74,7 +75,9 @@ def _run_helper(args: argparse.Namespace, role: str, make_handler: Callable) -> 
 
     loop.reload = reload
     log.info("%s helper %s started with %s (%d repos, memo %s)", role, __version__,
-             args.config, len(config.repos), config.cache_dir)
+             args.config, len(config.repos),
+             f"{redacted(config.memo)}, else {config.cache_dir}" if config.memo
+             else config.cache_dir)
     code = loop.run(sys.stdin.buffer)
     loop.handler.close(finish=False)
     log.info("%s helper exiting", role)
@@ -115,7 +118,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK")
     print(f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}")
     print(f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}")
-    print(f"  memo:          {config.cache_dir}")
+    if config.memo:
+        print(f"  memo:          {redacted(config.memo)} (shared by the fleet; "
+              f"{config.cache_dir} while it is unreachable)")
+    else:
+        print(f"  memo:          {config.cache_dir}")
+    if config.peers:
+        print(f"  peers:         {', '.join(f'{h}:{p}' for h, p in config.peers)} "
+              f"(HTCP port {config.htcp_port})")
     print(f"  log file:      {config.log_file or 'stderr'}")
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
@@ -126,6 +136,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         for template in repo.templates:
             print(f"      {template}")
     problems, checked = squid_user_problems(config, args.config, args.squid_user)
+    if config.memo:
+        problem = shared_memo_problem(config.memo)
+        if problem:
+            problems.append(problem)
+        else:
+            print(f"  shared memo:   {redacted(config.memo)} answers")
     if not checked:
         print(f"  {args.squid_user} (Squid's user): not checked; run check as root or as "
               f"{args.squid_user}")
