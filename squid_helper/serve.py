@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import yaml
 
@@ -31,6 +31,7 @@ from .squidconf import (
     installed_error_directory,
     render,
 )
+from .stores import redacted
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
@@ -86,6 +87,28 @@ def check_port_free(address: str, port: int, what: str) -> None:
             raise ServeError(f"{what} {port} on {address} is already in use ({exc.strerror}); "
                              f"is another Squid running? (see: ss -ltnp 'sport = :{port}'). "
                              f"Pick another with {option}") from None
+
+
+def check_udp_port_free(address: str, port: int) -> None:
+    """The fleet's HTCP port (htcp_port in repos.yaml) must be free for this Squid."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            raise ServeError(f"HTCP port {port} (htcp_port in repos.yaml) on {address} is not "
+                             f"free ({exc.strerror}); is another Squid of the fleet running "
+                             "on this host? Give each its own --listen address, or stop it"
+                             ) from None
+
+
+def fleet_peers(peers: Tuple[Tuple[str, int], ...], listen: str,
+                port: int) -> Tuple[Tuple[str, int], ...]:
+    """The peers of repos.yaml without this proxy itself (its --listen address or its host
+    name, on its --port), so that every proxy of a fleet can share one list."""
+    me = {listen.lower(), socket.gethostname().lower(), socket.getfqdn().lower()}
+    return tuple((host, peer_port) for host, peer_port in peers
+                 if not (peer_port == port and host.lower() in me))
 
 
 def _is_root() -> bool:
@@ -178,6 +201,7 @@ def _instructions(args: argparse.Namespace, config_path: Path, directory: Path) 
     host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
     vhost = sorted(config.virtual_hosts)[0]
     repo = next(iter(config.repos))
+    fleet = _fleet_note(config, args)
     return f"""
 Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on port \
 {args.accel_port}). On each build slave:
@@ -194,11 +218,22 @@ Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on por
   or, without proxy=, the old repoproxy style:
     baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
 
-Files: {directory}/squid.conf, logs in {directory}/logs (access.log, cache.log, helper.log).
+{fleet}Files: {directory}/squid.conf, logs in {directory}/logs (access.log, cache.log, helper.log).
 Purge a file: {helper_executable()} purge --config {config_path} --proxy {host}:{args.port} \
 http://{vhost}/{repo}/<releasever>/<arch>/<path>
 Stop with Ctrl-C.
 """
+
+
+def _fleet_note(config, args: argparse.Namespace) -> str:
+    peers = fleet_peers(config.peers, args.listen, args.port)
+    lines = []
+    if peers:
+        lines.append(f"Fleet: HTCP siblings {', '.join(f'{h}:{p}' for h, p in peers)} "
+                     f"(HTCP port {config.htcp_port}).")
+    if config.memo:
+        lines.append(f"Shared memo: {redacted(config.memo)}.")
+    return "".join(line + "\n" for line in lines)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -229,6 +264,9 @@ def _serve(args: argparse.Namespace) -> int:
         user = pwd.getpwuid(os.geteuid())
     for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
         check_port_free(args.listen, port, what)
+    peers = fleet_peers(config.peers, args.listen, args.port)
+    if peers:
+        check_udp_port_free(args.listen, config.htcp_port)
 
     directory = Path(args.dir).resolve()
     try:
@@ -250,6 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_dir=str(directory / "logs"), pid_file=str(directory / "run" / "squid.pid"),
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
+        peers=peers, htcp_port=config.htcp_port,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
         shutdown_lifetime=SHUTDOWN_LIFETIME,
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
