@@ -158,15 +158,22 @@ def test_cache_only_requests_never_reach_this_hosts_services(tmp_path, snapshots
 
 
 # -- two real proxies ------------------------------------------------------------------------------
-def proxy_config(directory: Path, mirrors, peers, htcp_port: int) -> Path:
+def proxy_config(directory: Path, mirrors, peers, htcp_port: int, **settings) -> Path:
     path = directory / f"{directory.name}.yaml"
     directory.mkdir()
     path.write_text(yaml.safe_dump({
         "virtual_hosts": ["repoproxy"], "probe_timeout": 2, "peers": peers,
-        "htcp_port": htcp_port,
+        "htcp_port": htcp_port, **settings,
         "repos": {REPO: {"mirrors": [m.url + TEMPLATE_PATH for m in mirrors]}}}))
     path.chmod(0o644)
     return path
+
+
+def helper_requests(*mirrors: MirrorServer) -> int:
+    """What the helpers asked the mirrors for repo files (probes: HEAD or ranged GET), not
+    Squid's fetches (those carry Via) nor the watch's look at repomd.xml."""
+    return sum(1 for m in mirrors for _method, path, headers in list(m.requests)
+               if "Via" not in headers and not path.endswith("repomd.xml"))
 
 
 def rpm_gets(*mirrors: MirrorServer) -> int:
@@ -250,6 +257,51 @@ def test_a_file_one_proxy_fetched_is_a_hit_for_another_and_a_dead_peer_costs_not
             install(world, "slave3", two, *mirrors)
             assert rpm_gets(second) == 3
             assert rpm_gets(first) == 3
+    finally:
+        for serve in serves:
+            serve.stop()
+        first.stop()
+        second.stop()
+
+
+def test_a_fleet_sharing_its_memo_probes_once_and_keeps_serving_when_redis_stops(
+        rpm_snapshots, redis_server):
+    """Two proxies with one memo in Redis: proxy 2's helper answers from what proxy 1's
+    verified (no probe of its own); Redis stopped mid-run, both proxies' clients still work."""
+    require("squid", "dnf", "runuser")
+    first = MirrorServer(rpm_snapshots["new"]).start()
+    second = MirrorServer(rpm_snapshots["new"]).start()
+    serves = []
+    try:
+        with WorldReadableDir("squid-helper-fleet-redis-") as world:
+            port1, port2, htcp = free_port(), free_port(), free_port()
+            mirrors = [first, second]
+            one = ServeProcess(proxy_config(world / "proxy1", mirrors, [f"127.0.0.3:{port2}"],
+                                            htcp, memo=redis_server.url),
+                               world / "proxy1" / "serve", port1, free_port(),
+                               listen="127.0.0.2")
+            two = ServeProcess(proxy_config(world / "proxy2", mirrors, [f"127.0.0.2:{port1}"],
+                                            htcp, memo=redis_server.url),
+                               world / "proxy2" / "serve", port2, free_port(),
+                               listen="127.0.0.3")
+            for serve in (one, two):
+                serves.append(serve)
+                serve.start()
+                assert f"Shared memo: {redis_server.url}" in serve.output(), serve.output()
+
+            install(world, "slave1", one, *mirrors)
+            probed = helper_requests(*mirrors)
+            assert probed >= 3  # proxy 1's helper verified (at least) the three packages
+            install(world, "slave2", two, *mirrors)
+            assert helper_requests(*mirrors) == probed, "proxy 2's helper probed again"
+            assert rpm_gets(*mirrors) == 3
+
+            redis_server.stop()  # mid-run
+            install(world, "slave3", two, *mirrors)
+            install(world, "slave4", one, *mirrors)
+            for serve in (one, two):
+                log = serve.helper_log.read_text()
+                assert "unreachable, answering from the local memo" in log, log[-3000:]
     finally:
         for serve in serves:
             serve.stop()
