@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .config import Config
 from .lifetimes import Fact
-from .stores import GENERATION_FILE, DiskStore, RedisStore, Store
+from .stores import GENERATION_FILE, DiskStore, RedisStore, Store, redacted
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")
@@ -64,6 +64,7 @@ class _StoreState:
         self.shared = shared  # a fleet's Redis, whose fallback is the local directory
         self.broken_since: Optional[float] = None
         self.last_complaint = float("-inf")
+        self.complained = False  # this outage was logged: its end will be too
 
 
 class Memo:
@@ -82,7 +83,11 @@ class Memo:
         self._local = DiskStore(directory, size_limit)
         stores: List[_StoreState] = []
         if shared:
-            stores.append(_StoreState(RedisStore(shared), shared=True))
+            try:
+                stores.append(_StoreState(RedisStore(shared), shared=True))
+            except Exception as exc:  # no redis client, a URL it refuses: answer all the same
+                log.error("shared memo %s unusable, using the local memo %s only: %s: %s",
+                          redacted(shared), directory, type(exc).__name__, exc)
         stores.append(_StoreState(self._local, shared=False))
         self._stores = stores
         self._active: Optional[_StoreState] = None
@@ -112,11 +117,12 @@ class Memo:
                 continue
             if state.broken_since is not None:
                 state.broken_since = None
-                if state.shared:
+                if state.shared and state.complained:
                     log.warning("shared memo %s is back; helpers share it again",
                                 state.store.name)
-                else:
+                elif not state.shared:
                     log.warning("memo %s is usable again", state.store.name)
+                state.complained = False
             if self._active is not state:
                 self._active = state
                 # Another store holds other facts: nothing copied from the last one holds.
@@ -133,7 +139,12 @@ class Memo:
         except Exception:
             pass
         if state.shared:
-            if first:  # once for each outage: every helper process of every proxy says it
+            # Once for each outage (every helper process of every proxy says it), and once a
+            # minute at most: a Redis that answers PING but refuses our commands (out of
+            # memory, a read-only replica) comes and goes every second.
+            if first and now - state.last_complaint > _COMPLAINT_INTERVAL:
+                state.last_complaint = now
+                state.complained = True
                 log.error("shared memo %s unreachable, answering from the local memo %s "
                           "until it answers again: %s: %s", state.store.name, self.directory,
                           type(exc).__name__, exc)

@@ -105,8 +105,11 @@ def check_udp_port_free(address: str, port: int) -> None:
 def fleet_peers(peers: Tuple[Tuple[str, int], ...], listen: str,
                 port: int) -> Tuple[Tuple[str, int], ...]:
     """The peers of repos.yaml without this proxy itself (its --listen address or its host
-    name, on its --port), so that every proxy of a fleet can share one list."""
-    me = {listen.lower(), socket.gethostname().lower(), socket.getfqdn().lower()}
+    name as `hostname` prints it, on its --port), so that every proxy of a fleet can share
+    one list. No DNS lookup: serve must not hang on a resolver."""
+    if not peers:
+        return ()
+    me = {listen.lower(), socket.gethostname().lower()}
     return tuple((host, peer_port) for host, peer_port in peers
                  if not (peer_port == port and host.lower() in me))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,35 @@ def test_redis_down_hands_over_to_the_local_memo_once_and_back(tmp_path, redis_s
     finally:
         memo.close()
         other.close()
+
+
+def test_a_redis_that_refuses_writes_is_complained_about_once(tmp_path, redis_server, caplog):
+    """Out of memory (maxmemory, noeviction), Redis answers PING but refuses every write: the
+    helper answers from its local memo, reconnects every second, and says so once."""
+    import redis
+
+    caplog.set_level(logging.INFO, logger="squid_helper.memo")
+    admin = redis.Redis.from_url(redis_server.url)
+    memo = shared_memo(tmp_path, "local", redis_server.url)
+    fact = Fact("path:test/9/x86_64/b", 60.0, 120.0)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        deadline = 3.0  # three reconnections, each followed by a refused write
+        started = time.monotonic()
+        while time.monotonic() - started < deadline:
+            assert memo.put(fact, "written")  # the local memo took it
+            time.sleep(0.1)
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("unreachable" in m for m in messages) == 1, messages
+        assert sum("is back" in m for m in messages) <= 1, messages
+        admin.config_set("maxmemory", "0")
+        assert wait_for(lambda: memo.put(fact, "shared") and admin.exists(REDIS_PREFIX
+                                                                          + fact.key),
+                        timeout=10)
+    finally:
+        admin.close()
+        memo.close()
 
 
 def test_redis_urls_are_checked_and_passwords_stay_out_of_logs():
