@@ -136,24 +136,27 @@ def test_cache_only_requests_never_reach_this_hosts_services(tmp_path, snapshots
     host's services: Squid answers such a request from its cache or with a 504."""
     require("squid")
     service = MirrorServer(snapshots["new"]).start()  # a service on this host's loopback
-    world = WorldReadableDir("squid-helper-fleet-guard-")
     try:
-        config = world.path / "repos.yaml"
-        config.write_text(yaml.safe_dump({"cache_dir": str(world.path / "memo"),
-                                          "log_file": None,
-                                          "repos": {REPO: {"mirrors": [service.url]}}}))
-        with SquidInstance(world.path / "squid", config, peers=(("127.0.0.9", free_port()),),
-                           htcp_port=free_port()) as squid:
-            url = f"{service.url}repodata/repomd.xml"
-            status, _, _ = squid.get(url)
-            assert status == 403
-            status, _, _ = http_get("127.0.0.1", squid.port, url,
-                                    {"Host": url.split("/")[2],
-                                     "Cache-Control": "only-if-cached"})
-            assert status == 504
+        with WorldReadableDir("squid-helper-fleet-guard-") as world:
+            config = world / "repos.yaml"
+            config.write_text(yaml.safe_dump({"cache_dir": str(world / "memo"),
+                                              "log_file": None,
+                                              "repos": {REPO: {"mirrors": [service.url]}}}))
+            squid = SquidInstance(world / "squid", config,
+                                  peers=(("127.0.0.9", free_port()),), htcp_port=free_port())
+            squid.start()
+            try:
+                url = f"{service.url}repodata/repomd.xml"
+                status, _, _ = squid.get(url)
+                assert status == 403
+                status, _, _ = http_get("127.0.0.1", squid.port, url,
+                                        {"Host": url.split("/")[2],
+                                         "Cache-Control": "only-if-cached"})
+                assert status == 504
+            finally:
+                squid.stop()
     finally:
         service.stop()
-        world.__exit__(None, None, None)
     assert service.requests == []
 
 
