@@ -20,9 +20,9 @@ BIN_LINK   ?= /usr/local/bin/squid-helper
 # command:package pairs the product and its tests use, on Debian/Ubuntu (apt-get) and on
 # EL 9/Fedora (dnf, where there is no apt-get); packaging/install-deps installs what is missing
 DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrepo-c rpmbuild:rpm \
-	rpm2archive:rpm2cpio systemd-analyze:systemd logrotate:logrotate
+	rpm2archive:rpm2cpio systemd-analyze:systemd logrotate:logrotate redis-server:redis-server
 RPM_DEPS   = squid:squid squidclient:squid dnf:dnf createrepo_c:createrepo_c rpmbuild:rpm-build \
-	rpm2archive:rpm systemd-analyze:systemd logrotate:logrotate
+	rpm2archive:rpm systemd-analyze:systemd logrotate:logrotate redis-server:redis
 
 SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 

@@ -17,6 +17,8 @@ Modules, one job each:
 * squid: a real Squid with the helpers wired in, and its logs; a plain parent proxy.
 * rpmrepo: real RPMs, repositories from createrepo_c, isolated dnf clients.
 * soak: mixed load through a real Squid, with resource samples and error counts.
+* redis: a real redis-server on a loopback port, for the shared memo of a fleet.
+* serve: `squid-helper serve` as an operator runs it (one proxy of a lab or of a fleet).
 
 Nothing here imports pytest: skipping or failing for missing prerequisites is the tests' job.
 Both tests/ and benchmarks/ import this package; neither imports the other.

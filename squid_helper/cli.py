@@ -15,7 +15,7 @@ from .helperloop import Handler, HelperLoop
 from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .logsetup import setup_logging
 from .memo import Memo
-from .preflight import memo_mismatch, squid_user_problems
+from .preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .probe import system_ca_file
 from .protocol import HelperRequest, Reply, err
 from .purge import purge
@@ -23,6 +23,7 @@ from .resolver import Resolver
 from .rewrite import RewriteHandler
 from .squiduser import SquidUserError, detect_squid_user
 from .storeid import StoreIdHandler, StoreIdMapper
+from .stores import redacted
 from .urls import NotOurs, Refused, map_url
 
 log = logging.getLogger("squid_helper.cli")
@@ -79,7 +80,9 @@ def _run_helper(args: argparse.Namespace, role: str, make_handler: Callable) -> 
 
     loop.reload = reload
     log.info("%s helper %s started with %s (%d repos, memo %s)", role, __version__,
-             args.config, len(config.repos), config.cache_dir)
+             args.config, len(config.repos),
+             f"{redacted(config.memo)}, else {config.cache_dir}" if config.memo
+             else config.cache_dir)
     code = loop.run(sys.stdin.buffer)
     loop.handler.close(finish=False)
     log.info("%s helper exiting", role)
@@ -115,12 +118,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _memo_lines(config: Config) -> List[str]:
+    lines = [f"  memo:          {redacted(config.memo)} (shared by the fleet; "
+             f"{config.cache_dir} while it is unreachable)" if config.memo
+             else f"  memo:          {config.cache_dir}"]
+    if config.peers:
+        lines.append(f"  peers:         {', '.join(f'{h}:{p}' for h, p in config.peers)} "
+                     f"(HTCP port {config.htcp_port})")
+    return lines
+
+
 def _summary(config: Config, path: str) -> List[str]:
     system = f"the system's, {system_ca_file() or 'none found: certifi'}"
     lines = [f"{path}: OK",
              f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}",
              f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}",
-             f"  memo:          {config.cache_dir}",
+             *_memo_lines(config),
              f"  log file:      {config.log_file or 'stderr'}",
              f"  CA file:       {config.ca_file or system}",
              f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}"]
@@ -135,19 +148,27 @@ def _summary(config: Config, path: str) -> List[str]:
 
 
 def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
-    """What check says of Squid's user's access to the config, memo and log file; a line
-    starting with PROBLEM for each thing that user could not do."""
+    """What check says of Squid's user's access to the config, memo and log file, and of the
+    shared memo; a line starting with PROBLEM for each thing that fails."""
+    lines, problems = [], []
+    if config.memo:
+        problem = shared_memo_problem(config.memo)
+        if problem:
+            problems.append(problem)
+        else:
+            lines.append(f"  shared memo:   {redacted(config.memo)} answers")
     try:
         user = detect_squid_user(args.squid_user, option="--squid-user").name
     except SquidUserError as exc:
-        return [f"PROBLEM: {exc}"]
-    problems, checked = squid_user_problems(config, args.config, user)
+        return lines + [f"PROBLEM: {problem}" for problem in [*problems, str(exc)]]
+    access, checked = squid_user_problems(config, args.config, user)
+    problems.extend(access)
     if not checked:
-        return [f"  {user} (Squid's user): not checked; run check as root or as {user}"]
-    if not problems:
-        return [f"  {user} (Squid's user) can read the config and write the memo and the log "
-                "file"]
-    return [f"PROBLEM: {problem}" for problem in problems]
+        lines.append(f"  {user} (Squid's user): not checked; run check as root or as {user}")
+    elif not access:
+        lines.append(f"  {user} (Squid's user) can read the config and write the memo and "
+                     "the log file")
+    return lines + [f"PROBLEM: {problem}" for problem in problems]
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -17,12 +17,19 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
+from .stores import redacted
+
 SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
 # The original repoproxy's names: its documentation spelled the mirrorlist key 'mirrorurl', and
 # its repos.yaml took 'baseurl: URL' for a repo without a mirrorlist. Old configs keep working.
 SOURCE_ALIASES = {"mirrorurl": "mirrorlist", "baseurl": "mirrors"}
 PLACEHOLDERS = ("{releasever}", "{arch}")
 DEFAULT_LOG_FILE = "/var/log/repoproxy.log"
+# A fleet (peers:): the HTTP port a peer is assumed to take when its entry names none, and the
+# HTCP port every proxy of the fleet listens on (Squid's registered default).
+DEFAULT_PEER_PORT = 3128
+DEFAULT_HTCP_PORT = 4827
+MEMO_SCHEMES = ("redis", "rediss")
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
 _REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -84,6 +91,12 @@ class Config:
     ca_file: Optional[str] = None
     # "http://host:port": the proxy every probe, source fetch and Squid fetch goes through.
     upstream_proxy: Optional[str] = None
+    # A fleet: the other proxies as (host, HTTP port), Squid's HTCP siblings (serve renders
+    # them into squid.conf); the HTCP port every proxy of the fleet listens on; the shared
+    # memo's Redis URL (None: the memo lives in cache_dir alone).
+    peers: Tuple[Tuple[str, int], ...] = ()
+    htcp_port: int = DEFAULT_HTCP_PORT
+    memo: Optional[str] = None
 
     def __getattr__(self, name: str) -> float:
         # Numeric settings read as attributes (config.probe_timeout) without a field each.
@@ -300,7 +313,66 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
 
 
 TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
-                  "upstream_proxy", "repos", *NUMERIC_SETTINGS)
+                  "upstream_proxy", "repos", *NUMERIC_SETTINGS, "peers", "htcp_port", "memo")
+
+
+def _port(value: Any, keys: Tuple[str, ...], report: _Reporter) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise report.error(keys, f"must be a port number 1-65535 (got {value!r})")
+    return value
+
+
+def _parse_peers(value: Any, report: _Reporter) -> Tuple[Tuple[str, int], ...]:
+    """peers: ["proxy-b.lab:3128", "proxy-c.lab"]: the other proxies of the fleet."""
+    if not isinstance(value, list):
+        raise report.error(("peers",), "must be a list of the fleet's other proxies as "
+                           f"'host:port' (port {DEFAULT_PEER_PORT} when left out), e.g. "
+                           "['proxy-b.lab:3128', 'proxy-c.lab:3128']")
+    peers = []
+    for index, entry in enumerate(value):
+        keys = ("peers", str(index))
+        if not isinstance(entry, str) or not _HOST_RE.match(entry):
+            raise report.error(keys, f"{entry!r} is not 'host:port' (a host name or IPv4 "
+                               "address of letters, digits, '.', '-', then optionally ':' "
+                               "and the proxy's HTTP port)")
+        host, _, port_text = entry.partition(":")
+        port = _port(int(port_text) if port_text else DEFAULT_PEER_PORT, keys, report)
+        peer = (host.lower(), port)
+        if peer in peers:
+            raise report.error(keys, f"{entry!r} is listed twice")
+        peers.append(peer)
+    return tuple(peers)
+
+
+def _parse_memo(value: Any, report: _Reporter) -> Optional[str]:
+    """memo: redis://host:port/db, the memo the fleet's helpers share."""
+    if value is None:
+        return None
+    example = ("a Redis URL such as redis://redis-host:6379/0 (rediss:// for TLS, "
+               "redis://:PASSWORD@host:6379/0 with a password); leave memo out to keep "
+               "the memo in cache_dir")
+    if not isinstance(value, str) or any(ch in value for ch in " \t\r\n\\"):
+        raise report.error(("memo",), f"must be {example} (got {redacted(str(value))!r})")
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    db = parts.path.lstrip("/")
+    problem = None
+    if parts.scheme not in MEMO_SCHEMES:
+        problem = f"has scheme {parts.scheme!r}"
+    elif not parts.hostname:
+        problem = "names no host"
+    elif port is not None and not 0 < port < 65536:
+        problem = "has a bad port"
+    elif db and not db.isdigit():
+        problem = f"names database {db!r}, not a number"
+    elif parts.query or parts.fragment:
+        problem = "has a query or fragment"
+    if problem:
+        raise report.error(("memo",), f"{redacted(value)!r} {problem}; it must be {example}")
+    return value
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
@@ -395,6 +467,10 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
             raise report.error((key,), f"must be a whole number (got {value!r})")
         settings[key] = int(value) if isinstance(default, int) else float(value)
 
+    peers = _parse_peers(data.get("peers", []), report)
+    htcp_port = _port(data.get("htcp_port", DEFAULT_HTCP_PORT), ("htcp_port",), report)
+    memo = _parse_memo(data.get("memo"), report)
+
     repos_value = data.get("repos")
     if not isinstance(repos_value, dict) or not repos_value:
         raise report.error(("repos",), "must be a mapping of repo name -> {mirrorlist: URL} "
@@ -414,6 +490,9 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
         settings=settings,
         ca_file=ca_file,
         upstream_proxy=upstream_proxy,
+        peers=peers,
+        htcp_port=htcp_port,
+        memo=memo,
     )
 
 

@@ -1,8 +1,11 @@
-"""The memo: answers shared by every helper process through one diskcache directory.
+"""The memo: answers shared by every helper process, in one diskcache directory or, for a fleet
+of proxies, in one Redis database (memo: redis://... in repos.yaml; stores.py).
 
-Whatever goes wrong with the directory (missing, read-only, corrupt, full), the helper keeps
-answering: every operation degrades to "no memo" and the problem is logged once a minute, and the
-directory is reopened a few seconds later so that the memo comes back by itself once it is fixed.
+Whatever goes wrong with the store, the helper keeps answering. A broken directory (missing,
+read-only, corrupt, full) degrades every operation to "no memo": the problem is logged once a
+minute, and the directory is reopened a few seconds later so that the memo comes back by itself
+once it is fixed. An unreachable Redis hands over to the local directory: the switch is logged
+once, and Redis is used again as soon as it answers.
 """
 
 from __future__ import annotations
@@ -10,46 +13,33 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
-
-import diskcache
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .config import Config
 from .lifetimes import Fact
+from .stores import GENERATION_FILE, DiskStore, RedisStore, Store, redacted
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")
 
-_REOPEN_AFTER = 5.0
 _COMPLAINT_INTERVAL = 60.0
 # How often a process looks for a purge made by another (the memo's generation), and how long
 # it trusts that a key is absent: this bounds how long a purge or a new answer goes unnoticed.
 FRONT_CACHE_SECONDS = 0.5
-# The memo's generation is a file whose inode changes with every bump: one stat() tells a
-# process that another one purged, found a mirror failing or published a survey. Checked this
-# often at most.
-GENERATION_FILE = "generation"
-GENERATION_CHECK_SECONDS = 0.01
+# The diskcache store's generation is one stat() (stores.GENERATION_FILE), checked this often at
+# most; Redis's costs a round trip and is checked less often (RedisStore.generation_interval).
+GENERATION_CHECK_SECONDS = DiskStore.generation_interval
+__all__ = ["FRONT_CACHE_SECONDS", "GENERATION_CHECK_SECONDS", "GENERATION_FILE", "Memo",
+           "Stored"]
 _FRONT_CACHE_MAX = 2048
 _TOKENS = itertools.count()
-
-
-def give_files_to_directory_owner(directory: str) -> None:
-    """An operator running `squid-helper resolve`, `purge` or `status` as root must not leave
-    memo files (database, WAL, shared memory) that the helpers, running as Squid's user, can
-    no longer write: files root created are handed to the owner of the directory."""
-    owner = os.stat(directory)
-    if owner.st_uid == 0:
-        return
-    for entry in os.scandir(directory):
-        try:
-            if entry.stat(follow_symlinks=False).st_uid != owner.st_uid:
-                os.chown(entry.path, owner.st_uid, owner.st_gid, follow_symlinks=False)
-        except OSError:
-            pass
+# Lock tokens name the host too: with a shared memo, holders on two proxies may have one pid.
+_HOST = socket.gethostname()
+_DEFAULT = object()
 
 
 @dataclass(frozen=True)
@@ -66,128 +56,158 @@ class Stored:
         return self.at + fact.fresh_for - now
 
 
+class _StoreState:
+    """A store and how it fares: broken since when, when it was last complained about."""
+
+    def __init__(self, store: Store, shared: bool):
+        self.store = store
+        self.shared = shared  # a fleet's Redis, whose fallback is the local directory
+        self.broken_since: Optional[float] = None
+        self.last_complaint = float("-inf")
+        self.complained = False  # this outage was logged: its end will be too
+
+
 class Memo:
     @classmethod
     def of(cls, config: Config) -> Memo:
-        """The memo a configuration names, with its size limit."""
-        return cls(config.cache_dir, size_limit=int(config.memo_size_mb) << 20)
+        """The memo a configuration names, with its size limit: the memo directory, behind a
+        fleet's Redis when `memo:` names one."""
+        return cls(config.cache_dir, size_limit=int(config.memo_size_mb) << 20,
+                   shared=config.memo)
 
-    def __init__(self, directory: str, size_limit: int = 1 << 30):
+    def __init__(self, directory: str, size_limit: int = 1 << 30,
+                 shared: Optional[str] = None):
         self.directory = directory
         self.size_limit = size_limit
-        self._cache: Optional[diskcache.Cache] = None
-        self._broken_since: Optional[float] = None
-        self._last_complaint = 0.0
-        self._checked_at = 0.0
+        self.shared = shared
+        self._local = DiskStore(directory, size_limit)
+        stores: List[_StoreState] = []
+        if shared:
+            try:
+                stores.append(_StoreState(RedisStore(shared), shared=True))
+            except Exception as exc:  # no redis client, a URL it refuses: answer all the same
+                log.error("shared memo %s unusable, using the local memo %s only: %s: %s",
+                          redacted(shared), directory, type(exc).__name__, exc)
+        stores.append(_StoreState(self._local, shared=False))
+        self._stores = stores
+        self._active: Optional[_StoreState] = None
         self._lock = threading.Lock()
         self._front: Dict[str, Tuple[float, Any]] = {}
         self._generation: Any = None
         self._generation_checked_at = float("-inf")
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _still_there(self) -> bool:
-        """False when the memo's database was deleted under us: an open handle would go on
-        writing to a ghost file that no other process sees, so it must be reopened."""
-        now = time.monotonic()
-        if now - self._checked_at < _REOPEN_AFTER:
-            return True
-        self._checked_at = now
-        return os.path.exists(os.path.join(self.directory, diskcache.core.DBNAME))
+    @property
+    def _cache(self) -> Any:
+        """The open diskcache of the memo directory, if any (for tests and tools)."""
+        return self._local._cache
 
-    def _open(self) -> Optional[diskcache.Cache]:
-        if self._cache is not None:
-            if self._still_there():
-                return self._cache
-            log.warning("memo %s was removed; recreating it", self.directory)
-            self.close()
-        with self._lock:
-            if self._cache is not None:
-                return self._cache
-            if self._broken_since and time.monotonic() - self._broken_since < _REOPEN_AFTER:
-                return None
+    def _usable(self) -> Optional[_StoreState]:
+        """The first store that works now, in order of preference; None: no memo at all."""
+        for state in self._stores:
+            if state.broken_since is not None and \
+                    time.monotonic() - state.broken_since < state.store.retry_after:
+                continue
             try:
-                os.makedirs(self.directory, exist_ok=True)
-                self._cache = diskcache.Cache(
-                    self.directory, timeout=2.0, size_limit=self.size_limit,
-                    eviction_policy="least-recently-stored", statistics=False,
-                    # One SQLite connection per thread: no memory-mapped file and a small page
-                    # cache each keep a helper's memory flat however large the memo grows.
-                    sqlite_mmap_size=0, sqlite_cache_size=64)
-                if os.geteuid() == 0:
-                    self._give_files_to_directory_owner()
-                if self._broken_since is not None:
-                    log.warning("memo %s is usable again", self.directory)
-                self._broken_since = None
+                ready = state.store.open()
             except Exception as exc:
-                self._fail(exc)
-            return self._cache
+                self._fail(state, exc)
+                continue
+            if not ready:
+                continue
+            if state.broken_since is not None:
+                state.broken_since = None
+                if state.shared and state.complained:
+                    log.warning("shared memo %s is back; helpers share it again",
+                                state.store.name)
+                elif not state.shared:
+                    log.warning("memo %s is usable again", state.store.name)
+                state.complained = False
+            if self._active is not state:
+                self._active = state
+                # Another store holds other facts: nothing copied from the last one holds.
+                self._front.clear()
+            return state
+        return None
 
-    def _give_files_to_directory_owner(self) -> None:
-        give_files_to_directory_owner(self.directory)
-
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, state: _StoreState, exc: Exception) -> None:
         now = time.monotonic()
-        if now - self._last_complaint > _COMPLAINT_INTERVAL:
-            self._last_complaint = now
-            log.error("memo %s unusable, answering without it (probing every path): %s: %s",
-                      self.directory, type(exc).__name__, exc)
-        self._broken_since = now
-        cache, self._cache = self._cache, None
-        if cache is not None:
-            try:
-                cache.close()
-            except Exception:
-                pass
-
-    def _do(self, operation: Callable[[diskcache.Cache], T], default: T) -> T:
-        cache = self._open()
-        if cache is None:
-            return default
+        first = state.broken_since is None
+        state.broken_since = now
         try:
-            return operation(cache)
-        except diskcache.Timeout:
-            return default  # another process holds the database a moment: not a broken memo
-        except Exception as exc:
-            with self._lock:
-                if self._cache is cache:
-                    self._fail(exc)
-            return default
+            state.store.failed()
+        except Exception:
+            pass
+        if state.shared:
+            # Once for each outage (every helper process of every proxy says it), and once a
+            # minute at most: a Redis that answers PING but refuses our commands (out of
+            # memory, a read-only replica) comes and goes every second.
+            if first and now - state.last_complaint > _COMPLAINT_INTERVAL:
+                state.last_complaint = now
+                state.complained = True
+                log.error("shared memo %s unreachable, answering from the local memo %s "
+                          "until it answers again: %s: %s", state.store.name, self.directory,
+                          type(exc).__name__, exc)
+            return
+        if now - state.last_complaint > _COMPLAINT_INTERVAL:
+            state.last_complaint = now
+            log.error("memo %s unusable, answering without it (probing every path): %s: %s",
+                      state.store.name, type(exc).__name__, exc)
+
+    def _do(self, operation: Callable[[Store], T], default: T, on_busy: Any = _DEFAULT) -> T:
+        """operation() on the best store that works; `default` without any (and when the
+        store is busy, unless on_busy says otherwise). A store that fails is marked broken
+        and the next one in line answers."""
+        while True:
+            state = self._usable()
+            if state is None:
+                return default
+            try:
+                return operation(state.store)
+            except state.store.busy:
+                # contention for a moment: not a broken memo
+                return default if on_busy is _DEFAULT else on_busy
+            except Exception as exc:
+                with self._lock:
+                    if state.broken_since is None:
+                        self._fail(state, exc)
 
     def close(self) -> None:
         with self._lock:
-            if self._cache is not None:
-                self._cache.close()
-                self._cache = None
+            for state in self._stores:
+                state.store.close()
 
     # -- generic keyed values -----------------------------------------------------------------
     def get(self, key: str) -> Any:
-        return self._do(lambda c: c.get(key), None)
+        return self._do(lambda store: store.get(key), None)
 
     def set(self, key: str, value: Any, expire: Optional[float]) -> bool:
         self._front.pop(key, None)
-        return self._do(lambda c: c.set(key, value, expire=expire), False)
+        return self._do(lambda store: store.set(key, value, expire), False)
 
     def delete(self, key: str) -> bool:
         self._front.pop(key, None)
-        return bool(self._do(lambda c: c.delete(key), False))
+        return bool(self._do(lambda store: store.delete(key), False))
 
     def _check_generation(self, now: float) -> None:
-        if now - self._generation_checked_at < GENERATION_CHECK_SECONDS:
+        active = self._active or self._stores[-1]
+        if now - self._generation_checked_at < active.store.generation_interval:
             return
         self._generation_checked_at = now
-        try:
-            stat = os.stat(os.path.join(self.directory, GENERATION_FILE))
-            generation: Any = (stat.st_ino, stat.st_mtime_ns)
-        except OSError:
-            generation = None
+        # Which store answers is part of the generation: a switch between Redis and the local
+        # directory invalidates every copy and every reply reused from the other one.
+        generation = self._do(lambda store: (store.name, store.generation()), None)
+        if generation is None:
+            generation = (self._local.name, self._local.generation())
         if generation != self._generation:
             self._generation = generation
             self._front.clear()
 
     def generation(self) -> Any:
         """The memo's generation as this process last saw it (rechecked at most every
-        GENERATION_CHECK_SECONDS): it changes when any process purges, finds a mirror failing
-        or publishes a survey."""
+        GENERATION_CHECK_SECONDS, or the shared store's interval): it changes when any process
+        purges, finds a mirror failing or publishes a survey, and when the store that answers
+        changes (Redis unreachable, or back)."""
         self._check_generation(time.monotonic())
         return self._generation
 
@@ -222,28 +242,21 @@ class Memo:
         """Tell every process to drop its in-process copies (after a purge, a mirror found
         dead, a new survey); this one looks again at once."""
         self._front.clear()
-        target = os.path.join(self.directory, GENERATION_FILE)
-        temporary = f"{target}.{os.getpid()}.{threading.get_ident()}"
-        try:
-            # A new file each time: its inode and time tell every process, for one stat().
-            with open(temporary, "w") as marker:
-                marker.write(f"{time.time()}\n")
-            os.replace(temporary, target)
-        except OSError:
-            pass  # no memo directory: no other process to tell either
+        if self._do(lambda store: store.bump_generation() or True, None) is None:
+            self._local.bump_generation()  # no memo: the file alone, if it can be written
         self._generation_checked_at = float("-inf")
 
     def add_to_dict(self, key: str, mapping: Dict[str, Any], expire: Optional[float]) -> bool:
         """Add mapping's new keys to the dict stored under key, atomically across processes.
         Keys already there keep their value, so that what others derived from them stays."""
-        def update(cache: diskcache.Cache) -> bool:
-            with cache.transact():
-                current = cache.get(key) or {}
-                if all(k in current for k in mapping):
-                    return True
-                current.update((k, v) for k, v in mapping.items() if k not in current)
-                return cache.set(key, current, expire=expire)
-        return self._do(update, False)
+        def merge(current: Any) -> Any:
+            current = current if isinstance(current, dict) else {}
+            if all(k in current for k in mapping):
+                return current
+            merged = dict(current)
+            merged.update((k, v) for k, v in mapping.items() if k not in current)
+            return merged
+        return self._do(lambda store: store.update(key, merge, expire) is not None, False)
 
     # -- facts (see lifetimes) -----------------------------------------------------------------
     def put(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
@@ -257,7 +270,7 @@ class Memo:
         one that stored it. Without a working memo nobody does."""
         self._front.pop(fact.key, None)
         stored = Stored(value, time.time())
-        return bool(self._do(lambda c: c.add(fact.key, stored, expire=fact.keep_for), False))
+        return bool(self._do(lambda store: store.add(fact.key, stored, fact.keep_for), False))
 
     def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
         """The stored fact, fresh or not (for last-known answers). front: through this
@@ -279,15 +292,14 @@ class Memo:
     def update(self, fact: Fact, change: Callable[[Any], Any], default: Any) -> Any:
         """Replace the value stored as `fact` (None when absent) by change(value), atomically
         across processes, and return it; `default` without a working memo. The fact counts
-        as learnt now and expires with it."""
-        def apply(cache: diskcache.Cache) -> Any:
-            with cache.transact():
-                stored = cache.get(fact.key)
-                value = change(stored.value if isinstance(stored, Stored) else None)
-                cache.set(fact.key, Stored(value, time.time()), expire=fact.keep_for)
-                return value
+        as learnt now and expires with it. change() may run more than once (Redis retries a
+        lost race), so it must not have side effects."""
+        def apply(current: Any) -> Stored:
+            return Stored(change(current.value if isinstance(current, Stored) else None),
+                          time.time())
         self._front.pop(fact.key, None)
-        return self._do(apply, default)
+        stored = self._do(lambda store: store.update(fact.key, apply, fact.keep_for), None)
+        return default if stored is None else stored.value
 
     def count(self, fact: Fact) -> int:
         """Add one to the counter stored as `fact` and return it; 0 without a working memo."""
@@ -295,33 +307,24 @@ class Memo:
 
     # -- cross-process locks ------------------------------------------------------------------
     def try_lock(self, name: str, hold_for: float) -> Optional[str]:
-        """Take a named lock shared by all processes, or None when another holder has it.
-        Returns the holder's token, which unlock() needs: a lock that expired (hold_for
-        seconds, so that a holder that died blocks nobody for long) and was taken by another
-        is not released by its first holder. Without a working memo every caller gets the
-        lock (no coordination is better than no answer); a memo that is merely busy (another
-        process holds the database a moment) gives it to nobody."""
-        token = f"{os.getpid()}:{threading.get_ident()}:{next(_TOKENS)}"
-        cache = self._open()
-        if cache is None:
-            return token
-        try:
-            return token if cache.add(f"lock:{name}", token, expire=hold_for) else None
-        except diskcache.Timeout:
+        """Take a named lock shared by all processes (of every proxy, with a shared memo), or
+        None when another holder has it. Returns the holder's token, which unlock() needs: a
+        lock that expired (hold_for seconds, so that a holder that died blocks nobody for
+        long) and was taken by another is not released by its first holder. Without a working
+        memo every caller gets the lock (no coordination is better than no answer); a memo
+        that is merely busy (another process holds the database a moment) gives it to
+        nobody."""
+        token = f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{next(_TOKENS)}"
+        busy = object()
+        taken = self._do(lambda store: store.add(f"lock:{name}", token, hold_for), None,
+                         on_busy=busy)
+        if taken is busy:
             return None
-        except Exception as exc:
-            with self._lock:
-                if self._cache is cache:
-                    self._fail(exc)
-            return token
+        return token if taken is None or taken else None
 
     def locked(self, name: str) -> bool:
         """Whether some process holds the named lock now."""
         return self.get(f"lock:{name}") is not None
 
     def unlock(self, name: str, token: str) -> None:
-        def release(cache: diskcache.Cache) -> None:
-            with cache.transact():
-                if cache.get(f"lock:{name}") == token:
-                    cache.delete(f"lock:{name}")
-        self._do(release, None)
+        self._do(lambda store: store.delete_if(f"lock:{name}", token), None)

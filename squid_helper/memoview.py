@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import diskcache
 
-from .memo import give_files_to_directory_owner
+from .stores import give_files_to_directory_owner
 
 DATABASE = diskcache.core.DBNAME  # "cache.db"
 # diskcache stores a str key as it is, with raw=1 (a key of any other type is pickled).

@@ -77,6 +77,25 @@ def squid_user_problems(config: Config, config_path: str,
     return problems, True
 
 
+def shared_memo_problem(url: str) -> Optional[str]:
+    """Why the helpers could not use the shared memo at `url` now (one PING), or None."""
+    from .stores import RedisStore, redacted
+
+    store = None
+    try:
+        store = RedisStore(url)
+        store.ping()
+        return None
+    except Exception as exc:
+        return (f"the shared memo {redacted(url)} does not answer ({type(exc).__name__}: "
+                f"{exc}); the helpers will answer from their local memo (cache_dir) until it "
+                "does. Check that redis-server runs there, listens on that address (bind, "
+                "protected-mode) and that the password in the URL is its requirepass")
+    finally:
+        if store is not None:
+            store.close()
+
+
 def helper_config_of(argv: Sequence[str]) -> Optional[str]:
     """The --config of a running `squid-helper rewrite|storeid` command line, or None when
     argv is no such helper. Without --config, the helper's default applies."""

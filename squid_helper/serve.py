@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import yaml
 
@@ -37,6 +37,7 @@ from .squidconf import (
     render,
 )
 from .squiduser import SquidUserError, detect_squid_user
+from .stores import redacted
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
@@ -118,6 +119,31 @@ def check_port_free(address: str, port: int, what: str) -> None:
             raise ServeError(f"{what} {port} on {address} is already in use ({exc.strerror}); "
                              f"is another Squid running? (see: ss -ltnp 'sport = :{port}'). "
                              f"Pick another with {option}") from None
+
+
+def check_udp_port_free(address: str, port: int) -> None:
+    """The fleet's HTCP port (htcp_port in repos.yaml) must be free for this Squid."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            raise ServeError(f"HTCP port {port} (htcp_port in repos.yaml) on {address} is not "
+                             f"free ({exc.strerror}); is another Squid of the fleet running "
+                             "on this host? Give each its own --listen address, or stop it"
+                             ) from None
+
+
+def fleet_peers(peers: Tuple[Tuple[str, int], ...], listen: str,
+                port: int) -> Tuple[Tuple[str, int], ...]:
+    """The peers of repos.yaml without this proxy itself (its --listen address or its host
+    name as `hostname` prints it, on its --port), so that every proxy of a fleet can share
+    one list. No DNS lookup: serve must not hang on a resolver."""
+    if not peers:
+        return ()
+    me = {listen.lower(), socket.gethostname().lower()}
+    return tuple((host, peer_port) for host, peer_port in peers
+                 if not (peer_port == port and host.lower() in me))
 
 
 def _is_root() -> bool:
@@ -265,6 +291,7 @@ def _instructions(args: argparse.Namespace, config_path: Path, directory: Path,
     host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
     vhost = sorted(config.virtual_hosts)[0]
     repo = next(iter(config.repos))
+    fleet = _fleet_note(config, args)
     return f"""
 Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on port \
 {args.accel_port}). On each build slave:
@@ -281,11 +308,22 @@ Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on por
   or, without proxy=, the old repoproxy style:
     baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
 
-Files: {directory}/squid.conf, logs in {log_dir} (access.log, cache.log, helper.log).
+{fleet}Files: {directory}/squid.conf, logs in {log_dir} (access.log, cache.log, helper.log).
 Purge a file: {helper_executable()} purge --config {config_path} --proxy {host}:{args.port} \
 http://{vhost}/{repo}/<releasever>/<arch>/<path>
 Stop with Ctrl-C (SIGTERM); reload {args.config} with SIGHUP.
 """
+
+
+def _fleet_note(config, args: argparse.Namespace) -> str:
+    peers = fleet_peers(config.peers, args.listen, args.port)
+    lines = []
+    if peers:
+        lines.append(f"Fleet: HTCP siblings {', '.join(f'{h}:{p}' for h, p in peers)} "
+                     f"(HTCP port {config.htcp_port}).")
+    if config.memo:
+        lines.append(f"Shared memo: {redacted(config.memo)}.")
+    return "".join(line + "\n" for line in lines)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -313,6 +351,7 @@ def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directo
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
+        peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
         shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=squid_tls_library(squid),
         **network_params(config),
@@ -355,12 +394,15 @@ def reload_squid(args: argparse.Namespace, squid: str, conf: Path, directory: Pa
 def _serve(args: argparse.Namespace) -> int:
     if args.port == args.accel_port:
         raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
-    load_config(args.config)
+    config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
     root = _is_root()
     user = squid_user(args, squid, root)
     for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
         check_port_free(args.listen, port, what)
+    peers = fleet_peers(config.peers, args.listen, args.port)
+    if peers:
+        check_udp_port_free(args.listen, config.htcp_port)
 
     directory = Path(args.dir).resolve()
     log_dir = Path(args.log_dir).resolve() if getattr(args, "log_dir", None) else (

@@ -37,6 +37,18 @@ LOCAL_GUARD = """\
 acl to_linklocal dst 169.254.0.0/16 fe80::/10
 http_access deny !repo_virtual !repo_accel to_localhost
 http_access deny !repo_virtual !repo_accel to_linklocal"""
+# With peers, a peer's fetch of what it found here (HTCP) names a mirror URL: on a lab whose
+# mirrors live on loopback (a test), the guard would refuse it.
+LOCAL_GUARD_FLEET = """\
+# No client reaches this host's own services, or link-local ones (cloud metadata), through the
+# proxy. Repo URLs are exempt, and checked first so that no DNS lookup happens for them: the
+# virtual host never resolves, and an accel request is addressed to this host until the helper
+# rewrites it to a mirror. So are requests with only-if-cached (a peer fetching what it found
+# here over HTCP): Squid answers them from its cache or with a 504, never contacting the host.
+acl to_linklocal dst 169.254.0.0/16 fe80::/10
+acl cache_only req_header Cache-Control -i only-if-cached
+http_access deny !repo_virtual !repo_accel !cache_only to_localhost
+http_access deny !repo_virtual !repo_accel !cache_only to_linklocal"""
 LOCAL_UNGUARDED = """\
 # guard_local_destinations is off: clients may reach this host's own services through the
 # proxy (a test lab whose origin servers live on loopback; never in production)."""
@@ -76,7 +88,38 @@ TLS_OPENSSL = """\
 # (the helper verifies them against the same ca_file before it answers with them).
 tls_outgoing_options @TLS_OPTIONS@"""
 
+ACCEL_WITH_PEERS = """\
+# Rewritten accel requests may go to the mirror (allow-direct on the accel port: Squid denies
+# accel requests direct forwarding otherwise, ERR_READ_ERROR / 502) or to a peer that holds the
+# file. always_direct would do the first but skip the peers."""
+# The Squid option that says a peer answers HTCP (and which port), in cache_peer lines.
+FLEET_TEMPLATE = """\
+# --- The fleet -------------------------------------------------------------------------------
+# This proxy and its peers (peers: in repos.yaml) are HTCP siblings. A repo file this proxy
+# does not hold is first asked for at the peers, by its store-id key: Squid puts the key
+# (http://@STORE_ID_HOST@/<repo>/<releasever>/<arch>/<path>), not the mirror URL, into the
+# HTCP query, and every proxy's store_id helper gives every mirror's copy of a file that key.
+# So a peer that fetched the file from another mirror still answers a hit, and serves it: the
+# fetch names this proxy's mirror URL, which the peer's store_id helper maps to the same key.
+# A miss, or a peer that is down or slow to answer: the mirror, as without peers. Checked on
+# Squid 5.7; see "A fleet of proxies" in the README.
+htcp_port @HTCP_PORT@
+@UDP_ADDRESS@htcp_access allow fleet_peers
+htcp_access deny all
+# Squid sends a request straight to an origin it measured closer than minimum_direct_rtt
+# (400 ms by default), without asking the peers: after one fetch, every mirror of a lab is
+# that close, and the peers would never be asked again. 0: the peers are always asked.
+minimum_direct_rtt 0
+minimum_direct_hops 0
+# no-digest: asked over HTCP each time. A cache digest is rebuilt hourly, and would not show
+# what a peer fetched since. A sibling is asked with only-if-cached: it never fetches a file
+# from a mirror for another proxy; only repo files are asked for (not the generic proxy's).
+@PEER_LINES@"""
+
 _PLACEHOLDER_RE = re.compile(r"@([A-Z_]+)@")
+# A placeholder alone on its line whose text is empty leaves no line at all: the rendering
+# without a fleet is the same as before fleets existed.
+_EMPTY_LINE_RE = re.compile(r"^@([A-Z_]+)@\n", re.M)
 _TOKEN_RE = re.compile(r"^[^\s#\"'\\]+$")
 _SIZE_RE = re.compile(r"^[0-9]+ (KB|MB|GB)$")
 
@@ -104,6 +147,9 @@ class SquidConfParams:
     pid_file: str = "/run/squid.pid"
     coredump_dir: str = "/var/spool/squid"
     lab_networks: Tuple[str, ...] = DEFAULT_LAB_NETWORKS
+    # The fleet's other proxies, (host, HTTP port): HTCP siblings. Empty: this proxy alone.
+    peers: Tuple[Tuple[str, int], ...] = ()
+    htcp_port: int = 4827  # on which this proxy and every peer answer HTCP
     virtual_hosts: Tuple[str, ...] = ("repoproxy",)  # host names only, without ports
     # Refuse client URLs to this host's own addresses and link-local ones. Off only for a lab
     # whose origin servers themselves live on loopback (tests, benchmarks).
@@ -161,6 +207,44 @@ def _size(name: str, value: str) -> str:
     return value
 
 
+def peer_name(host: str, port: int) -> str:
+    """The cache_peer name= of a peer: unique for each (host, port), one word."""
+    return "peer-" + re.sub(r"[^A-Za-z0-9.-]", "-", host) + f"-{port}"
+
+
+def fleet_lines(params: SquidConfParams, listen: str) -> Dict[str, str]:
+    """The fleet's placeholders: all empty for a proxy without peers."""
+    p = params
+    if not p.peers:
+        return {"FLEET": "", "FLEET_ACCESS": "", "ACCEL_ALLOW_DIRECT": ""}
+    htcp = _count("htcp_port", p.htcp_port, 1, 65535)
+    seen = set()
+    peer_lines = []
+    for host, port in p.peers:
+        _token("peers", host)
+        _count("peer port", port, 1, 65535)
+        if (host, port) in seen:
+            raise SquidConfError(f"peer {host}:{port} is listed twice")
+        seen.add((host, port))
+        name = peer_name(host, port)
+        peer_lines += [f"cache_peer {host} sibling {port} {htcp} htcp no-digest name={name}",
+                       f"cache_peer_access {name} allow repo_rewritten",
+                       f"cache_peer_access {name} deny all"]
+    # Bound to one address (serve --listen), HTCP must leave from it too: a Squid ignores
+    # queries that come from its own address, and several proxies on one host (a test) would
+    # otherwise all send from the same one.
+    udp = f"udp_incoming_address {listen.strip('[]')}\n" if listen else ""
+    fleet = FLEET_TEMPLATE
+    for key, value in (("HTCP_PORT", htcp), ("UDP_ADDRESS", udp),
+                       ("PEER_LINES", "\n".join(peer_lines)), ("STORE_ID_HOST", STORE_ID_HOST)):
+        fleet = fleet.replace(f"@{key}@", value)
+    access = ("# The fleet's other proxies (peers: in repos.yaml) fetch what they found here over\n"
+              "# HTCP, like any lab client.\n"
+              f"acl fleet_peers src {' '.join(sorted({h for h, _ in p.peers}))}\n"
+              "http_access allow fleet_peers")
+    return {"FLEET": fleet, "FLEET_ACCESS": access, "ACCEL_ALLOW_DIRECT": " allow-direct"}
+
+
 def substitutions(params: SquidConfParams) -> Dict[str, str]:
     """Each template placeholder's text, validated: nothing can add a line to squid.conf."""
     p = params
@@ -188,7 +272,8 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
     tls = (TLS_GNUTLS if p.tls_library == "gnutls" else TLS_OPENSSL).replace(
         "@TLS_OPTIONS@", tls_options)
     if p.upstream_proxy is None:
-        forwarding = DIRECT
+        # With peers, always_direct would skip them: the accel port's allow-direct does its job.
+        forwarding = ACCEL_WITH_PEERS if p.peers else DIRECT
     else:
         if not isinstance(p.upstream_proxy, tuple) or len(p.upstream_proxy) != 2:
             raise SquidConfError(f"upstream_proxy must be (host, port) (got "
@@ -217,7 +302,8 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "LAB_NETWORKS": " ".join(_token("lab_networks", n) for n in p.lab_networks),
         "VIRTUAL_HOSTS": " ".join(_token("virtual_hosts", h) for h in p.virtual_hosts),
         "STORE_ID_HOST": STORE_ID_HOST,
-        "LOCAL_DESTINATIONS": LOCAL_GUARD if p.guard_local_destinations else LOCAL_UNGUARDED,
+        "LOCAL_DESTINATIONS": (LOCAL_UNGUARDED if not p.guard_local_destinations
+                               else LOCAL_GUARD_FLEET if p.peers else LOCAL_GUARD),
         "FORWARDING": forwarding,
         "TLS_OUTGOING": tls,
         "EFFECTIVE_USER": _token("effective_user", p.effective_user),
@@ -232,6 +318,7 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "STOREID_CONCURRENCY": _count("storeid_concurrency", p.storeid_concurrency),
         "SHUTDOWN_LIFETIME": _count("shutdown_lifetime", p.shutdown_lifetime),
         "GENERATED_BY": p.generated_by,
+        **fleet_lines(p, listen),
     }
     return values
 
@@ -240,6 +327,7 @@ def render(params: Optional[SquidConfParams] = None, template: Optional[str] = N
     """squid.conf text for params (the defaults give squid.conf.example)."""
     values = substitutions(params or SquidConfParams())
     text = template_text() if template is None else template
+    text = _EMPTY_LINE_RE.sub(lambda m: m.group(0) if values.get(m.group(1), "x") else "", text)
     missing = sorted(set(_PLACEHOLDER_RE.findall(text)) - set(values))
     if missing:
         raise SquidConfError(f"template placeholders without a value: {', '.join(missing)}")

@@ -22,6 +22,7 @@ from lab.mirrors import (
     dead_url,
     make_snapshot,
 )
+from lab.redis import RedisServer
 from lab.rpmrepo import build_snapshots
 from lab.squid import SQUID_USER
 
@@ -90,3 +91,12 @@ def rpm_snapshots(tmp_path_factory) -> Dict[str, Path]:
     see lab.rpmrepo.build_snapshots. Built once per test module (a test may touch its files)."""
     require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
     return build_snapshots(tmp_path_factory.mktemp("rpmrepo"))
+
+
+# -- a shared memo -------------------------------------------------------------------------------
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port (no persistence), stopped at the end."""
+    require("redis-server", root=False)
+    with RedisServer() as server:
+        yield server
