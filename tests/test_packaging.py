@@ -298,7 +298,7 @@ def test_install_deps_uses_dnf_and_el_names_where_there_is_no_apt_get(tmp_path):
     result, calls = run_install_deps(tmp_path, ["dnf"])
     assert result.returncode == 0, result.stderr
     assert calls == ["dnf install -y -q squid createrepo_c rpm-build rpm systemd logrotate "
-                     "python3"]  # squid once, though squid and squidclient both come from it
+                     "redis python3"]  # squid once, though squid and squidclient both come from it
     assert "installing EL/Fedora packages" in result.stdout
 
 
@@ -309,7 +309,7 @@ def test_install_deps_prefers_apt_get_with_debian_names(tmp_path):
     # dnf is there (a stub), so only its package is not asked for
     assert calls == ["apt-get update -qq",
                      "apt-get install -y -qq --no-install-recommends squid squidclient "
-                     "createrepo-c rpm rpm2cpio systemd logrotate python3-venv"]
+                     "createrepo-c rpm rpm2cpio systemd logrotate redis-server python3-venv"]
 
 
 def test_install_deps_without_a_package_tool_says_what_is_needed(tmp_path):
