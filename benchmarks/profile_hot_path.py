@@ -28,7 +28,7 @@ from common import (
     workdir,
 )
 
-from squid_helper.config import load_config
+from squid_helper.configfile import load_config
 from squid_helper.helperloop import HelperLoop
 from squid_helper.memo import Memo
 from squid_helper.resolver import Resolver

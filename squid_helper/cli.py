@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .config import NUMERIC_SETTINGS, Config, ConfigError, load_config
+from .config import NUMERIC_SETTINGS, Config, ConfigError
+from .configfile import load_config
 from .helperloop import Handler, HelperLoop
 from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .logsetup import setup_logging

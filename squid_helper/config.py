@@ -11,7 +11,6 @@ import os
 import re
 import ssl
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 from urllib.parse import SplitResult, urlsplit
 
@@ -375,16 +374,6 @@ def _parse_memo(value: Any, report: _Reporter) -> Optional[str]:
     return value
 
 
-def parse_config(text: str, path: str = "<config>") -> Config:
-    """Validate a repos.yaml, or a config in the original repoproxy's INI form (detected by
-    iniconfig.looks_like_ini), and return the Config it describes."""
-    from .iniconfig import looks_like_ini, parse_ini_config  # it builds on this module
-
-    if looks_like_ini(text, path):
-        return parse_ini_config(text, path)
-    return parse_yaml_config(text, path)
-
-
 def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     """Validate the YAML text of a repos.yaml and return the Config it describes."""
     duplicates: list = []
@@ -502,14 +491,3 @@ def _ini_hint(text: str) -> str:
         return ("; if this is the original repoproxy's INI form ([repo] sections with "
                 "mirrorurl=...), its first line, comments aside, must be a [repo] line")
     return ""
-
-
-def load_config(path: str) -> Config:
-    """Read and validate a repos.yaml file (or the original repoproxy's INI form)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: is not UTF-8 text") from None
-    return parse_config(text, path)

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .configfile import load_config
 
 HELPER_ROLES = ("rewrite", "storeid")
 

@@ -27,7 +27,8 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from .config import Config, ConfigError, load_config, parse_upstream_proxy
+from .config import Config, ConfigError, parse_upstream_proxy
+from .configfile import load_config
 from .iniconfig import as_yaml, looks_like_ini
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,

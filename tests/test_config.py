@@ -16,10 +16,9 @@ from squid_helper.config import (
     Config,
     ConfigError,
     Repo,
-    load_config,
-    parse_config,
     validate_template,
 )
+from squid_helper.configfile import load_config, parse_config
 
 PATH = "/etc/squid-helper/repos.yaml"
 BUNDLED = Path(__file__).resolve().parent.parent / "repos.yaml"

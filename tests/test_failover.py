@@ -238,7 +238,7 @@ def test_accel_port_urls_map_by_myport(tmp_path, fleet):
 
 
 def test_a_purge_in_another_process_is_seen_within_a_second(tmp_path, fleet):
-    from squid_helper.config import load_config
+    from squid_helper.configfile import load_config
     from squid_helper.memo import Memo
     from squid_helper.resolver import Resolver
     from squid_helper.urls import map_url

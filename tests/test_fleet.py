@@ -31,7 +31,8 @@ from lab.rpmrepo import (
 )
 from lab.serve import ServeProcess
 from lab.squid import SquidInstance, WorldReadableDir
-from squid_helper.config import ConfigError, parse_config
+from squid_helper.config import ConfigError
+from squid_helper.configfile import parse_config
 from squid_helper.serve import fleet_peers
 from squid_helper.squidconf import SquidConfError, SquidConfParams, render
 from squid_helper.storeid import STORE_ID_HOST

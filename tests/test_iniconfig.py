@@ -15,10 +15,9 @@ from squid_helper.config import (
     Config,
     ConfigError,
     Repo,
-    load_config,
-    parse_config,
     parse_yaml_config,
 )
+from squid_helper.configfile import load_config, parse_config
 from squid_helper.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 
 PATH = "/etc/repoproxy/repos.ini"

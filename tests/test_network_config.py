@@ -12,7 +12,8 @@ import pytest
 from lab.helper import helper_command
 from lab.squid import WorldReadableDir
 from lab.tls import LabCA
-from squid_helper.config import ConfigError, load_config, parse_config, parse_upstream_proxy
+from squid_helper.config import ConfigError, parse_upstream_proxy
+from squid_helper.configfile import load_config, parse_config
 
 from conftest import require
 

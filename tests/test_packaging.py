@@ -20,7 +20,7 @@ import pytest
 from lab.helper import helper_command
 from lab.systemd import command_line, unit_settings
 from squid_helper import __version__
-from squid_helper.config import load_config
+from squid_helper.configfile import load_config
 from squid_helper.squidconf import ERROR_PAGES_UNDER_PREFIX
 from squid_helper.squiduser import detect_squid_user
 

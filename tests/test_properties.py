@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from squid_helper.config import parse_config
+from squid_helper.configfile import parse_config
 from squid_helper.helperloop import HelperLoop
 from squid_helper.protocol import err, ok, parse_request
 from squid_helper.urls import (

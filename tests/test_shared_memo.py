@@ -17,7 +17,7 @@ import pytest
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer
 from lab.wait import wait_for
-from squid_helper.config import parse_config
+from squid_helper.configfile import parse_config
 from squid_helper.lifetimes import Fact
 from squid_helper.memo import Memo
 from squid_helper.stores import REDIS_PREFIX, redacted

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from squid_helper.config import Config, parse_config
+from squid_helper.config import Config
+from squid_helper.configfile import parse_config
 from squid_helper.sources import (
     HASH_TYPES,
     MirrorSet,

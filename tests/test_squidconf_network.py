@@ -12,7 +12,7 @@ import yaml
 
 from lab.helper import helper_command
 from lab.tls import LabCA
-from squid_helper.config import load_config
+from squid_helper.configfile import load_config
 from squid_helper.serve import (
     network_params,
     squid_tls_library,

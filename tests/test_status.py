@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.config import load_config
+from squid_helper.configfile import load_config
 from squid_helper.lifetimes import Lifetimes
 from squid_helper.memo import Memo, Stored
 from squid_helper.memoview import MemoView

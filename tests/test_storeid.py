@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from squid_helper.config import parse_config
+from squid_helper.configfile import parse_config
 from squid_helper.lifetimes import BASE_INDEX_KEY
 from squid_helper.memo import Memo
 from squid_helper.storeid import STORE_ID_HOST, StoreIdMapper

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squid_helper.config import Config, parse_config
+from squid_helper.config import Config
+from squid_helper.configfile import parse_config
 from squid_helper.urls import (
     MAX_URL_LENGTH,
     NOT_OURS,
