@@ -47,6 +47,7 @@ $(STAMP): $(SOURCES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet '.[test]'
+	packaging/link-squid-error-pages $(VENV)/share/squid-helper/errors
 	chmod -R a+rX $(VENV)
 	if [ "$$(id -u)" = 0 ] && [ "$(VENV)" = /opt/squid-helper/venv ]; then \
 		ln -sfn $(VENV)/bin/squid-helper $(BIN_LINK); fi

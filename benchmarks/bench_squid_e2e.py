@@ -47,6 +47,7 @@ from common import (
 from lab.httpclient import DriveStats, KeepAliveClient, get_request, http_get
 from lab.mirrors import MirrorServer
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
+from lab.wait import wait_for
 from squid_helper.squidconf import SquidConfParams
 
 GOAL = 0.9
@@ -222,8 +223,13 @@ def main() -> int:
                         print("helper.log:", helper_log.read_text()[-3000:])
                         return 1
                 print(f"warm-up {side.name}: {args.packages} misses, then {args.packages} hits")
+            # The helper verifies its unprobed package answers in the background, paced by
+            # max_probes_per_second (50): let it finish, or its HEADs land in the measured rounds.
+            verified = wait_for(lambda: good.count("HEAD", path_contains="/Packages/")
+                                >= args.packages, timeout=args.packages / 20 + 30, step=0.2)
             print(f"probes at the mirror during warm-up: {good.count('HEAD')} HEAD, "
-                  f"{good.count('GET', path_contains='/Packages/')} GET")
+                  f"{good.count('GET', path_contains='/Packages/')} GET"
+                  + ("" if verified else " (the background verification did not finish)"))
 
             mirror_before = good.count(path_contains="/Packages/")
             rates: Dict[str, List[float]] = {side.name: [] for side in sides}

@@ -599,3 +599,6 @@ def test_the_client_reads_why_a_repo_url_cannot_be_served(world, rpm_snapshots, 
         result = client.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
         assert result.returncode != 0
         assert "503" in dnf_output(result), dnf_output(result)
+        # error_directory holds Squid's stock pages too (linked in by make install): Squid
+        # loads some of them at start and logs an ERROR for each one it cannot find.
+        assert "ERROR: loading file" not in squid.cache_log(), squid.cache_log()[-3000:]
