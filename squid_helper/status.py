@@ -13,7 +13,10 @@ Schema (version 1; fields are only ever added):
     squid         {proxy, reachable, problem, requests, hits, hit_ratio, bytes_sent,
                    hit_bytes_sent, byte_hit_ratio}   (counts since Squid started; null when
                    not reachable; hit_ratio null before the first request)
-    repos[]       {name, kind: "mirrorlist" | "metalink" | "mirrors", trees[]}
+    repos[]       {name, kind: "mirrorlist" | "metalink" | "mirrors", trees[], source_host}
+      source_host the mirror list's or metalink's host, as for a mirror below: {host, health,
+                  until, reason, last_probe}; null for static mirrors (a source that fails
+                  before any list arrives leaves no tree, only this)
       trees[]     one per releasever/arch seen in the memo:
                   {releasever, arch, answers (memoised path answers, last-known ones
                    included), not_found (memoised "no mirror has it" answers),
@@ -123,22 +126,27 @@ def _verdict(survey: Optional[Stored], base: str) -> Optional[str]:
     return verdicts[base] or "unusable"
 
 
-def _mirror(base: str, facts: MemoFacts, survey: Optional[Stored], config: Config,
-            now: float) -> Dict[str, Any]:
-    host = host_of(base)
-    latency = facts.latency.get(host)
+def _host(host: str, facts: MemoFacts, config: Config, now: float) -> Dict[str, Any]:
+    """A host's health and its last answer, as any helper last saw them."""
     probe = facts.last_probe.get(host)
     last = None
     if probe is not None and isinstance(probe.value, dict):
         last = {"at": probe.at, "age_seconds": max(0.0, now - probe.at),
                 "outcome": probe.value.get("outcome"), "detail": probe.value.get("detail"),
                 "seconds": probe.value.get("elapsed"), "url": probe.value.get("url")}
-    return {"url": base, "host": host,
+    return {"host": host,
             **host_health(facts.unhealthy.get(host), facts.backoff.get(host),
                           config.unhealthy_ttl, now),
-            "verdict": _verdict(survey, base),
-            "latency_seconds": float(latency.value) if latency is not None else None,
             "last_probe": last}
+
+
+def _mirror(base: str, facts: MemoFacts, survey: Optional[Stored], config: Config,
+            now: float) -> Dict[str, Any]:
+    host = host_of(base)
+    latency = facts.latency.get(host)
+    return {"url": base, **_host(host, facts, config, now),
+            "verdict": _verdict(survey, base),
+            "latency_seconds": float(latency.value) if latency is not None else None}
 
 
 def _tree(repo: str, releasever: str, arch: str, facts: MemoFacts, config: Config,
@@ -206,7 +214,11 @@ def build_status(config: Config, facts: MemoFacts, squid: Dict[str, Any],
             parts = triple.split("/")
             if len(parts) == 3 and parts[0] == name:
                 trees.append(_tree(name, parts[1], parts[2], facts, config, now))
-        repos.append({"name": name, "kind": repo.kind, "trees": trees})
+        source_host = None
+        if repo.kind != "mirrors" and repo.templates:
+            source_host = _host(host_of(repo.templates[0]), facts, config, now)
+        repos.append({"name": name, "kind": repo.kind, "trees": trees,
+                      "source_host": source_host})
     return {"schema": SCHEMA, "time": now, "config": config.path,
             "memo": {"directory": facts.directory, "state": facts.state,
                      "problem": facts.problem},
@@ -339,8 +351,15 @@ def render_table(status: Dict[str, Any]) -> str:
                                  "-" if latency is None else f"{latency * 1000:.0f} ms",
                                  _last_probe_text(mirror["last_probe"])])
                 lines.extend(_columns(rows, "  "))
-    quiet = [r["name"] for r in status["repos"] if not r["trees"]]
+    quiet = [r for r in status["repos"] if not r["trees"]]
     if quiet:
         lines.append("")
-        lines.append(f"No traffic yet: {', '.join(quiet)}")
+        lines.append(f"No traffic yet: {', '.join(r['name'] for r in quiet)}")
+        # A source that failed before any list arrived leaves no tree: say so here.
+        for repo in quiet:
+            source = repo["source_host"]
+            if source is not None and (source["health"] != HEALTHY or source["last_probe"]):
+                lines.append(f"  {repo['name']}: its {repo['kind']} host {source['host']} is "
+                             f"{_health_text(source, now)}; last answer "
+                             f"{_last_probe_text(source['last_probe'])}")
     return "\n".join(lines) + "\n"

@@ -371,3 +371,27 @@ def test_status_piped_to_head_exits_quietly(config):
         assert len(result.stdout.splitlines()) == 2
         assert result.stderr == "", result.stderr
         assert result.returncode == 141  # it did write into the closed pipe, as SIGPIPE would
+
+
+def test_a_source_that_failed_before_any_list_shows_under_no_traffic(config):
+    """The internet is unreachable: the first request for a repo finds its mirror list host
+    dead, and no tree is ever memoised. Status still says why, from the host's health."""
+    now = time.time()
+    memo = Memo.of(config)
+    life = Lifetimes(config)
+    memo.put(life.unhealthy("list.example"), "connection failed", at=now - 5)
+    memo.put(life.last_probe("list.example"), {"url": "http://list.example/ml?r=9&a=x86_64",
+                                               "outcome": FAILED, "detail": "connection failed",
+                                               "elapsed": 0.002}, at=now - 5)
+    memo.close()
+    status = build_status(config, read_memo(config.cache_dir), squid_section(None, None), now)
+    listed = next(r for r in status["repos"] if r["name"] == "listed")
+    assert listed["trees"] == []
+    assert listed["source_host"]["host"] == "list.example"
+    assert listed["source_host"]["health"] == "unhealthy"
+    assert listed["source_host"]["last_probe"]["outcome"] == FAILED
+    assert next(r for r in status["repos"] if r["name"] == "static")["source_host"] is None
+    table = render_table(status)
+    assert "  listed: its mirrorlist host list.example is unhealthy until" in table
+    assert "connection failed; last answer 5s ago: connection failed" in table
+    json.dumps(status)  # still one JSON document
