@@ -9,7 +9,7 @@ import os
 import pwd
 import shutil
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -53,6 +53,17 @@ def require(*commands: str, root: bool = True) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"end-to-end prerequisites missing in CI: {message}", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture
+def servers() -> Iterator[List[MirrorServer]]:
+    """Mirror servers a test starts (it appends them); each is stopped at the end unless the
+    test stopped it itself."""
+    started: List[MirrorServer] = []
+    yield started
+    for server in started:
+        if not server.stopping.is_set():
+            server.stop()
 
 
 # -- fake repositories on real mirrors -----------------------------------------------------------

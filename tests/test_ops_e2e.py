@@ -47,15 +47,6 @@ def world() -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture
-def servers() -> Iterator[List[MirrorServer]]:
-    started: List[MirrorServer] = []
-    yield started
-    for server in started:
-        if not server.stopping.is_set():
-            server.stop()
-
-
 def squid_for(world: Path, mirrors: List[str]) -> Tuple[SquidInstance, Path]:
     accel = free_port()
     data = {"virtual_hosts": ["repoproxy"], "accel_ports": [accel],

@@ -10,9 +10,7 @@ mirror with indexes off does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List
-
-import pytest
+from typing import List
 
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.httpclient import http_get
@@ -25,14 +23,6 @@ from conftest import require
 ROOTS = ["http://repoproxy/test/9/x86_64", "http://repoproxy/test/9/x86_64/"]
 ACCEL = "127.0.0.1/- - GET myip=127.0.0.1 myport=5000"
 ACCEL_ROOTS = ["http://myproxy:5000/test/9/x86_64", "http://myproxy:5000/test/9/x86_64/"]
-
-
-@pytest.fixture
-def servers() -> Iterator[List[MirrorServer]]:
-    started: List[MirrorServer] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def serve(servers: List[MirrorServer], root, **options) -> MirrorServer:

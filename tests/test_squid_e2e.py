@@ -50,16 +50,6 @@ def world() -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture
-def servers() -> Iterator[List[MirrorServer]]:
-    """Mirror servers a test starts; each is stopped at the end if the test has not."""
-    started: List[MirrorServer] = []
-    yield started
-    for server in started:
-        if not server.stopping.is_set():
-            server.stop()
-
-
 def mirror(servers: List[MirrorServer], root: Path, behaviour: str = GOOD,
            documents=None, delay: float = 0.0) -> MirrorServer:
     server = MirrorServer(root, behaviour, documents=documents, delay=delay).start()

@@ -47,16 +47,6 @@ def world() -> Iterator[Path]:
 
 
 @pytest.fixture
-def servers() -> Iterator[List[MirrorServer]]:
-    """Mirror servers a test starts; each is stopped at the end if the test has not."""
-    started: List[MirrorServer] = []
-    yield started
-    for server in started:
-        if not server.stopping.is_set():
-            server.stop()
-
-
-@pytest.fixture
 def ca(world: Path) -> LabCA:
     return LabCA(world / "tls")
 
