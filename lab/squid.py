@@ -45,6 +45,20 @@ HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
 
 
 # -- the proxy user ------------------------------------------------------------------------------
+def parse_problems(conf: Path) -> Tuple[str, List[str]]:
+    """`squid -k parse` of a squid.conf: its output, and the lines that are a problem (errors,
+    and warnings other than the refresh_pattern options that knowingly bend HTTP's rules)."""
+    result = subprocess.run([shutil.which("squid") or "squid", "-k", "parse", "-f", str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    problems = [line for line in output.splitlines()
+                if any(word in line for word in ("FATAL", "ERROR", "Bungled", "UNKNOWN"))
+                or ("WARNING" in line and "violates HTTP" not in line)]
+    if result.returncode != 0:
+        problems.append(f"squid -k parse exited {result.returncode}")
+    return output, problems
+
+
 def chown_proxy(*paths: Path) -> None:
     """Give the proxy user what Squid and its helpers write (recursively)."""
     if os.geteuid() != 0:

@@ -142,15 +142,17 @@ class _Reporter:
         self.path = path
         self.lines = lines
 
-    def error(self, keys: Tuple[str, ...], message: str) -> ConfigError:
-        line = None
+    def where(self, keys: Tuple[str, ...]) -> str:
+        """file:line of the deepest of keys the file names (the file alone if none)."""
         for depth in range(len(keys), 0, -1):
             line = self.lines.get(keys[:depth])
             if line is not None:
-                break
-        where = f"{self.path}:{line}" if line else self.path
+                return f"{self.path}:{line}"
+        return self.path
+
+    def error(self, keys: Tuple[str, ...], message: str) -> ConfigError:
         dotted = ".".join(keys) if keys else "(top level)"
-        return ConfigError(f"{where}: {dotted}: {message}")
+        return ConfigError(f"{self.where(keys)}: {dotted}: {message}")
 
 
 def validate_template(url: str) -> Optional[str]:

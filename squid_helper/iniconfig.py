@@ -70,12 +70,7 @@ class _IniReporter(_Reporter):
     """Errors worded with the INI file's own names: '[section] key', not 'repos.section.key'."""
 
     def error(self, keys: Tuple[str, ...], message: str) -> ConfigError:
-        line = None
-        for depth in range(len(keys), 0, -1):
-            line = self.lines.get(keys[:depth])
-            if line is not None:
-                break
-        where = f"{self.path}:{line}" if line else self.path
+        where = self.where(keys)
         names = keys[1:]  # keys[0] is always 'repos'
         label = f"[{names[0]}]" if names else "(file)"
         if len(names) > 1:
