@@ -4,6 +4,8 @@ pids to go, and a process's memory and open file descriptors."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -50,6 +52,28 @@ def wait_gone(pids: Sequence[int], timeout: float) -> List[int]:
         time.sleep(0.1)
         left = [p for p in left if alive(p)]
     return left
+
+
+def kill_leftovers(pids: Sequence[int], timeout: float = 10.0) -> None:
+    """SIGKILL every one of pids still alive, and wait for them to go."""
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wait_gone(pids, timeout)
+
+
+def kill_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """A test's cleanup: a process still running is killed, and every process it started
+    (Squid, its helpers) with it."""
+    if process.poll() is not None:
+        return
+    leftovers = descendants(process.pid)
+    process.kill()
+    process.wait(timeout=timeout)
+    kill_leftovers(leftovers, timeout)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ that Squid and every helper went with it.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from lab.helper import helper_command
-from lab.procfs import alive, descendants, wait_gone
+from lab.procfs import descendants, kill_leftovers, wait_gone
 
 START_TIMEOUT = 90.0
 
@@ -92,12 +91,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        for pid in wait_gone(sorted(leftovers), 10):
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_leftovers(wait_gone(sorted(leftovers), 10))
         return process.returncode
 
     def __enter__(self) -> ServeProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import socket
@@ -16,7 +15,7 @@ import yaml
 
 from lab.helper import helper_command
 from lab.mirrors import MirrorServer, free_port
-from lab.procfs import alive, descendants, wait_gone
+from lab.procfs import descendants, kill_tree, wait_gone
 from lab.rpmrepo import NEW_RPMS, REPO, TEMPLATE_PATH, VIRTUAL_BASE, WANTED, DnfClient, dnf_output
 from lab.squid import WorldReadableDir
 from squid_helper import serve as serve_module
@@ -91,13 +90,8 @@ def test_serve_runs_squid_for_dnf_and_stops_on_sigterm(rpm_snapshots):
             with socket.socket() as sock:  # the port is free again
                 sock.bind(("127.0.0.1", port))
     finally:
-        if process is not None and process.poll() is None:
-            leftovers = descendants(process.pid)
-            process.kill()
-            process.wait(timeout=10)
-            for pid in leftovers:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        if process is not None:
+            kill_tree(process)
         good.stop()
 
 

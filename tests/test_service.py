@@ -20,7 +20,7 @@ import yaml
 from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import MirrorServer, free_port
-from lab.procfs import alive, descendants, wait_gone
+from lab.procfs import alive, descendants, kill_tree, wait_gone
 from lab.squid import WorldReadableDir
 from lab.systemd import (
     NotifySocket,
@@ -209,12 +209,5 @@ def test_the_units_commands_start_reload_rotate_and_stop_the_proxy(snapshots):
                 sock.bind(("127.0.0.1", port))  # (TIME_WAIT left by Squid does not count)
             assert "Squid stopped" in "".join(output.out)
         finally:
-            if process.poll() is None:
-                leftovers = descendants(process.pid)
-                process.kill()
-                process.wait(timeout=10)
-                for pid in leftovers:
-                    if alive(pid):
-                        os.kill(pid, signal.SIGKILL)
-                wait_gone(leftovers, 10)
+            kill_tree(process)
             notify.close()

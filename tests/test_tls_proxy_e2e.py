@@ -7,7 +7,6 @@ Fails (never skips) with CI=true when squid, dnf, createrepo_c or rpmbuild is mi
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import signal
@@ -27,7 +26,7 @@ from test_squid_e2e import assert_installed, diagnosis, rpm_requests, slave, sta
 from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import MirrorServer, dead_url, free_port
-from lab.procfs import alive, descendants
+from lab.procfs import kill_tree
 from lab.rpmrepo import PACKAGES_PATH, REPO, TEMPLATE_PATH, TREE, DnfClient, dnf_output
 from lab.squid import ParentSquid, SquidInstance, WorldReadableDir
 from lab.tls import LabCA
@@ -251,13 +250,7 @@ def test_serve_gives_squid_the_ca_file_and_the_parent_of_repos_yaml(world, rpm_s
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, process.stderr.read()
     finally:
-        if process.poll() is None:
-            leftovers = descendants(process.pid)
-            process.kill()
-            process.wait(timeout=10)
-            for pid in leftovers:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        kill_tree(process)
     fetched = [e.url for e, _ in parent.requests() if e.method == "GET"]
     assert f"{good.url}pub/9/x86_64/Packages/{RPMS[0]}" in fetched, fetched
     assert f"{good.url}pub/9/x86_64/Packages/{RPMS[1]}" in fetched, fetched
