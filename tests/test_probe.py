@@ -30,7 +30,7 @@ def test_head_and_its_fallback_share_one_time_limit(slow_head_refuser):
     # Each request alone fits the limit; both together do not. It used to take 1.2 s and
     # count as found: a probe could last about twice probe_timeout (four times, hanging).
     assert result.outcome == FAILED and "timeout" in result.detail, result
-    assert took < 1.3, took
+    assert took < 1.5, took  # one limit plus scheduling slack, not two
 
 
 def test_the_fallback_gets_what_is_left_and_succeeds_within_it(snapshots):

@@ -101,7 +101,7 @@ def test_a_failing_source_host_rests_for_every_repo_it_serves(tmp_path):
             other = helper.ask("http://repoproxy/test/10/x86_64/Packages/common-1.0.rpm")
             took = time.monotonic() - started
     assert other.startswith("ERR message=") and "no mirror list" in other
-    assert took < 0.5, took
+    assert took < 0.8, took  # well under the probe_timeout a fetch would cost
     assert source.count("GET", "/list") == 1
 
 
