@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 from .config import Config
 from .flight import SingleFlight
 from .health import MirrorHealth
-from .lifetimes import BASE_INDEX_KEY, Lifetimes
+from .lifetimes import BASE_INDEX_KEY, Fact, Lifetimes
 from .memo import Memo
 from .probe import FAILED, FOUND, UNCHANGED, Prober
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
@@ -40,6 +40,17 @@ class SourceDocument:
     validators: Tuple[Tuple[str, str], ...] = ()  # what the server gave to send back
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A repo's mirrorlist or metalink for one releasever and arch, and its facts."""
+
+    kind: str  # "mirrorlist" or "metalink"
+    url: str
+    triple: str
+    fact: Fact  # the fetched document
+    retry: Fact  # the source sent something unusable: not asked again for a while
+
+
 class MirrorLists:
     def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
                  flights: SingleFlight, health: MirrorHealth, background: Executor):
@@ -51,13 +62,6 @@ class MirrorLists:
         self.flights = flights
         self.background = background
 
-    def source_url(self, request: RepoPath) -> Optional[str]:
-        """The mirrorlist or metalink URL for this releasever and arch (None: static)."""
-        repo = self.config.repos[request.repo]
-        if repo.kind == "mirrors":
-            return None
-        return expand_template(repo.templates[0], request.releasever, request.arch)
-
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
         """The repo's mirrors: the memoised list, refetched as described above; the last good
@@ -68,55 +72,54 @@ class MirrorLists:
         if repo.kind == "mirrors":
             return MirrorSet(tuple(expand_template(t, request.releasever, request.arch)
                                    for t in repo.templates))
-        fact = self.lifetimes.mirror_list(request)
-        known = self.memo.last(fact)
-        if known is not None and not force and known.fresh_for(fact, time.time()) > 0:
+        source = _Source(repo.kind, expand_template(repo.templates[0], request.releasever,
+                                                    request.arch), request.triple,
+                         self.lifetimes.mirror_list(request),
+                         self.lifetimes.source_retry(request.triple))
+        known = self.memo.last(source.fact)
+        if known is not None and not force and known.fresh_for(source.fact, time.time()) > 0:
             return known.value.mirrors
-        resting = self._resting(request)
+        resting = self._resting(source)
         if resting:
             # The source failed a moment ago: one timeout is enough, whatever is asked next.
             trace.append(resting)
             return known.value.mirrors if known is not None else None
         if known is not None and not force and not (repo.kind == "metalink"
                                                     and request.is_metadata):
-            self._refetch_later(request)
+            self._refetch_later(source)
             return known.value.mirrors
 
         def published() -> Optional[MirrorSet]:
-            latest = self.memo.last(fact)
+            latest = self.memo.last(source.fact)
             if latest is not None and (known is None or latest.at > known.at):
                 return latest.value.mirrors
             return None
 
-        return self.flights.run(fact.key, lambda: self._fetch(request, trace), published)
+        return self.flights.run(source.fact.key, lambda: self._fetch(source, trace), published)
 
-    def _resting(self, request: RepoPath) -> Optional[str]:
+    def _resting(self, source: _Source) -> Optional[str]:
         """Why the source is not asked now, if it is not: its host failed (timed out, refused,
         5xx: health, shared with every repo it serves) or it sent an unusable document."""
-        url = self.source_url(request)
-        if self.health.unhealthy([url]):
-            return f"{url}: its host is marked unhealthy; not asked again yet"
-        unusable = self.memo.fresh(self.lifetimes.source_retry(request.triple))
+        if self.health.unhealthy([source.url]):
+            return f"{source.url}: its host is marked unhealthy; not asked again yet"
+        unusable = self.memo.fresh(source.retry)
         if unusable is not None:
             ago = time.time() - unusable.at
-            return f"{url}: {unusable.value} {ago:.0f}s ago; not asked again yet"
+            return f"{source.url}: {unusable.value} {ago:.0f}s ago; not asked again yet"
         return None
 
-    def _refetch_later(self, request: RepoPath) -> None:
-        name = self.lifetimes.mirror_list(request).key
-        future, owner = self.flights.claim(name)
+    def _refetch_later(self, source: _Source) -> None:
+        future, owner = self.flights.claim(source.fact.key)
         if not owner:
             return
         try:
-            self.background.submit(self.flights.finish, name, future,
-                                   lambda: self._fetch(request, []), lambda: None)
+            self.background.submit(self.flights.finish, source.fact.key, future,
+                                   lambda: self._fetch(source, []), lambda: None)
         except RuntimeError:  # closing (a reload): the next request will refetch
-            self.flights.abandon(name, future)
+            self.flights.abandon(source.fact.key, future)
 
-    def _fetch(self, request: RepoPath, trace: List[str]) -> Optional[MirrorSet]:
-        kind = self.config.repos[request.repo].kind
-        url = self.source_url(request)
-        fact = self.lifetimes.mirror_list(request)
+    def _fetch(self, source: _Source, trace: List[str]) -> Optional[MirrorSet]:
+        kind, url, fact = source.kind, source.url, source.fact
         previous = self.memo.last(fact)
         result = self.prober.fetch(url, previous.value.validators if previous else ())
         self.health.record(result)
@@ -133,7 +136,7 @@ class MirrorLists:
             else:
                 self.memo.put(fact, SourceDocument(mirrors, result.validators))
                 self.memo.add_to_dict(BASE_INDEX_KEY,
-                                      dict.fromkeys(mirrors.bases, request.triple),
+                                      dict.fromkeys(mirrors.bases, source.triple),
                                       expire=self.config.last_known_ttl)
                 trace.append(f"{kind} {url}: {len(mirrors.bases)} mirrors")
                 if mirrors.skipped:
@@ -144,7 +147,7 @@ class MirrorLists:
         else:
             problem = result.detail
         if result.outcome != FAILED:  # a failing host is marked unhealthy (health) already
-            self.memo.put(self.lifetimes.source_retry(request.triple), problem)
+            self.memo.put(source.retry, problem)
         log.warning("%s %s unusable: %s%s", kind, url, problem,
                     "; keeping the last good list" if previous else "")
         trace.append(f"{kind} {url}: {problem}")

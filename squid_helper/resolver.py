@@ -34,7 +34,7 @@ from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .probelog import ProbeLog
 from .survey import Survey, Surveys
-from .urls import REPOMD_PATH, RepoPath, join_under_base
+from .urls import REPOMD_PATH, RepoPath
 from .watch import Watch
 
 log = logging.getLogger("squid_helper.resolver")
@@ -227,7 +227,7 @@ class Resolver:
         base = candidates[0]
         self.watch.used(base, request.triple)
         trace.append(f"{base}: {why}; verifying in the background")
-        return Resolution(join_under_base(base, request.path), OPTIMISTIC, f"on {base} ({why})",
+        return Resolution(request.on(base), OPTIMISTIC, f"on {base} ({why})",
                           trace)
 
     def _choose(self, survey: Survey, trace: List[str]) -> List[str]:
@@ -238,7 +238,7 @@ class Resolver:
 
     def _publish(self, request: RepoPath, base: str, trace: List[str],
                  why: str) -> Resolution:
-        url = join_under_base(base, request.path)
+        url = request.on(base)
         self.watch.used(base, request.triple)
         self.memo.put(self.lifetimes.answer(request), {"url": url, "base": base})
         self.memo.delete(self.lifetimes.miss(request).key)
@@ -256,7 +256,7 @@ class Resolver:
             return
         trace: List[str] = []
 
-        answered = join_under_base(candidates[0], request.path)
+        answered = request.on(candidates[0])
 
         def verify() -> Optional[Resolution]:
             try:
@@ -309,7 +309,7 @@ class Resolver:
             # Those mirrors' probes for this second are spent (a flood of new paths): the
             # client gets the first one's own answer, and nothing is memoised.
             trace.append(f"probe budget spent on {', '.join(unasked)}: answered unprobed")
-            return Resolution(join_under_base(unasked[0], request.path), OPTIMISTIC,
+            return Resolution(request.on(unasked[0]), OPTIMISTIC,
                               f"on {unasked[0]} (unprobed: max_probes_per_second spent)", trace)
         failures = [r for r in results.values() if r.outcome in (FAILED, ERROR)]
         what = request.path or "the repo root"
@@ -362,7 +362,7 @@ class Resolver:
         mirror whose probes for this second are spent (max_probes_per_second) is passed
         over, and has no result."""
         candidates = [b for b in candidates if self.health.may_probe(b)]
-        urls = [join_under_base(b, request.path) for b in candidates]
+        urls = [request.on(b) for b in candidates]
         results: Dict[int, ProbeResult] = {}
         running: Dict[Future, Tuple[int, float]] = {}  # -> (index, started)
         started = 0

@@ -72,6 +72,10 @@ class RepoPath:
         return self.path.endswith((".rpm", ".drpm")) or bool(
             _CHECKSUM_NAMED_RE.match(self.path))
 
+    def on(self, base: str) -> str:
+        """This file's URL on the mirror whose repo base URL is base."""
+        return join_under_base(base, self.path)
+
 
 @dataclass(frozen=True)
 class NotOurs:
