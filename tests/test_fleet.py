@@ -28,7 +28,7 @@ from lab.rpmrepo import (
     dnf_output,
 )
 from lab.serve import ServeProcess
-from lab.squid import SquidInstance, WorldReadableDir, parse_problems
+from lab.squid import ParentSquid, SquidInstance, WorldReadableDir, parse_problems
 from squid_helper.config import ConfigError
 from squid_helper.configfile import parse_config
 from squid_helper.serve import fleet_peers
@@ -303,3 +303,40 @@ def test_a_fleet_sharing_its_memo_probes_once_and_keeps_serving_when_redis_stops
             serve.stop()
         first.stop()
         second.stop()
+
+
+def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_snapshots):
+    """Peers and upstream_proxy together: a lab whose proxies may reach the mirrors only
+    through the site's parent proxy. What proxy 1 fetched (through the parent), proxy 2 gets
+    from proxy 1 as a sibling hit: never_direct sends misses to the parent, not hits."""
+    require("squid", "dnf", "runuser")
+    with MirrorServer(rpm_snapshots["new"]) as mirror, \
+            WorldReadableDir("squid-helper-fleet-parent-") as world, \
+            ParentSquid(world / "parent") as parent:
+        port1, port2, htcp = free_port(), free_port(), free_port()
+        one = ServeProcess(proxy_config(world / "proxy1", [mirror], [f"127.0.0.3:{port2}"],
+                                        htcp, upstream_proxy=parent.proxy_url),
+                           world / "proxy1" / "serve", port1, free_port(), listen="127.0.0.2")
+        two = ServeProcess(proxy_config(world / "proxy2", [mirror], [f"127.0.0.2:{port1}"],
+                                        htcp, upstream_proxy=parent.proxy_url),
+                           world / "proxy2" / "serve", port2, free_port(), listen="127.0.0.3")
+        try:
+            for serve in (one, two):
+                serve.start()
+                assert "Fleet: HTCP siblings" in serve.output(), serve.output()
+            install(world, "slave1", one, mirror)
+            install(world, "slave2", two, mirror)
+        finally:
+            for serve in (one, two):
+                serve.stop()
+        lines = rpm_lines(two)
+        assert len(lines) == 3 and all("SIBLING_HIT/127.0.0.2" in ln for ln in lines), \
+            f"{lines}\n" + fleet_logs(one, two)
+        parent_gets = [e.url for e, agent in parent.requests()
+                       if e.method == "GET" and e.url.endswith(".rpm")
+                       and not agent.startswith("squid-helper/")]
+        assert sorted(u.rsplit("/", 1)[1] for u in parent_gets) == sorted(NEW_RPMS), \
+            parent.requests()
+        fetched = [h for m, p, h in list(mirror.requests) if m == "GET" and p.endswith(".rpm")]
+        assert len(fetched) == 3 and all(parent.hostname in h.get("Via", "")
+                                         for h in fetched), fetched
