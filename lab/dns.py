@@ -1,13 +1,14 @@
 """LoopbackDns: a tiny DNS server on a 127.0.0.0/8 address that answers NXDOMAIN to every
 query, so that a Squid pointed at it (`dns_nameservers`) never asks the machine's
-(non-loopback) resolver about `repoproxy` or anything else."""
+(non-loopback) resolver about `repoproxy` or anything else. It keeps the names it was asked
+about, so that a test can tell which lookups Squid made."""
 
 from __future__ import annotations
 
 import random
 import socket
 import threading
-from typing import Optional
+from typing import List, Optional
 
 
 def loopback_address() -> str:
@@ -20,6 +21,7 @@ class LoopbackDns:
 
     def __init__(self, address: Optional[str] = None):
         self.queries = 0
+        self.names: List[str] = []  # the name each query asked about, e.g. 9.0.0.127.in-addr.arpa
         self._stop = threading.Event()
         for _ in range(20):
             self.address = address or loopback_address()
@@ -44,6 +46,16 @@ class LoopbackDns:
         # header: same id and question count, no answers; then the question copied back
         return query[:2] + flags.to_bytes(2, "big") + query[4:6] + b"\0\0\0\0\0\0" + query[12:]
 
+    @staticmethod
+    def question_name(query: bytes) -> str:
+        """The name of a query's first question (labels after the 12-byte header)."""
+        labels, at = [], 12
+        while at < len(query) and query[at]:
+            length = query[at]
+            labels.append(query[at + 1:at + 1 + length].decode("ascii", "replace"))
+            at += 1 + length
+        return ".".join(labels)
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
@@ -55,6 +67,7 @@ class LoopbackDns:
             answer = self.nxdomain(query)
             if answer:
                 self.queries += 1
+                self.names.append(self.question_name(query))
                 try:
                     self._udp.sendto(answer, peer)
                 except OSError:

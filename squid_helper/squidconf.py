@@ -9,8 +9,10 @@ Pure: render() reads the template and returns text; it writes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -103,6 +105,10 @@ FLEET_TEMPLATE = """\
 # fetch names this proxy's mirror URL, which the peer's store_id helper maps to the same key.
 # A miss, or a peer that is down or slow to answer: the mirror, as without peers. Checked on
 # Squid 5.7; see "A fleet of proxies" in the README.
+# Every proxy of the fleet has its own name in Via: a Squid that finds its own name in a
+# request's Via takes it for a forwarding loop (a WARNING in cache.log at every sibling
+# fetch). visible_hostname stays the same on all of them.
+unique_hostname @UNIQUE_HOSTNAME@
 htcp_port @HTCP_PORT@
 @UDP_ADDRESS@htcp_access allow fleet_peers
 htcp_access deny all
@@ -156,6 +162,10 @@ class SquidConfParams:
     guard_local_destinations: bool = True
     effective_user: str = "proxy"
     visible_hostname: str = "squid-helper"
+    # This proxy's own name among its peers (Via, loop detection); None: visible_hostname and a
+    # digest of this host's name, listen address and port, which differs on every proxy and
+    # tells the mirrors nothing about the lab.
+    unique_hostname: Optional[str] = None
     rewrite_children: int = 20
     rewrite_startup: int = 2
     rewrite_idle: int = 2
@@ -212,6 +222,13 @@ def peer_name(host: str, port: int) -> str:
     return "peer-" + re.sub(r"[^A-Za-z0-9.-]", "-", host) + f"-{port}"
 
 
+def default_unique_hostname(visible_hostname: str, listen: str, port: int) -> str:
+    """visible_hostname and a digest of (host name, listen address, port): one per proxy,
+    several on one host included, and the same across restarts. No DNS lookup."""
+    digest = hashlib.sha256(f"{socket.gethostname()} {listen} {port}".encode()).hexdigest()
+    return f"{visible_hostname}-{digest[:10]}"
+
+
 def fleet_lines(params: SquidConfParams, listen: str) -> Dict[str, str]:
     """The fleet's placeholders: all empty for a proxy without peers."""
     p = params
@@ -235,7 +252,9 @@ def fleet_lines(params: SquidConfParams, listen: str) -> Dict[str, str]:
     # otherwise all send from the same one.
     udp = f"udp_incoming_address {listen.strip('[]')}\n" if listen else ""
     fleet = FLEET_TEMPLATE
-    for key, value in (("HTCP_PORT", htcp), ("UDP_ADDRESS", udp),
+    unique = (_token("unique_hostname", p.unique_hostname) if p.unique_hostname else
+              default_unique_hostname(p.visible_hostname, listen, p.forward_port))
+    for key, value in (("HTCP_PORT", htcp), ("UDP_ADDRESS", udp), ("UNIQUE_HOSTNAME", unique),
                        ("PEER_LINES", "\n".join(peer_lines)), ("STORE_ID_HOST", STORE_ID_HOST)):
         fleet = fleet.replace(f"@{key}@", value)
     access = ("# The fleet's other proxies (peers: in repos.yaml) fetch what they found here over\n"

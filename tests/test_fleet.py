@@ -74,6 +74,22 @@ def test_serve_leaves_itself_out_of_a_shared_peer_list():
 
 
 # -- squid.conf -----------------------------------------------------------------------------------
+def test_each_proxy_of_a_fleet_has_its_own_name_in_via():
+    """A Squid that finds its own name in Via sees a forwarding loop: peers must differ."""
+    names = []
+    for port in (3128, 3129):
+        text = render(SquidConfParams(forward_port=port, accel_port=5000,
+                                      peers=(("10.0.0.2", 3128),)))
+        names += re.findall(r"^unique_hostname (\S+)$", text, re.M)
+    assert len(names) == 2 and names[0] != names[1] and all(
+        n.startswith("squid-helper-") for n in names), names
+    text = render(SquidConfParams(peers=(("10.0.0.2", 3128),), unique_hostname="proxy-a"))
+    assert "\nunique_hostname proxy-a\n" in text
+    assert "unique_hostname" not in render(SquidConfParams())
+    with pytest.raises(SquidConfError, match="unique_hostname"):
+        render(SquidConfParams(peers=(("10.0.0.2", 3128),), unique_hostname="a b"))
+
+
 def test_a_proxy_without_peers_renders_as_before():
     lines = directives(render())
     assert "always_direct allow repo_accel" in lines
@@ -191,9 +207,16 @@ def fleet_logs(*serves: ServeProcess) -> str:
     return "\n".join(parts)
 
 
-def install(world: Path, name: str, serve: ServeProcess, *mirrors: MirrorServer) -> DnfClient:
+def install(world: Path, name: str, serve: ServeProcess, *mirrors: MirrorServer,
+            accel: bool = False) -> DnfClient:
+    """dnf installs through serve: as a proxy client, or (accel) an old-style client of the
+    accel port, whose baseurl names the proxy itself."""
     client = DnfClient(world, name)
-    result = client.install(VIRTUAL_BASE, WANTED, proxy=serve.proxy_url)
+    if accel:
+        baseurl = f"http://{serve.listen}:{serve.accel_port}/{REPO}/$releasever/$basearch/"
+        result = client.install(baseurl, WANTED)
+    else:
+        result = client.install(VIRTUAL_BASE, WANTED, proxy=serve.proxy_url)
     if result.returncode != 0 or client.downloaded() != NEW_RPMS:
         seen = "\n".join(f"{m.url}: {method} {path}" for m in mirrors
                          for method, path, _ in list(m.requests)[-20:])
@@ -308,7 +331,8 @@ def test_a_fleet_sharing_its_memo_probes_once_and_keeps_serving_when_redis_stops
 def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_snapshots):
     """Peers and upstream_proxy together: a lab whose proxies may reach the mirrors only
     through the site's parent proxy. What proxy 1 fetched (through the parent), proxy 2 gets
-    from proxy 1 as a sibling hit: never_direct sends misses to the parent, not hits."""
+    from proxy 1 as a sibling hit, on its accel port too: never_direct sends misses to the
+    parent, not hits."""
     require("squid", "dnf", "runuser")
     with MirrorServer(rpm_snapshots["new"]) as mirror, \
             WorldReadableDir("squid-helper-fleet-parent-") as world, \
@@ -325,7 +349,7 @@ def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_
                 serve.start()
                 assert "Fleet: HTCP siblings" in serve.output(), serve.output()
             install(world, "slave1", one, mirror)
-            install(world, "slave2", two, mirror)
+            install(world, "slave2", two, mirror, accel=True)
         finally:
             for serve in (one, two):
                 serve.stop()
@@ -340,3 +364,6 @@ def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_
         fetched = [h for m, p, h in list(mirror.requests) if m == "GET" and p.endswith(".rpm")]
         assert len(fetched) == 3 and all(parent.hostname in h.get("Via", "")
                                          for h in fetched), fetched
+        for serve in (one, two):
+            cache_log = (serve.directory / "logs" / "cache.log").read_text(errors="replace")
+            assert "Forwarding loop" not in cache_log, cache_log[-3000:]

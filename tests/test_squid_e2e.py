@@ -19,6 +19,7 @@ from typing import Iterator, List, Optional
 import pytest
 import yaml
 
+from lab.dns import LoopbackDns
 from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import ERROR, GOOD, MirrorServer, dead_url, free_port, metalink_xml
@@ -274,6 +275,30 @@ def test_old_style_urls_on_the_accel_port(world, rpm_snapshots, servers):
         assert rpm_requests(stale) == 0
         slave(world, "slave2", squid, baseurl, proxy=False)
         assert rpm_requests(good, method="GET") == 3, "the second slave's packages were not hits"
+
+
+def test_urls_naming_a_host_by_address_cost_no_reverse_dns_lookup(world, rpm_snapshots,
+                                                                  servers):
+    """Squid's dstdomain asks the DNS for an address's name (PTR) unless told not to (-n):
+    an old-style client naming the proxy by address, or a client of a web server named by
+    address, would wait on the DNS at every request; a fleet proxy's accel clients waited
+    dns_timeout (30 s) on a DNS that did not answer."""
+    good = mirror(servers, rpm_snapshots["new"])
+    repos = {REPO: {"mirrors": [good.url + TEMPLATE_PATH]}}
+    with LoopbackDns() as dns:
+        squid, _ = start_squid(world, repos,
+                               squid_params={"extra_lines": [f"dns_nameservers {dns.address}"]})
+        with squid:
+            accel = http_get("127.0.0.1", squid.accel_port, f"/{REPO}/9/x86_64/Packages/"
+                             "alpha-1.0-1.noarch.rpm",
+                             {"Host": f"127.0.0.9:{squid.accel_port}"}, timeout=10)
+            assert accel[0] == 200, diagnosis(squid, good)
+            other = squid.get(f"http://127.0.0.9:{good.port}/{TREE}/repodata/repomd.xml")
+            assert other[0] == 403  # the guard: a loopback destination, not a repo URL
+            # A name the hosts file does not know is still looked up, as it must be.
+            squid.get("http://no-such-host.invalid/")
+        assert any(n == "no-such-host.invalid" for n in dns.names), dns.names
+    assert not [n for n in dns.names if n.endswith(".in-addr.arpa")], dns.names
 
 
 def test_only_localhost_and_the_lab_may_use_the_proxy_or_purge(world, rpm_snapshots, servers):
