@@ -328,21 +328,23 @@ def test_a_fleet_sharing_its_memo_probes_once_and_keeps_serving_when_redis_stops
         second.stop()
 
 
-def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_snapshots):
-    """Peers and upstream_proxy together: a lab whose proxies may reach the mirrors only
-    through the site's parent proxy. What proxy 1 fetched (through the parent), proxy 2 gets
-    from proxy 1 as a sibling hit, on its accel port too: never_direct sends misses to the
-    parent, not hits."""
+@pytest.mark.parametrize("through_parent", [False, True], ids=["direct", "upstream-proxy"])
+def test_old_style_clients_of_a_fleet_get_sibling_hits(rpm_snapshots, through_parent):
+    """An old-style client (accel port, proxy named by address) of proxy 2 gets what a client
+    of proxy 1 fetched as sibling hits. With upstream_proxy too (a lab whose proxies reach the
+    mirrors only through the site's parent proxy), misses go to the parent, hits to the
+    sibling, and each file reaches the mirror once."""
     require("squid", "dnf", "runuser")
     with MirrorServer(rpm_snapshots["new"]) as mirror, \
-            WorldReadableDir("squid-helper-fleet-parent-") as world, \
+            WorldReadableDir("squid-helper-fleet-accel-") as world, \
             ParentSquid(world / "parent") as parent:
         port1, port2, htcp = free_port(), free_port(), free_port()
+        settings = {"upstream_proxy": parent.proxy_url} if through_parent else {}
         one = ServeProcess(proxy_config(world / "proxy1", [mirror], [f"127.0.0.3:{port2}"],
-                                        htcp, upstream_proxy=parent.proxy_url),
+                                        htcp, **settings),
                            world / "proxy1" / "serve", port1, free_port(), listen="127.0.0.2")
         two = ServeProcess(proxy_config(world / "proxy2", [mirror], [f"127.0.0.2:{port1}"],
-                                        htcp, upstream_proxy=parent.proxy_url),
+                                        htcp, **settings),
                            world / "proxy2" / "serve", port2, free_port(), listen="127.0.0.3")
         try:
             for serve in (one, two):
@@ -356,14 +358,18 @@ def test_a_fleet_behind_an_upstream_proxy_fetches_each_file_once_through_it(rpm_
         lines = rpm_lines(two)
         assert len(lines) == 3 and all("SIBLING_HIT/127.0.0.2" in ln for ln in lines), \
             f"{lines}\n" + fleet_logs(one, two)
+        fetched = [h for m, p, h in list(mirror.requests) if m == "GET" and p.endswith(".rpm")]
+        assert len(fetched) == 3, fetched
         parent_gets = [e.url for e, agent in parent.requests()
                        if e.method == "GET" and e.url.endswith(".rpm")
                        and not agent.startswith("squid-helper/")]
-        assert sorted(u.rsplit("/", 1)[1] for u in parent_gets) == sorted(NEW_RPMS), \
-            parent.requests()
-        fetched = [h for m, p, h in list(mirror.requests) if m == "GET" and p.endswith(".rpm")]
-        assert len(fetched) == 3 and all(parent.hostname in h.get("Via", "")
-                                         for h in fetched), fetched
+        if through_parent:
+            assert sorted(u.rsplit("/", 1)[1] for u in parent_gets) == sorted(NEW_RPMS), \
+                parent.requests()
+            assert all(parent.hostname in h.get("Via", "") for h in fetched), fetched
+        else:
+            assert parent_gets == [] and not any(parent.hostname in h.get("Via", "")
+                                                 for h in fetched), fetched
         for serve in (one, two):
             cache_log = (serve.directory / "logs" / "cache.log").read_text(errors="replace")
             assert "Forwarding loop" not in cache_log, cache_log[-3000:]
