@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
-GOOD, HANG, ERROR, NO_HEAD = "good", "hang", "error", "nohead"
+GOOD, HANG, ERROR, NO_HEAD, DRIP = "good", "hang", "error", "nohead", "drip"
+# A dripping mirror sends its answer one byte at a time, this often: each read gets a byte
+# well within any read timeout, and the whole answer takes minutes.
+DRIP_INTERVAL = 0.2
 # A hanging mirror holds each request at most this long, so no test can wait forever on one.
 HANG_LIMIT = 60.0
 # A TLS client that neither completes nor abandons its handshake is cut off after this long.
@@ -64,6 +67,19 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and body:
             self.wfile.write(body)
 
+    def _drip(self, answer: bytes) -> None:
+        """Send answer a byte at a time (at most HANG_LIMIT long), then close."""
+        self.close_connection = True
+        ends = time.monotonic() + HANG_LIMIT
+        for byte in answer:
+            if self.server.owner.stopping.wait(DRIP_INTERVAL) or time.monotonic() > ends:
+                return
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
         if owner.stopping.is_set():
@@ -78,6 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.behaviour == HANG:
             owner.stopping.wait(HANG_LIMIT)
             self.close_connection = True
+            return
+        if owner.behaviour == DRIP:
+            self._drip(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + (b"" if head
+                                                                         else b"drip"))
             return
         if owner.behaviour == ERROR:
             self._send(500, b"internal error\n", head=head)
@@ -205,7 +225,8 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
 
 class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
-    `documents`), or hangs, or answers 500, or refuses HEAD. Records every request. `delay`:
+    `documents`), or hangs, or answers 500, or refuses HEAD, or drips its answer a byte at a
+    time (DRIP). Records every request. `delay`:
     seconds added before every answer (a far mirror). `listings`: directories under `root`
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
     mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import socket
 import ssl
 import threading
 import time
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
 from .config import Config
@@ -118,17 +121,96 @@ class ProbeResult:
     retry_after: Optional[float] = None  # seconds a 429 or 503 asked us to wait
 
 
+_current = threading.local()  # .deadline: the _Deadline of the call this thread is making
+
+
+class _Deadline:
+    """One call's time limit, enforced on its connections. requests' timeouts bound each
+    connect and each read, not a whole answer: a mirror that trickles its answer a byte at a
+    time would outlast them. When the time is up, the sockets the call reads from are shut
+    down, and its blocked read ends at once. (Name resolution is not covered: the system
+    resolver's own timeouts apply to it.)"""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        with self._lock:
+            # A connection goes back to the pool after the call: a timer that fires late must
+            # not cut it under the next call.
+            self._sockets.clear()
+        _current.deadline = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _watched(connection_class: type) -> type:
+    """connection_class whose reads of an answer are under the current call's deadline."""
+
+    class Watched(connection_class):  # type: ignore[misc, valid-type]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            deadline = getattr(_current, "deadline", None)
+            if deadline is not None and self.sock is not None:
+                deadline.watch(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    Watched.__name__ = f"Watched{connection_class.__name__}"
+    return Watched
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _watched(HTTPConnection)
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _watched(HTTPSConnection)
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
 class _MirrorAdapter(HTTPAdapter):
     """An HTTPAdapter whose TLS connections, direct or tunnelled through the upstream proxy,
-    go no higher than MAX_TLS_VERSION."""
+    go no higher than MAX_TLS_VERSION, and whose connections a call's _Deadline can cut."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("ssl_maximum_version", MAX_TLS_VERSION)
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         kwargs.setdefault("ssl_maximum_version", MAX_TLS_VERSION)
-        return super().proxy_manager_for(proxy, **kwargs)
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 class Prober:
@@ -177,8 +259,11 @@ class Prober:
                 session.close()
             self._sessions.clear()
 
-    def _failure(self, url: str, exc: Exception, started: float) -> ProbeResult:
+    def _failure(self, url: str, exc: Exception, started: float,
+                 deadline: _Deadline) -> ProbeResult:
         elapsed = time.monotonic() - started
+        if deadline.expired:  # the cut connection's error, not the mirror's
+            exc = requests.Timeout()
         return ProbeResult(url, FAILED, describe_failure(exc, url, elapsed, self.proxy), elapsed)
 
     def _proxy_refusal(self, url: str, response: requests.Response,
@@ -215,28 +300,28 @@ class Prober:
         time limit covers both. Only network and HTTP failures are the mirror's: anything else
         is a bug, and raised."""
         started = time.monotonic()
-        deadline = started + self.timeout
         session = self._session(url)
-        try:
-            response = session.head(url, timeout=self.timeout, allow_redirects=False)
-            response.close()
-            refused = self._proxy_refusal(url, response, started)
-            if refused is not None:
-                return refused
-            detail = f"HEAD {response.status_code}"
-            if response.status_code in HEAD_REFUSED:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise requests.Timeout()
-                response = session.get(url, timeout=left, allow_redirects=False,
-                                       headers={"Range": "bytes=0-0"}, stream=True)
+        with _Deadline(self.timeout) as deadline:
+            try:
+                response = session.head(url, timeout=self.timeout, allow_redirects=False)
                 response.close()
                 refused = self._proxy_refusal(url, response, started)
                 if refused is not None:
                     return refused
-                detail = f"GET {response.status_code} after {detail}"
-        except MIRROR_FAILURES as exc:
-            return self._failure(url, exc, started)
+                detail = f"HEAD {response.status_code}"
+                if response.status_code in HEAD_REFUSED:
+                    left = started + self.timeout - time.monotonic()
+                    if left <= 0:
+                        raise requests.Timeout()
+                    response = session.get(url, timeout=left, allow_redirects=False,
+                                           headers={"Range": "bytes=0-0"}, stream=True)
+                    response.close()
+                    refused = self._proxy_refusal(url, response, started)
+                    if refused is not None:
+                        return refused
+                    detail = f"GET {response.status_code} after {detail}"
+            except MIRROR_FAILURES as exc:
+                return self._failure(url, exc, started, deadline)
         return self._answered(url, response, detail, started)
 
     def fetch(self, url: str, validators: Tuple[Tuple[str, str], ...] = ()) -> ProbeResult:
@@ -244,35 +329,36 @@ class Prober:
         validators: what an earlier fetch's result carried; a server that supports them then
         answers 304 (UNCHANGED) when the document has not changed."""
         started = time.monotonic()
-        deadline = started + self.timeout
         conditions = {_CONDITION[name]: value for name, value in validators}
-        try:
-            with self._session(url).get(url, timeout=self.timeout, stream=True,
-                                        headers=conditions) as response:
-                refused = self._proxy_refusal(url, response, started)
-                if refused is not None:
-                    return refused
-                if response.status_code == 304 and conditions:
-                    return ProbeResult(url, UNCHANGED, "GET 304 (unchanged)",
-                                       time.monotonic() - started, validators=validators)
-                if self._classify(response.status_code) != FOUND:
-                    return self._answered(url, response, f"GET {response.status_code}",
-                                          started)
-                chunks, size = [], 0
-                for chunk in response.iter_content(64 * 1024):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.max_document_bytes:
-                        return ProbeResult(url, ERROR, f"larger than {self.max_document_bytes} "
-                                           "bytes", time.monotonic() - started)
-                    if time.monotonic() > deadline:
-                        raise requests.Timeout()
-                kept = tuple((name, response.headers[name]) for name in _CONDITION
-                             if response.headers.get(name))
-                return ProbeResult(url, FOUND, f"GET {response.status_code}",
-                                   time.monotonic() - started, b"".join(chunks), kept)
-        except MIRROR_FAILURES as exc:
-            return self._failure(url, exc, started)
+        with _Deadline(self.timeout) as deadline:
+            try:
+                return self._fetch(url, conditions, validators, started)
+            except MIRROR_FAILURES as exc:
+                return self._failure(url, exc, started, deadline)
+
+    def _fetch(self, url: str, conditions: Dict[str, str],
+               validators: Tuple[Tuple[str, str], ...], started: float) -> ProbeResult:
+        with self._session(url).get(url, timeout=self.timeout, stream=True,
+                                    headers=conditions) as response:
+            refused = self._proxy_refusal(url, response, started)
+            if refused is not None:
+                return refused
+            if response.status_code == 304 and conditions:
+                return ProbeResult(url, UNCHANGED, "GET 304 (unchanged)",
+                                   time.monotonic() - started, validators=validators)
+            if self._classify(response.status_code) != FOUND:
+                return self._answered(url, response, f"GET {response.status_code}", started)
+            chunks, size = [], 0
+            for chunk in response.iter_content(64 * 1024):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_document_bytes:
+                    return ProbeResult(url, ERROR, f"larger than {self.max_document_bytes} "
+                                       "bytes", time.monotonic() - started)
+            kept = tuple((name, response.headers[name]) for name in _CONDITION
+                         if response.headers.get(name))
+            return ProbeResult(url, FOUND, f"GET {response.status_code}",
+                               time.monotonic() - started, b"".join(chunks), kept)
 
 
 def _seconds(retry_after: Optional[str]) -> Optional[float]:

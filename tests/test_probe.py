@@ -8,7 +8,8 @@ import time
 import pytest
 import requests
 
-from lab.mirrors import NO_HEAD, MirrorServer
+from lab.mirrors import DRIP, GOOD, NO_HEAD, MirrorServer
+from lab.wait import wait_for
 from squid_helper.probe import FAILED, FOUND, Prober
 
 
@@ -67,3 +68,57 @@ def test_network_failures_are_the_mirrors(snapshots):
     finally:
         prober.close()
     assert result.outcome == FAILED and result.detail == "connection failed"
+
+
+@pytest.mark.parametrize("call", ["probe", "fetch"])
+def test_a_mirror_that_drips_its_answer_is_cut_off_at_the_time_limit(call):
+    """requests' timeouts bound each read, not the whole answer: a mirror that sends a byte
+    every DRIP_INTERVAL would hold a probe (or a mirror list fetch, on the client's request
+    path) for as long as it likes."""
+    with MirrorServer(behaviour=DRIP) as server:
+        prober = Prober(timeout=1.0)
+        try:
+            started = time.monotonic()
+            result = getattr(prober, call)(server.url + "Packages/common-1.0.rpm")
+            took = time.monotonic() - started
+            # The connection is cut, not merely abandoned: the mirror sees its client go.
+            assert wait_for(lambda: server.connections == set(), timeout=5)
+        finally:
+            prober.close()
+    assert result.outcome == FAILED and result.detail == "timeout after 1.0s", result
+    assert took < 1.5, took
+
+
+@pytest.mark.parametrize("call", ["probe", "fetch"])
+def test_a_mirror_cut_off_once_is_asked_again_on_a_new_connection(snapshots, call):
+    """The cut connection is not reused, and a finished call's time limit cuts nothing later:
+    its connection, kept alive in the pool, serves the calls that follow past that limit."""
+    with MirrorServer(snapshots["new"], behaviour=DRIP) as server:
+        prober = Prober(timeout=1.0)
+        url = server.url + "repodata/repomd.xml"
+        try:
+            assert getattr(prober, call)(url).outcome == FAILED
+            server.behaviour = GOOD
+            results = [getattr(prober, call)(url)]
+            time.sleep(1.2)  # past the first good call's limit
+            results.append(getattr(prober, call)(url))
+        finally:
+            prober.close()
+        assert [r.outcome for r in results] == [FOUND, FOUND], results
+        assert server.accepted == 2  # the cut connection, then one kept alive for both
+
+
+def test_an_upstream_proxy_that_drips_is_cut_off_at_the_time_limit():
+    """The same limit through upstream_proxy (a MirrorServer receives a proxy request's
+    absolute URL as its path: dripping, it stands for a proxy relaying a dripping mirror)."""
+    with MirrorServer(behaviour=DRIP) as proxy:
+        prober = Prober(timeout=1.0, proxy=proxy.url.rstrip("/"))
+        try:
+            started = time.monotonic()
+            results = [prober.probe("http://mirror.invalid/pub/Packages/a.rpm"),
+                       prober.fetch("http://mirror.invalid/pub/repodata/repomd.xml")]
+            took = time.monotonic() - started
+        finally:
+            prober.close()
+    assert [(r.outcome, r.detail) for r in results] == [(FAILED, "timeout after 1.0s")] * 2
+    assert took < 3, took
