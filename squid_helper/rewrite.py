@@ -50,13 +50,13 @@ class RewriteHandler:
             log.info("refused %s: %s", request.url[:300], mapped.reason)
             return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reusable_for(
                 CONFIG_ANSWER_SECONDS)
-        if mapped.is_metadata and asks_for_fresh(request.extras):
-            return lambda: self._resolve(request.url, mapped, refresh=True)
-        cached = self.resolver.cached(mapped)
+        # A client asking for fresh metadata (no-cache) skips the memo, if anything is due.
+        refresh = mapped.is_metadata and asks_for_fresh(request.extras)
+        cached = None if refresh else self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)
             return reply_for(cached).reusable_for(cached.fresh_for)
-        return lambda: self._resolve(request.url, mapped)
+        return lambda: self._resolve(request.url, mapped, refresh)
 
     def _resolve(self, client_url: str, request: RepoPath, refresh: bool = False) -> Reply:
         resolution = self.resolver.resolve(request, refresh=refresh)
