@@ -10,6 +10,8 @@ itself).
 from __future__ import annotations
 
 import email.utils
+import heapq
+import itertools
 import os
 import socket
 import ssl
@@ -132,22 +134,20 @@ class _Deadline:
     resolver's own timeouts apply to it.)"""
 
     def __init__(self, seconds: float):
+        self.ends = time.monotonic() + seconds
         self.expired = False
         self._sockets: list = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
-        self._timer.start()
+        _WATCHDOG.watch(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._timer.cancel()
         with self._lock:
-            # A connection goes back to the pool after the call: a timer that fires late must
-            # not cut it under the next call.
+            # A connection goes back to the pool after the call: the watchdog, which still
+            # holds this deadline, must not cut it under the next call.
             self._sockets.clear()
         _current.deadline = None
 
@@ -158,11 +158,42 @@ class _Deadline:
             else:
                 self._sockets.append(sock)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
             self.expired = True
             for sock in self._sockets:
                 _shut(sock)
+
+
+class _Watchdog:
+    """One thread that expires the deadlines of every call in the process, in time order (a
+    timer thread per call would cost a thread start per probe)."""
+
+    def __init__(self) -> None:
+        self._due: list = []  # heap of (ends, sequence, _Deadline)
+        self._sequence = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (deadline.ends, next(self._sequence), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="probe-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2].expire()
+                self._changed.wait(self._due[0][0] - now if self._due else None)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut(sock: socket.socket) -> None:
