@@ -137,7 +137,10 @@ def _summary(config: Config, path: str) -> List[str]:
              *_memo_lines(config),
              f"  log file:      {config.log_file or 'stderr'}",
              f"  CA file:       {config.ca_file or system}",
-             f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}"]
+             f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}",
+             f"  collapsed_forwarding: {config.collapsed_forwarding}"
+             + (" (on with Squid 6.0.1 or later)" if config.collapsed_forwarding == "auto"
+                else "")]
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
         lines.append(f"  {key + ':':<16}{int(value) if value == int(value) else value}")

@@ -96,6 +96,9 @@ class Config:
     peers: Tuple[Tuple[str, int], ...] = ()
     htcp_port: int = DEFAULT_HTCP_PORT
     memo: Optional[str] = None
+    # Squid's collapsed_forwarding: "auto" (on where Squid is 6.0.1 or later, see
+    # serve.collapsed_forwarding_for), "on" or "off".
+    collapsed_forwarding: str = "auto"
 
     def __getattr__(self, name: str) -> float:
         # Numeric settings read as attributes (config.probe_timeout) without a field each.
@@ -314,7 +317,19 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
 
 
 TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
-                  "upstream_proxy", "repos", *NUMERIC_SETTINGS, "peers", "htcp_port", "memo")
+                  "upstream_proxy", "repos", *NUMERIC_SETTINGS, "peers", "htcp_port", "memo",
+                  "collapsed_forwarding")
+COLLAPSED_FORWARDING = ("auto", "on", "off")
+
+
+def _collapsed_forwarding(value: Any, report: _Reporter) -> str:
+    if value is True or value is False:  # YAML reads a bare on/off as a boolean
+        return "on" if value else "off"
+    if value not in COLLAPSED_FORWARDING:
+        raise report.error(("collapsed_forwarding",), "must be auto (on with Squid 6.0.1 or "
+                           "later: older ones crash on crafted requests, CVE-2023-49288), on "
+                           f"or off (got {value!r})")
+    return value
 
 
 def _port(value: Any, keys: Tuple[str, ...], report: _Reporter) -> int:
@@ -461,6 +476,8 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     peers = _parse_peers(data.get("peers", []), report)
     htcp_port = _port(data.get("htcp_port", DEFAULT_HTCP_PORT), ("htcp_port",), report)
     memo = _parse_memo(data.get("memo"), report)
+    collapsed_forwarding = _collapsed_forwarding(data.get("collapsed_forwarding", "auto"),
+                                                 report)
 
     repos_value = data.get("repos")
     if not isinstance(repos_value, dict) or not repos_value:
@@ -484,6 +501,7 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
         peers=peers,
         htcp_port=htcp_port,
         memo=memo,
+        collapsed_forwarding=collapsed_forwarding,
     )
 
 

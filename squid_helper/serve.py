@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -68,18 +69,52 @@ def find_squid(explicit: Optional[str]) -> str:
                      "on EL/Fedora: sudo dnf install squid; or point --squid at the binary)")
 
 
-def tls_library(squid_version: str) -> str:
+# Squid up to 5.9 with collapsed_forwarding on can be crashed by a client (CVE-2023-49288).
+COLLAPSED_FORWARDING_FIXED_IN = (6, 0, 1)
+
+
+def squid_build(squid: str) -> str:
+    """What `squid -v` prints: the version and the build options ("" if it cannot run)."""
+    try:
+        return subprocess.run([squid, "-v"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def tls_library(build: str) -> str:
     """The TLS library a Squid is built with, from its `squid -v` text: "openssl" for
     --with-openssl (Debian's squid-openssl), else "gnutls" (Debian's squid)."""
-    return "openssl" if "--with-openssl" in squid_version else "gnutls"
+    return "openssl" if "--with-openssl" in build else "gnutls"
 
 
 def squid_tls_library(squid: str) -> str:
-    try:
-        version = subprocess.run([squid, "-v"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "gnutls"
-    return tls_library(version.stdout)
+    return tls_library(squid_build(squid))
+
+
+def squid_version(build: str) -> Optional[Tuple[int, ...]]:
+    """(5, 7) from `squid -v`'s "Squid Cache: Version 5.7"; None when it says no version."""
+    match = re.search(r"\bVersion (\d+(?:\.\d+)*)", build)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
+def collapsed_forwarding_for(setting: str, version: Optional[Tuple[int, ...]]) -> bool:
+    """collapsed_forwarding in repos.yaml for this Squid: auto is on from the version that
+    fixed CVE-2023-49288, and off for an older or unknown one."""
+    if setting != "auto":
+        return setting == "on"
+    return version is not None and version >= COLLAPSED_FORWARDING_FIXED_IN
+
+
+def collapsed_forwarding_note(setting: str, build: str) -> str:
+    """A line for serve's start-up text when auto left collapsed_forwarding off."""
+    version = squid_version(build)
+    if setting != "auto" or collapsed_forwarding_for(setting, version):
+        return ""
+    which = ".".join(map(str, version)) if version else "of unknown version"
+    return (f"collapsed_forwarding is off: Squid {which} can be crashed through it "
+            "(CVE-2023-49288, fixed in 6.0.1). Slaves asking for a new RPM at the same moment "
+            "each fetch it; set collapsed_forwarding: on in repos.yaml to accept the risk.\n")
 
 
 def network_params(config: Config) -> dict:
@@ -286,13 +321,14 @@ def _stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def _instructions(args: argparse.Namespace, config_path: Path, directory: Path,
+def _instructions(args: argparse.Namespace, squid: str, config_path: Path, directory: Path,
                   log_dir: Path) -> str:
     config = load_config(str(config_path))
     host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
     vhost = sorted(config.virtual_hosts)[0]
     repo = next(iter(config.repos))
-    fleet = _fleet_note(config, args)
+    fleet = _fleet_note(config, args) + collapsed_forwarding_note(config.collapsed_forwarding,
+                                                                  squid_build(squid))
     return f"""
 Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on port \
 {args.accel_port}). On each build slave:
@@ -343,6 +379,7 @@ def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directo
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
     repo_virtual acl, so a reload renders it again)."""
     config = load_config(str(config_path))
+    build = squid_build(squid)
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
@@ -354,7 +391,9 @@ def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directo
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
-        shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=squid_tls_library(squid),
+        shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=tls_library(build),
+        collapsed_forwarding=collapsed_forwarding_for(config.collapsed_forwarding,
+                                                      squid_version(build)),
         **network_params(config),
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
                      "every start and reload")
@@ -476,7 +515,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ServeError(f"Squid did not start (exit {code}); the end of "
                              f"{log_dir / 'cache.log'}:\n{_tail(log_dir / 'cache.log')}")
         if pending["stop"] is None:
-            _say(_instructions(args, config_path, directory, log_dir))
+            _say(_instructions(args, squid, config_path, directory, log_dir))
             sd_notify(f"READY=1\nSTATUS=serving on ports {args.port} and {args.accel_port}")
         while process.poll() is None:
             if pending["reload"] and pending["stop"] is None:

@@ -185,6 +185,10 @@ class SquidConfParams:
     # The TLS library Squid is built with (squid -v): "gnutls" (Debian's squid) or "openssl"
     # (squid-openssl); tls_outgoing_options differs.
     tls_library: str = "gnutls"
+    # Several clients asking for one file Squid is fetching wait for that fetch instead of
+    # starting their own. Off by default: Squid up to 5.9 can be crashed through it
+    # (CVE-2023-49288); serve turns it on for Squid 6.0.1 or later.
+    collapsed_forwarding: bool = False
 
 
 def installed_error_directory() -> str:
@@ -325,6 +329,7 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
                                else LOCAL_GUARD_FLEET if p.peers else LOCAL_GUARD),
         "FORWARDING": forwarding,
         "TLS_OUTGOING": tls,
+        "COLLAPSED_FORWARDING": "on" if p.collapsed_forwarding is True else "off",
         "EFFECTIVE_USER": _token("effective_user", p.effective_user),
         "VISIBLE_HOSTNAME": _token("visible_hostname", p.visible_hostname),
         "REWRITE_CHILDREN": _count("rewrite_children", p.rewrite_children, 1),

@@ -54,8 +54,8 @@ def test_serve_runs_squid_for_dnf_and_stops_on_sigterm(rpm_snapshots):
                              daemon=True).start()
             output = []
             deadline = time.monotonic() + 90
-            while not any("proxy=" in line for line in output):
-                assert time.monotonic() < deadline, "no proxy= line within 90 s:\n" + \
+            while not any("Stop with Ctrl-C" in line for line in output):
+                assert time.monotonic() < deadline, "no start-up text within 90 s:\n" + \
                     "".join(output)
                 try:
                     output.append(lines.get(timeout=1))
@@ -64,6 +64,9 @@ def test_serve_runs_squid_for_dnf_and_stops_on_sigterm(rpm_snapshots):
                         "serve exited:\n" + "".join(output) + process.stderr.read()
             text = "".join(output)
             assert f"proxy=http://127.0.0.1:{port}" in text, text
+            # This machine's Squid (5.7) is older than the fix of CVE-2023-49288.
+            assert "collapsed_forwarding is off: Squid 5." in text, text
+            assert "\ncollapsed_forwarding off\n" in (world / "serve" / "squid.conf").read_text()
             squid_pids = descendants(process.pid)
             assert squid_pids, "serve started no Squid"
             # The private copy of repos.yaml points the memo and log inside --dir.

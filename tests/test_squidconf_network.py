@@ -12,10 +12,15 @@ import yaml
 from lab.helper import helper_command
 from lab.squid import parse_problems
 from lab.tls import LabCA
-from squid_helper.configfile import load_config
+from squid_helper.config import ConfigError
+from squid_helper.configfile import load_config, parse_config
 from squid_helper.serve import (
+    collapsed_forwarding_for,
+    collapsed_forwarding_note,
     network_params,
+    squid_build,
     squid_tls_library,
+    squid_version,
     tls_library,
     write_private_config,
 )
@@ -124,3 +129,43 @@ def test_serve_tells_the_tls_library_from_squid_v():
     assert tls_library("configure options: '--with-gnutls'") == "gnutls"
     require("squid", root=False)
     assert squid_tls_library(shutil.which("squid")) == "gnutls"  # Debian's squid package
+
+
+# -- collapsed_forwarding: on only where Squid is not open to CVE-2023-49288 ---------------------
+def test_collapsed_forwarding_follows_the_squid_version_unless_repos_yaml_says():
+    assert squid_version("Squid Cache: Version 5.7\nService Name: squid\n") == (5, 7)
+    assert squid_version("Squid Cache: Version 6.0.1\n") == (6, 0, 1)
+    assert squid_version("Squid Cache: Version 7.2-VCS\n") == (7, 2)
+    assert squid_version("") is None
+    assert [collapsed_forwarding_for("auto", v) for v in ((5, 9), (6, 0), (6, 0, 1), (6, 13),
+                                                          None)] == [
+        False, False, True, True, False]
+    assert collapsed_forwarding_for("on", (5, 7)) and not collapsed_forwarding_for("off", (7,))
+    note = collapsed_forwarding_note("auto", "Squid Cache: Version 5.5\n")
+    assert "Squid 5.5" in note and "CVE-2023-49288" in note and "collapsed_forwarding: on" in note
+    assert collapsed_forwarding_note("auto", "Squid Cache: Version 6.10\n") == ""
+    assert collapsed_forwarding_note("off", "Squid Cache: Version 5.5\n") == ""
+    require("squid", root=False)
+    assert squid_version(squid_build(shutil.which("squid"))) >= (5,)
+
+
+def test_collapsed_forwarding_in_repos_yaml():
+    base = "repos: {x: {mirrors: ['http://m/']}}\n"
+    assert parse_config(base, "r.yaml").collapsed_forwarding == "auto"
+    assert parse_config(base + "collapsed_forwarding: on\n", "r.yaml").collapsed_forwarding == "on"
+    assert parse_config(base + "collapsed_forwarding: off\n",
+                        "r.yaml").collapsed_forwarding == "off"
+    with pytest.raises(ConfigError, match=r"r.yaml.*collapsed_forwarding.*auto.*CVE-2023-49288"):
+        parse_config(base + "collapsed_forwarding: sometimes\n", "r.yaml")
+
+
+def test_both_renderings_of_collapsed_forwarding_pass_squid_parse(tmp_path):
+    for on in (False, True):
+        text = render(SquidConfParams(collapsed_forwarding=on))
+        assert f"\ncollapsed_forwarding {'on' if on else 'off'}\n" in text
+    assert "\ncollapsed_forwarding off\n" in render()  # the example: safe on Debian 12, EL 9
+    require("squid", root=False)
+    path = tmp_path / "squid.conf"
+    path.write_text(render(SquidConfParams(collapsed_forwarding=True)))
+    output, problems = parse_problems(path)
+    assert problems == [], output
