@@ -321,14 +321,14 @@ def _stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def _instructions(args: argparse.Namespace, squid: str, config_path: Path, directory: Path,
+def _instructions(args: argparse.Namespace, build: str, config_path: Path, directory: Path,
                   log_dir: Path) -> str:
     config = load_config(str(config_path))
     host = args.listen if args.listen not in ("0.0.0.0", "::", "") else socket.gethostname()
     vhost = sorted(config.virtual_hosts)[0]
     repo = next(iter(config.repos))
     fleet = _fleet_note(config, args) + collapsed_forwarding_note(config.collapsed_forwarding,
-                                                                  squid_build(squid))
+                                                                  build)
     return f"""
 Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on port \
 {args.accel_port}). On each build slave:
@@ -374,12 +374,11 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directory: Path,
+def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directory: Path,
                 log_dir: Path, user_name: str) -> str:
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
     repo_virtual acl, so a reload renders it again)."""
     config = load_config(str(config_path))
-    build = squid_build(squid)
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
@@ -400,14 +399,14 @@ def _squid_conf(args: argparse.Namespace, squid: str, config_path: Path, directo
     return render(params)
 
 
-def reload_squid(args: argparse.Namespace, squid: str, conf: Path, directory: Path,
+def reload_squid(args: argparse.Namespace, squid: str, build: str, conf: Path, directory: Path,
                  log_dir: Path, user_name: str) -> bool:
     """SIGHUP: reread the user's repos.yaml into the private copy, render squid.conf again and
     have Squid reconfigure, which restarts the helpers with the new config (the memo stays).
     An invalid repos.yaml is refused and everything keeps running as it was."""
     try:
         config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
-        _write_atomically(conf, _squid_conf(args, squid, config_path, directory, log_dir,
+        _write_atomically(conf, _squid_conf(args, build, config_path, directory, log_dir,
                                             user_name))
         repos = len(load_config(str(config_path)).repos)
     except (ConfigError, SquidConfError) as exc:
@@ -436,6 +435,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
     config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
+    build = squid_build(squid)  # its version and TLS library decide parts of squid.conf
     root = _is_root()
     user = squid_user(args, squid, root)
     for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
@@ -459,7 +459,7 @@ def _serve(args: argparse.Namespace) -> int:
     config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
     helper = helper_executable()
     conf = directory / "squid.conf"
-    _write_atomically(conf, _squid_conf(args, squid, config_path, directory, log_dir,
+    _write_atomically(conf, _squid_conf(args, build, config_path, directory, log_dir,
                                           user.pw_name))
     if root:
         _chown([directory / "cache", directory / "memo", log_dir, directory / "run"], user)
@@ -515,12 +515,12 @@ def _serve(args: argparse.Namespace) -> int:
             raise ServeError(f"Squid did not start (exit {code}); the end of "
                              f"{log_dir / 'cache.log'}:\n{_tail(log_dir / 'cache.log')}")
         if pending["stop"] is None:
-            _say(_instructions(args, squid, config_path, directory, log_dir))
+            _say(_instructions(args, build, config_path, directory, log_dir))
             sd_notify(f"READY=1\nSTATUS=serving on ports {args.port} and {args.accel_port}")
         while process.poll() is None:
             if pending["reload"] and pending["stop"] is None:
                 pending["reload"] = False
-                reload_squid(args, squid, conf, directory, log_dir, user.pw_name)
+                reload_squid(args, squid, build, conf, directory, log_dir, user.pw_name)
             try:
                 process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
