@@ -33,10 +33,12 @@ from .configfile import load_config
 from .iniconfig import as_yaml, looks_like_ini
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
+    VISIBLE_HOSTNAME,
     SquidConfError,
     SquidConfParams,
     installed_error_directory,
     render,
+    unique_hostname_for,
 )
 from .squiduser import SquidUserError, detect_squid_user
 from .stores import redacted
@@ -389,6 +391,8 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         coredump_dir=str(directory / "cache"),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
+        unique_hostname=unique_hostname_for(VISIBLE_HOSTNAME, socket.gethostname(), args.listen,
+                                            args.port),
         virtual_hosts=tuple(sorted({h.partition(":")[0] for h in config.virtual_hosts})),
         shutdown_lifetime=SHUTDOWN_LIFETIME, tls_library=tls_library(build),
         collapsed_forwarding=collapsed_forwarding_for(config.collapsed_forwarding,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -122,6 +121,8 @@ minimum_direct_hops 0
 # from a mirror for another proxy; only repo files are asked for (not the generic proxy's).
 @PEER_LINES@"""
 
+# The name in Via and on error pages: the same on every proxy (unique_hostname tells them apart).
+VISIBLE_HOSTNAME = "squid-helper"
 _PLACEHOLDER_RE = re.compile(r"@([A-Z_]+)@")
 # A placeholder alone on its line whose text is empty leaves no line at all: the rendering
 # without a fleet is the same as before fleets existed.
@@ -161,10 +162,10 @@ class SquidConfParams:
     # whose origin servers themselves live on loopback (tests, benchmarks).
     guard_local_destinations: bool = True
     effective_user: str = "proxy"
-    visible_hostname: str = "squid-helper"
-    # This proxy's own name among its peers (Via, loop detection); None: visible_hostname and a
-    # digest of this host's name, listen address and port, which differs on every proxy and
-    # tells the mirrors nothing about the lab.
+    visible_hostname: str = VISIBLE_HOSTNAME
+    # This proxy's own name among its peers (Via, loop detection); serve gives
+    # unique_hostname_for(this host's name, ...). None: the same from the listen address and
+    # port alone, which differs only between proxies that differ in those.
     unique_hostname: Optional[str] = None
     rewrite_children: int = 20
     rewrite_startup: int = 2
@@ -226,10 +227,10 @@ def peer_name(host: str, port: int) -> str:
     return "peer-" + re.sub(r"[^A-Za-z0-9.-]", "-", host) + f"-{port}"
 
 
-def default_unique_hostname(visible_hostname: str, listen: str, port: int) -> str:
+def unique_hostname_for(visible_hostname: str, host: str, listen: str, port: int) -> str:
     """visible_hostname and a digest of (host name, listen address, port): one per proxy,
-    several on one host included, and the same across restarts. No DNS lookup."""
-    digest = hashlib.sha256(f"{socket.gethostname()} {listen} {port}".encode()).hexdigest()
+    several on one host included, the same across restarts, and telling the mirrors nothing."""
+    digest = hashlib.sha256(f"{host} {listen} {port}".encode()).hexdigest()
     return f"{visible_hostname}-{digest[:10]}"
 
 
@@ -257,7 +258,7 @@ def fleet_lines(params: SquidConfParams, listen: str) -> Dict[str, str]:
     udp = f"udp_incoming_address {listen.strip('[]')}\n" if listen else ""
     fleet = FLEET_TEMPLATE
     unique = (_token("unique_hostname", p.unique_hostname) if p.unique_hostname else
-              default_unique_hostname(p.visible_hostname, listen, p.forward_port))
+              unique_hostname_for(p.visible_hostname, "", listen, p.forward_port))
     for key, value in (("HTCP_PORT", htcp), ("UDP_ADDRESS", udp), ("UNIQUE_HOSTNAME", unique),
                        ("PEER_LINES", "\n".join(peer_lines)), ("STORE_ID_HOST", STORE_ID_HOST)):
         fleet = fleet.replace(f"@{key}@", value)
