@@ -90,10 +90,6 @@ def tls_library(build: str) -> str:
     return "openssl" if "--with-openssl" in build else "gnutls"
 
 
-def squid_tls_library(squid: str) -> str:
-    return tls_library(squid_build(squid))
-
-
 def squid_version(build: str) -> Optional[Tuple[int, ...]]:
     """(5, 7) from `squid -v`'s "Squid Cache: Version 5.7"; None when it says no version."""
     match = re.search(r"\bVersion (\d+(?:\.\d+)*)", build)

@@ -19,7 +19,6 @@ from squid_helper.serve import (
     collapsed_forwarding_note,
     network_params,
     squid_build,
-    squid_tls_library,
     squid_version,
     tls_library,
     write_private_config,
@@ -128,7 +127,7 @@ def test_serve_tells_the_tls_library_from_squid_v():
     assert tls_library("configure options: '--enable-ssl-crtd' '--with-openssl'") == "openssl"
     assert tls_library("configure options: '--with-gnutls'") == "gnutls"
     require("squid", root=False)
-    assert squid_tls_library(shutil.which("squid")) == "gnutls"  # Debian's squid package
+    assert tls_library(squid_build(shutil.which("squid"))) == "gnutls"  # Debian's squid
 
 
 # -- collapsed_forwarding: on only where Squid is not open to CVE-2023-49288 ---------------------
