@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import email.utils
 import heapq
+import ipaddress
 import itertools
 import os
+import queue
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from . import __version__
 from .config import Config
@@ -130,8 +134,8 @@ class _Deadline:
     """One call's time limit, enforced on its connections. requests' timeouts bound each
     connect and each read, not a whole answer: a mirror that trickles its answer a byte at a
     time would outlast them. When the time is up, the sockets the call reads from are shut
-    down, and its blocked read ends at once. (Name resolution is not covered: the system
-    resolver's own timeouts apply to it.)"""
+    down, and its blocked read ends at once. Name lookups are waited for until then only
+    (see _lookup): the system resolver may take far longer to give up."""
 
     def __init__(self, seconds: float):
         self.ends = time.monotonic() + seconds
@@ -203,10 +207,60 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
+def _lookup(host: str, port: int, deadline: _Deadline) -> Optional[List[str]]:
+    """The addresses of host, in the resolver's order, waited for until the deadline; None
+    when host is an address already, or the lookup failed (urllib3 then fails as usual).
+    getaddrinfo cannot be interrupted: it runs in a daemon thread of its own, left to end by
+    itself (within the resolver's timeouts) when the call stops waiting for it. Lookups are
+    made for new connections only; a mirror's connections are kept alive."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    found: queue.Queue[Any] = queue.Queue(maxsize=1)
+
+    def look_up() -> None:
+        try:
+            found.put(socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM))
+        except OSError as exc:  # socket.gaierror: no such name, or the resolver failed
+            found.put(exc)
+
+    threading.Thread(target=look_up, name="name-lookup", daemon=True).start()
+    try:
+        answers = found.get(timeout=max(0.0, deadline.ends - time.monotonic()))
+    except queue.Empty:
+        raise ConnectTimeoutError(None, f"name lookup of {host} took too long") from None
+    if isinstance(answers, OSError):
+        return None
+    return list(dict.fromkeys(str(answer[4][0]) for answer in answers))
+
+
 def _watched(connection_class: type) -> type:
-    """connection_class whose reads of an answer are under the current call's deadline."""
+    """connection_class whose reads of an answer are under the current call's deadline, and
+    whose name lookup is too."""
 
     class Watched(connection_class):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> socket.socket:
+            deadline = getattr(_current, "deadline", None)
+            addresses = _lookup(self._dns_host, self.port, deadline) if deadline else None
+            if not addresses:
+                return super()._new_conn()
+            # Connect to the addresses found, in order, as urllib3 would; the name stays the
+            # connection's host (Host header, TLS server name, certificate check).
+            name = self._dns_host
+            try:
+                for address in addresses[:-1]:
+                    self._dns_host = address
+                    try:
+                        return super()._new_conn()
+                    except (NewConnectionError, ConnectTimeoutError):
+                        continue
+                self._dns_host = addresses[-1]
+                return super()._new_conn()
+            finally:
+                self._dns_host = name
+
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
             deadline = getattr(_current, "deadline", None)
             if deadline is not None and self.sock is not None:

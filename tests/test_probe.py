@@ -3,12 +3,14 @@ count against it."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
 import requests
 
 from lab.mirrors import DRIP, GOOD, NO_HEAD, MirrorServer
+from lab.tls import LabCA
 from lab.wait import wait_for
 from squid_helper.probe import FAILED, FOUND, Prober
 
@@ -122,3 +124,71 @@ def test_an_upstream_proxy_that_drips_is_cut_off_at_the_time_limit():
             prober.close()
     assert [(r.outcome, r.detail) for r in results] == [(FAILED, "timeout after 1.0s")] * 2
     assert took < 3, took
+
+
+# -- name lookups under the same limit ------------------------------------------------------------
+# The machine's resolver cannot be made slow for one name, so its function is replaced at this
+# edge: names under .slow.test answer after 5 s, two.test gives 127.0.0.2 (where nothing
+# listens) before 127.0.0.1, and every other name goes to the real resolver.
+@pytest.fixture
+def names(monkeypatch):
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host.endswith(".slow.test"):
+            time.sleep(5)
+            host = "127.0.0.1"
+        elif host == "two.test":
+            return real("127.0.0.2", port, *args, **kwargs) + real("127.0.0.1", port, *args,
+                                                                  **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("call", ["probe", "fetch"])
+def test_a_name_lookup_that_hangs_is_given_up_at_the_time_limit(snapshots, names, call):
+    with MirrorServer(snapshots["new"]) as server:
+        prober = Prober(timeout=1.0)
+        try:
+            started = time.monotonic()
+            result = getattr(prober, call)(
+                f"http://mirror.slow.test:{server.port}/repodata/repomd.xml")
+            took = time.monotonic() - started
+        finally:
+            prober.close()
+    assert result.outcome == FAILED and result.detail.startswith("timeout after 1."), result
+    assert took < 1.5, took
+    assert server.count() == 0
+
+
+def test_a_name_with_several_addresses_is_tried_in_order_and_keeps_its_name(snapshots, names):
+    """As urllib3 itself would: the next address when one refuses; the Host header (and, over
+    TLS, the server name checked) stays the name."""
+    with MirrorServer(snapshots["new"]) as server:
+        prober = Prober(timeout=2.0)
+        try:
+            result = prober.fetch(f"http://two.test:{server.port}/repodata/repomd.xml")
+        finally:
+            prober.close()
+        assert result.outcome == FOUND, result
+        assert [h.get("Host") for _, _, h in server.requests] == [f"two.test:{server.port}"]
+
+
+def test_an_https_mirror_by_name_is_checked_against_that_name(tmp_path, snapshots):
+    ca = LabCA(tmp_path / "ca")
+    with MirrorServer(snapshots["new"], tls=ca.server_context()) as server:  # 127.0.0.1, localhost
+        prober = Prober(timeout=2.0, ca_file=str(ca.cert_file))
+        try:
+            found = prober.fetch(f"https://localhost:{server.port}/repodata/repomd.xml")
+        finally:
+            prober.close()
+    assert found.outcome == FOUND, found
+    with MirrorServer(snapshots["new"], tls=ca.server_context("other.test")) as server:
+        prober = Prober(timeout=2.0, ca_file=str(ca.cert_file))
+        try:
+            refused = prober.fetch(f"https://localhost:{server.port}/repodata/repomd.xml")
+        finally:
+            prober.close()
+    assert refused.outcome == FAILED and "certificate verify failed for host localhost" in \
+        refused.detail, refused
