@@ -59,6 +59,17 @@ def parse_problems(conf: Path) -> Tuple[str, List[str]]:
     return output, problems
 
 
+def parse_rendered(directory: Path, **overrides) -> Tuple[str, List[str]]:
+    """parse_problems of a squid.conf rendered into directory for this machine's installed
+    helper, with SquidConfParams overrides."""
+    conf = directory / "squid.conf"
+    conf.write_text(render(SquidConfParams(**{
+        "helper_command": helper_command()[0], "helper_config": str(directory / "repos.yaml"),
+        "cache_dir": str(directory / "cache"), "log_dir": str(directory),
+        "pid_file": str(directory / "pid"), "coredump_dir": str(directory), **overrides})))
+    return parse_problems(conf)
+
+
 def chown_proxy(*paths: Path) -> None:
     """Give the proxy user what Squid and its helpers write (recursively)."""
     if os.geteuid() != 0:

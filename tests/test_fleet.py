@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import MirrorServer, free_port
 from lab.rpmrepo import (
@@ -28,7 +27,7 @@ from lab.rpmrepo import (
     dnf_output,
 )
 from lab.serve import ServeProcess
-from lab.squid import ParentSquid, SquidInstance, WorldReadableDir, parse_problems
+from lab.squid import ParentSquid, SquidInstance, WorldReadableDir, parse_rendered
 from squid_helper.config import ConfigError
 from squid_helper.configfile import parse_config
 from squid_helper.serve import fleet_peers
@@ -130,13 +129,8 @@ def test_peer_names_are_checked_before_they_reach_squid_conf():
 
 def test_squid_accepts_a_fleet_config(tmp_path):
     require("squid", root=False)
-    conf = tmp_path / "squid.conf"
-    conf.write_text(render(SquidConfParams(
-        helper_command=helper_command()[0], helper_config=str(tmp_path / "repos.yaml"),
-        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path), pid_file=str(tmp_path / "pid"),
-        coredump_dir=str(tmp_path), peers=(("127.0.0.3", 3128), ("localhost", 3129)),
-        listen_address="127.0.0.2")))
-    output, problems = parse_problems(conf)
+    output, problems = parse_rendered(tmp_path, peers=(("127.0.0.3", 3128), ("localhost", 3129)),
+                                      listen_address="127.0.0.2")
     assert problems == [], output
 
 

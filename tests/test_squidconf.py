@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.helper import helper_command
-from lab.squid import parse_problems
+from lab.squid import parse_rendered
 from squid_helper.squidconf import SquidConfError, SquidConfParams, render
 
 import conftest
@@ -101,12 +100,7 @@ def test_unknown_placeholder_in_a_template_is_an_error():
 def test_squid_accepts_the_rendered_config(tmp_path):
     """`squid -k parse` on a config rendered for this machine's installed helper."""
     require("squid", root=False)
-    conf = tmp_path / "squid.conf"
-    conf.write_text(render(SquidConfParams(
-        helper_command=helper_command()[0], helper_config=str(tmp_path / "repos.yaml"),
-        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path), pid_file=str(tmp_path / "pid"),
-        coredump_dir=str(tmp_path))))
-    output, problems = parse_problems(conf)
+    output, problems = parse_rendered(tmp_path)
     assert problems == [], output
 
 

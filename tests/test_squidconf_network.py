@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.helper import helper_command
-from lab.squid import parse_problems
+from lab.squid import parse_rendered
 from lab.tls import LabCA
 from squid_helper.config import ConfigError
 from squid_helper.configfile import load_config, parse_config
@@ -90,12 +89,7 @@ def test_squid_accepts_the_rendered_network_settings(tmp_path, ca, network):
     """`squid -k parse` stays clean with ca_file and upstream_proxy rendered in."""
     require("squid", root=False)
     network = {k: (str(ca.cert_file) if v == "CA" else v) for k, v in network.items()}
-    conf = tmp_path / "squid.conf"
-    conf.write_text(render(SquidConfParams(
-        helper_command=helper_command()[0], helper_config=str(tmp_path / "repos.yaml"),
-        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path), pid_file=str(tmp_path / "pid"),
-        coredump_dir=str(tmp_path), **network)))
-    output, problems = parse_problems(conf)
+    output, problems = parse_rendered(tmp_path, **network)
     assert problems == [], output
     assert "Processing: tls_outgoing_options min-version=1.2" in output
 
@@ -164,7 +158,5 @@ def test_both_renderings_of_collapsed_forwarding_pass_squid_parse(tmp_path):
         assert f"\ncollapsed_forwarding {'on' if on else 'off'}\n" in text
     assert "\ncollapsed_forwarding off\n" in render()  # the example: safe on Debian 12, EL 9
     require("squid", root=False)
-    path = tmp_path / "squid.conf"
-    path.write_text(render(SquidConfParams(collapsed_forwarding=True)))
-    output, problems = parse_problems(path)
+    output, problems = parse_rendered(tmp_path, collapsed_forwarding=True)
     assert problems == [], output
