@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import yaml
@@ -175,6 +176,19 @@ def proxy_config(directory: Path, mirrors, peers, htcp_port: int, **settings) ->
     return path
 
 
+def two_proxies(world: Path, mirrors, **settings) -> Tuple[ServeProcess, ServeProcess]:
+    """`serve` for proxy 1 on 127.0.0.2 and proxy 2 on 127.0.0.3 (two hosts), each the other's
+    peer, with settings in both repos.yaml; the caller starts them."""
+    port1, port2, htcp = free_port(), free_port(), free_port()
+    one = ServeProcess(proxy_config(world / "proxy1", mirrors, [f"127.0.0.3:{port2}"], htcp,
+                                    **settings),
+                       world / "proxy1" / "serve", port1, free_port(), listen="127.0.0.2")
+    two = ServeProcess(proxy_config(world / "proxy2", mirrors, [f"127.0.0.2:{port1}"], htcp,
+                                    **settings),
+                       world / "proxy2" / "serve", port2, free_port(), listen="127.0.0.3")
+    return one, two
+
+
 def helper_requests(*mirrors: MirrorServer) -> int:
     """What the helpers asked the mirrors for repo files (probes: HEAD or ranged GET), not
     Squid's fetches (those carry Via) nor the watch's look at repomd.xml."""
@@ -228,16 +242,10 @@ def test_a_file_one_proxy_fetched_is_a_hit_for_another_and_a_dead_peer_costs_not
     serves = []
     try:
         with WorldReadableDir("squid-helper-fleet-") as world:
-            port1, port2, htcp = free_port(), free_port(), free_port()
             mirrors = [first, second]
-            one = ServeProcess(proxy_config(world / "proxy1", mirrors, [f"127.0.0.3:{port2}"],
-                                            htcp), world / "proxy1" / "serve", port1,
-                               free_port(), listen="127.0.0.2")
-            two = ServeProcess(proxy_config(world / "proxy2", mirrors, [f"127.0.0.2:{port1}"],
-                                            htcp), world / "proxy2" / "serve", port2,
-                               free_port(), listen="127.0.0.3")
+            one, two = two_proxies(world, mirrors)
+            serves += [one, two]
             for serve in (one, two):
-                serves.append(serve)
                 serve.start()
                 assert "Fleet: HTCP siblings" in serve.output(), serve.output()
 
@@ -287,18 +295,10 @@ def test_a_fleet_sharing_its_memo_probes_once_and_keeps_serving_when_redis_stops
     serves = []
     try:
         with WorldReadableDir("squid-helper-fleet-redis-") as world:
-            port1, port2, htcp = free_port(), free_port(), free_port()
             mirrors = [first, second]
-            one = ServeProcess(proxy_config(world / "proxy1", mirrors, [f"127.0.0.3:{port2}"],
-                                            htcp, memo=redis_server.url),
-                               world / "proxy1" / "serve", port1, free_port(),
-                               listen="127.0.0.2")
-            two = ServeProcess(proxy_config(world / "proxy2", mirrors, [f"127.0.0.2:{port1}"],
-                                            htcp, memo=redis_server.url),
-                               world / "proxy2" / "serve", port2, free_port(),
-                               listen="127.0.0.3")
+            one, two = two_proxies(world, mirrors, memo=redis_server.url)
+            serves += [one, two]
             for serve in (one, two):
-                serves.append(serve)
                 serve.start()
                 assert f"Shared memo: {redis_server.url}" in serve.output(), serve.output()
 
@@ -332,14 +332,8 @@ def test_old_style_clients_of_a_fleet_get_sibling_hits(rpm_snapshots, through_pa
     with MirrorServer(rpm_snapshots["new"]) as mirror, \
             WorldReadableDir("squid-helper-fleet-accel-") as world, \
             ParentSquid(world / "parent") as parent:
-        port1, port2, htcp = free_port(), free_port(), free_port()
         settings = {"upstream_proxy": parent.proxy_url} if through_parent else {}
-        one = ServeProcess(proxy_config(world / "proxy1", [mirror], [f"127.0.0.3:{port2}"],
-                                        htcp, **settings),
-                           world / "proxy1" / "serve", port1, free_port(), listen="127.0.0.2")
-        two = ServeProcess(proxy_config(world / "proxy2", [mirror], [f"127.0.0.2:{port1}"],
-                                        htcp, **settings),
-                           world / "proxy2" / "serve", port2, free_port(), listen="127.0.0.3")
+        one, two = two_proxies(world, [mirror], **settings)
         try:
             for serve in (one, two):
                 serve.start()
