@@ -344,6 +344,12 @@ class Prober:
                 session.close()
             self._sessions.clear()
 
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def _failure(self, url: str, exc: Exception, started: float,
                  deadline: _Deadline) -> ProbeResult:
         elapsed = time.monotonic() - started

@@ -44,9 +44,8 @@ def stranger(tmp_path: Path) -> LabCA:
 
 @pytest.fixture
 def prober(ca: LabCA) -> Iterator[Prober]:
-    prober = Prober(timeout=2.0, ca_file=str(ca.cert_file))
-    yield prober
-    prober.close()
+    with Prober(timeout=2.0, ca_file=str(ca.cert_file)) as prober:
+        yield prober
 
 
 def serve(root: Path, context: ssl.SSLContext) -> MirrorServer:
@@ -64,13 +63,10 @@ def test_an_https_mirror_is_verified_against_ca_file(root, ca, prober):
 
 def test_without_ca_file_the_system_store_is_used_and_knows_no_lab_ca(root, ca):
     """Unset ca_file means the system's bundle (not certifi's): a lab CA is unknown there."""
-    prober = Prober(timeout=2.0)
-    try:
+    with Prober(timeout=2.0) as prober:
         assert prober.verify == system_ca_file() == "/etc/ssl/certs/ca-certificates.crt"
         with serve(root, ca.server_context()) as mirror:
             result = prober.probe(mirror.url + PACKAGE)
-    finally:
-        prober.close()
     assert result.outcome == FAILED, result
     assert result.detail == (f"certificate verify failed for host 127.0.0.1:{mirror.port}: "
                              "unable to get local issuer certificate"), result
@@ -81,12 +77,8 @@ def test_requests_ca_bundle_in_the_environment_changes_nothing(root, ca, monkeyp
     lab CA behind the config's back (nor take it away)."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.cert_file))
     monkeypatch.setenv("CURL_CA_BUNDLE", str(ca.cert_file))
-    prober = Prober(timeout=2.0)
-    try:
-        with serve(root, ca.server_context()) as mirror:
-            result = prober.probe(mirror.url + PACKAGE)
-    finally:
-        prober.close()
+    with Prober(timeout=2.0) as prober, serve(root, ca.server_context()) as mirror:
+        result = prober.probe(mirror.url + PACKAGE)
     assert result.outcome == FAILED and "certificate verify failed" in result.detail, result
 
 
@@ -128,18 +120,12 @@ def test_probes_and_fetches_go_through_upstream_proxy_only(root, monkeypatch):
         # The environment names another proxy: it is ignored (it usually names Squid).
         monkeypatch.setenv("http_proxy", elsewhere.url)
         monkeypatch.setenv("HTTP_PROXY", elsewhere.url)
-        prober = Prober(timeout=2.0, proxy=proxy.url.rstrip("/"))
-        try:
+        with Prober(timeout=2.0, proxy=proxy.url.rstrip("/")) as prober:
             fetched = prober.fetch(url)
             probed = prober.probe(url)
-        finally:
-            prober.close()
-        direct = Prober(timeout=2.0)
-        try:
+        with Prober(timeout=2.0) as direct:
             # Without upstream_proxy: straight to the mirror (which does not resolve).
             unproxied = direct.probe(url)
-        finally:
-            direct.close()
     assert fetched.outcome == FOUND and fetched.content == b"<repomd/>", fetched
     assert probed.outcome == FOUND, probed
     assert [(m, p) for m, p, _ in proxy.requests] == [("GET", url), ("HEAD", url)]
@@ -155,12 +141,9 @@ def test_probes_and_fetches_go_through_upstream_proxy_only(root, monkeypatch):
 def test_an_error_the_upstream_proxy_made_itself_fails_like_a_dead_mirror(status, squid_error):
     with MirrorServer(None) as proxy:
         proxy.fail_paths[""] = (status, {"X-Squid-Error": squid_error})
-        prober = Prober(timeout=2.0, proxy=proxy.url.rstrip("/"))
-        try:
+        with Prober(timeout=2.0, proxy=proxy.url.rstrip("/")) as prober:
             probed = prober.probe("http://mirror.invalid/pub/Packages/a.rpm")
             fetched = prober.fetch("http://mirror.invalid/pub/repodata/repomd.xml")
-        finally:
-            prober.close()
     expected = (f"upstream proxy {proxy.url.rstrip('/')} could not reach mirror.invalid: "
                 f"{status} {squid_error}")
     assert (probed.outcome, probed.detail) == (FAILED, expected)
@@ -171,12 +154,9 @@ def test_an_error_the_upstream_proxy_made_itself_fails_like_a_dead_mirror(status
 def test_a_tunnel_the_upstream_proxy_refuses_fails_like_a_dead_mirror():
     """An https:// mirror goes through CONNECT; a proxy that answers it with an error (here
     501: the stand-in knows no CONNECT) could not reach the mirror."""
-    with MirrorServer(None) as proxy:
-        prober = Prober(timeout=2.0, proxy=proxy.url.rstrip("/"))
-        try:
-            result = prober.probe("https://mirror.invalid/pub/Packages/a.rpm")
-        finally:
-            prober.close()
+    with MirrorServer(None) as proxy, \
+            Prober(timeout=2.0, proxy=proxy.url.rstrip("/")) as prober:
+        result = prober.probe("https://mirror.invalid/pub/Packages/a.rpm")
     assert result.outcome == FAILED, result
     assert result.detail == (f"upstream proxy {proxy.url.rstrip('/')} could not connect to "
                              "mirror.invalid: 501 Unsupported method ('CONNECT')"), result
@@ -186,24 +166,18 @@ def test_a_mirrors_own_errors_through_the_proxy_stay_the_mirrors():
     """A 404 or 500 that the mirror sent (no X-Squid-Error) means what it means directly."""
     with MirrorServer(None) as proxy:
         proxy.fail_paths["broken"] = (500, {})
-        prober = Prober(timeout=2.0, proxy=proxy.url.rstrip("/"))
-        try:
+        with Prober(timeout=2.0, proxy=proxy.url.rstrip("/")) as prober:
             missing = prober.probe("http://mirror.invalid/pub/Packages/none.rpm")
             broken = prober.probe("http://mirror.invalid/pub/Packages/broken.rpm")
-        finally:
-            prober.close()
     assert (missing.outcome, missing.detail) == (MISSING, "HEAD 404")
     assert (broken.outcome, broken.detail) == (ERROR, "HEAD 500")
 
 
 def test_an_unreachable_upstream_proxy_is_named(root, ca):
     proxy = dead_url("").rstrip("/")
-    prober = Prober(timeout=2.0, ca_file=str(ca.cert_file), proxy=proxy)
-    try:
+    with Prober(timeout=2.0, ca_file=str(ca.cert_file), proxy=proxy) as prober:
         plain = prober.probe("http://mirror.invalid/pub/Packages/a.rpm")
         secure = prober.probe("https://mirror.invalid/pub/Packages/a.rpm")
-    finally:
-        prober.close()
     for result in (plain, secure):
         assert result.outcome == FAILED, result
         assert result.detail.startswith(f"upstream proxy {proxy} failed"), result
