@@ -24,7 +24,7 @@ DEBIAN_DEPS = squid:squid squidclient:squidclient dnf:dnf createrepo_c:createrep
 RPM_DEPS   = squid:squid squidclient:squid dnf:dnf createrepo_c:createrepo_c rpmbuild:rpm-build \
 	rpm2archive:rpm systemd-analyze:systemd logrotate:logrotate redis-server:redis
 
-SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/templates/* squid_helper/templates/errors/*)
+SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/*/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 
 .PHONY: serve test install system-deps lint bench rpm install-service
 

@@ -42,7 +42,7 @@ from common import arg_parser, extra_settings, median, verdict, write_config
 from lab.mirrors import MirrorServer, free_port
 from lab.rpmrepo import DnfClient, build_rpm, dnf_output, make_rpm_repo
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
-from squid_helper.squidconf import SquidConfParams
+from squid_helper.ops.squidconf import SquidConfParams
 
 GOAL_NEAR = 1.05
 GOAL_FAR = 1.10

@@ -1,6 +1,6 @@
 """End to end: cached RPMs through a real Squid with the helper vs the same Squid without it.
 
-Three Squids from the same squid.conf (squid_helper.squidconf, the shipped helper settings) run
+Three Squids from the same squid.conf (squid_helper.ops.squidconf, the shipped helper settings) run
 side by side on 127.0.0.1: one with `squid-helper rewrite` + `squid-helper storeid`, whose
 clients ask virtual URLs (http://repoproxy/bench/9/x86_64/Packages/...); one without the
 helper lines, whose clients ask the mirror URLs directly ("plain"); and, for reference, one
@@ -48,7 +48,7 @@ from lab.httpclient import DriveStats, KeepAliveClient, get_request, http_get
 from lab.mirrors import MirrorServer
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 from lab.wait import wait_for
-from squid_helper.squidconf import SquidConfParams
+from squid_helper.ops.squidconf import SquidConfParams
 
 GOAL = 0.9
 # The helper settings squid.conf.example ships with (the harness's defaults are smaller).

@@ -28,12 +28,12 @@ from common import (
     workdir,
 )
 
-from squid_helper.configfile import load_config
-from squid_helper.helperloop import HelperLoop
-from squid_helper.memo import Memo
-from squid_helper.resolver import Resolver
-from squid_helper.rewrite import RewriteHandler
-from squid_helper.urls import map_url
+from squid_helper.config.files import load_config
+from squid_helper.facts.memo import Memo
+from squid_helper.resolve.resolver import Resolver
+from squid_helper.resolve.urls import map_url
+from squid_helper.squid.helperloop import HelperLoop
+from squid_helper.squid.rewrite import RewriteHandler
 
 
 def main() -> int:

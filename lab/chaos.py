@@ -3,7 +3,7 @@
 Three mirrors (lab.mirrors.MirrorServer, each on a fixed port so that a killed one comes back on
 the same address) serve a real 60-package RPM repository (rpmbuild, createrepo_c, built once
 per run), listed in a plain mirrorlist served by a fourth server, the list host. A real Squid
-(squid_helper.squidconf's squid.conf, run as in production) has `squid-helper rewrite` and
+(squid_helper.ops.squidconf's squid.conf, run as in production) has `squid-helper rewrite` and
 `squid-helper storeid` wired in, with short TTLs so that the helpers have to react.
 
 A chaos driver (one thread, a seeded random.Random) acts every 2-4 s: it picks the list host or

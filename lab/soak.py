@@ -1,6 +1,6 @@
 """Soak: mixed load through a real Squid with the helpers; RSS and open fds over time, errors.
 
-A real Squid (squid_helper.squidconf's squid.conf; all helper processes started at once, so a
+A real Squid (squid_helper.ops.squidconf's squid.conf; all helper processes started at once, so a
 new helper pid can only mean a restart) runs on 127.0.0.1 with `squid-helper rewrite` and
 `squid-helper storeid`. A pure-Python keep-alive client sends, at `rate` requests/s:
 cached repo paths (hits), new repo paths (each verified once on the local mirror), paths no
@@ -42,7 +42,7 @@ from lab.httpclient import KeepAliveClient, get_request, http_get
 from lab.mirrors import MirrorServer, repomd_xml
 from lab.procfs import ProcSample, proc_sample
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
-from squid_helper.squidconf import SquidConfParams
+from squid_helper.ops.squidconf import SquidConfParams
 
 REPO = "soak"
 PREFIX = f"http://repoproxy/{REPO}/9/x86_64/"

@@ -1,6 +1,6 @@
 """A real Squid with the installed helper wired in, and the proxy user it runs the helpers as.
 
-Squid runs on free 127.0.0.1 ports from a squid.conf rendered by squid_helper.squidconf (the
+Squid runs on free 127.0.0.1 ports from a squid.conf rendered by squid_helper.ops.squidconf (the
 template squid.conf.example comes from), as root with cache_effective_user Squid's user on this
 host (proxy on Debian), so the helpers run as that user exactly as in production. The same
 squid.conf can drop the helper lines (the no-helper baseline), run other helper programs (e.g.
@@ -25,8 +25,8 @@ from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import free_port
 from lab.procfs import descendants, wait_gone
-from squid_helper.squidconf import SquidConfParams, installed_error_directory, render
-from squid_helper.squiduser import SquidUserError, detect_squid_user
+from squid_helper.ops.squidconf import SquidConfParams, installed_error_directory, render
+from squid_helper.ops.squiduser import SquidUserError, detect_squid_user
 
 
 def _squid_user() -> str:

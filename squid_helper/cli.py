@@ -10,22 +10,22 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .config import NUMERIC_SETTINGS, Config, ConfigError
-from .configfile import load_config
-from .helperloop import Handler, HelperLoop
-from .iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
+from .config.files import load_config
+from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
+from .config.settings import NUMERIC_SETTINGS, Config, ConfigError
+from .facts.memo import Memo
+from .facts.stores import redacted
 from .logsetup import setup_logging
-from .memo import Memo
-from .preflight import memo_mismatch, shared_memo_problem, squid_user_problems
-from .probe import system_ca_file
-from .protocol import HelperRequest, Reply, err
-from .purge import purge
-from .resolver import Resolver
-from .rewrite import RewriteHandler
-from .squiduser import SquidUserError, detect_squid_user
-from .storeid import StoreIdHandler, StoreIdMapper
-from .stores import redacted
-from .urls import NotOurs, Refused, map_url
+from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
+from .ops.purge import purge
+from .ops.squiduser import SquidUserError, detect_squid_user
+from .resolve.probe import system_ca_file
+from .resolve.resolver import Resolver
+from .resolve.urls import NotOurs, Refused, map_url
+from .squid.helperloop import Handler, HelperLoop
+from .squid.protocol import HelperRequest, Reply, err
+from .squid.rewrite import RewriteHandler
+from .squid.storeid import StoreIdHandler, StoreIdMapper
 
 log = logging.getLogger("squid_helper.cli")
 
@@ -114,7 +114,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve  # Squid process management is only needed here
+    from .ops.serve import serve  # Squid process management is only needed here
 
     return serve(args)
 
@@ -228,7 +228,7 @@ def _status_proxy(args: argparse.Namespace) -> Optional[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .status import collect, render_table
+    from .ops.status import collect, render_table
 
     config = _load(args.config)
     status = collect(config, _status_proxy(args))
@@ -242,8 +242,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from .metrics import exposition, serve_metrics
-    from .status import collect
+    from .ops.metrics import exposition, serve_metrics
+    from .ops.status import collect
 
     config = _load(args.config)
     proxy = _status_proxy(args)
@@ -267,7 +267,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from .warm import WarmError, run
+    from .ops.warm import WarmError, run
 
     if bool(args.packages) == args.everything:
         print("squid-helper warm: name the packages to fetch, or --all (not both)",

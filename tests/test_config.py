@@ -1,4 +1,4 @@
-"""Unit tests for squid_helper.config: repos.yaml parsing and its error messages."""
+"""Unit tests for squid_helper.config.settings: repos.yaml parsing and its error messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from squid_helper.config import (
+from squid_helper.config.files import load_config, parse_config
+from squid_helper.config.settings import (
     DEFAULT_LOG_FILE,
     NUMERIC_SETTINGS,
     SOURCE_KINDS,
@@ -18,7 +19,6 @@ from squid_helper.config import (
     Repo,
     validate_template,
 )
-from squid_helper.configfile import load_config, parse_config
 
 PATH = "/etc/squid-helper/repos.yaml"
 BUNDLED = Path(__file__).resolve().parent.parent / "repos.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer, metalink_xml
 from lab.wait import wait_for
-from squid_helper.helperloop import TOKEN_CHECK_SECONDS
+from squid_helper.squid.helperloop import TOKEN_CHECK_SECONDS
 
 from conftest import NEW_ONLY
 
@@ -241,10 +241,10 @@ def test_accel_port_urls_map_by_myport(tmp_path, fleet):
 
 
 def test_a_purge_in_another_process_is_seen_within_a_second(tmp_path, fleet):
-    from squid_helper.configfile import load_config
-    from squid_helper.memo import Memo
-    from squid_helper.resolver import Resolver
-    from squid_helper.urls import map_url
+    from squid_helper.config.files import load_config
+    from squid_helper.facts.memo import Memo
+    from squid_helper.resolve.resolver import Resolver
+    from squid_helper.resolve.urls import map_url
 
     good = fleet["good"]
     config_path = static(tmp_path, [good.url])

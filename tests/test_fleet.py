@@ -29,11 +29,11 @@ from lab.rpmrepo import (
 )
 from lab.serve import ServeProcess
 from lab.squid import ParentSquid, SquidInstance, WorldReadableDir, parse_rendered
-from squid_helper.config import ConfigError
-from squid_helper.configfile import parse_config
-from squid_helper.serve import fleet_peers
-from squid_helper.squidconf import SquidConfError, SquidConfParams, render
-from squid_helper.storeid import STORE_ID_HOST
+from squid_helper.config.files import parse_config
+from squid_helper.config.settings import ConfigError
+from squid_helper.ops.serve import fleet_peers
+from squid_helper.ops.squidconf import SquidConfError, SquidConfParams, render
+from squid_helper.squid.storeid import STORE_ID_HOST
 
 from conftest import require
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import diskcache
 
-from squid_helper.flight import SingleFlight
-from squid_helper.memo import Memo
+from squid_helper.facts.flight import SingleFlight
+from squid_helper.facts.memo import Memo
 
 
 def test_a_lock_taken_over_after_it_expired_is_not_released_by_its_first_holder(tmp_path):

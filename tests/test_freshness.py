@@ -17,7 +17,7 @@ import pytest
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer, make_snapshot, metalink_xml, repomd_xml
 from lab.wait import wait_for
-from squid_helper.helperloop import TOKEN_CHECK_SECONDS
+from squid_helper.squid.helperloop import TOKEN_CHECK_SECONDS
 
 BASE = "http://repoproxy/test/9/x86_64/"
 REPOMD = BASE + "repodata/repomd.xml"

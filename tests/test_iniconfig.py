@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from squid_helper.config import (
+from squid_helper.config.files import load_config, parse_config
+from squid_helper.config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
+from squid_helper.config.settings import (
     DEFAULT_LOG_FILE,
     NUMERIC_SETTINGS,
     Config,
@@ -17,8 +19,6 @@ from squid_helper.config import (
     Repo,
     parse_yaml_config,
 )
-from squid_helper.configfile import load_config, parse_config
-from squid_helper.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 
 PATH = "/etc/repoproxy/repos.ini"
 # The example of the original's documentation, as it was written.

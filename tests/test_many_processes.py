@@ -10,7 +10,7 @@ import time
 
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer
-from squid_helper.memo import Memo
+from squid_helper.facts.memo import Memo
 
 PKG = "http://repoproxy/test/9/x86_64/Packages/"
 PROCESSES = 8

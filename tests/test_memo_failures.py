@@ -16,7 +16,7 @@ from lab.helper import HelperProcess, helper_command, rewritten_url, write_confi
 from lab.mirrors import MirrorServer
 from lab.squid import WorldReadableDir
 from lab.wait import wait_for
-from squid_helper.memo import Memo
+from squid_helper.facts.memo import Memo
 
 from conftest import require
 

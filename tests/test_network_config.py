@@ -12,8 +12,8 @@ import pytest
 from lab.helper import helper_command
 from lab.squid import WorldReadableDir
 from lab.tls import LabCA
-from squid_helper.config import ConfigError, parse_upstream_proxy
-from squid_helper.configfile import load_config, parse_config
+from squid_helper.config.files import load_config, parse_config
+from squid_helper.config.settings import ConfigError, parse_upstream_proxy
 
 from conftest import require
 

@@ -20,9 +20,9 @@ import pytest
 from lab.helper import helper_command
 from lab.systemd import command_line, unit_settings
 from squid_helper import __version__
-from squid_helper.configfile import load_config
-from squid_helper.squidconf import ERROR_PAGES_UNDER_PREFIX
-from squid_helper.squiduser import detect_squid_user
+from squid_helper.config.files import load_config
+from squid_helper.ops.squidconf import ERROR_PAGES_UNDER_PREFIX
+from squid_helper.ops.squiduser import detect_squid_user
 
 from conftest import require
 

@@ -12,7 +12,7 @@ import requests
 from lab.mirrors import DRIP, GOOD, NO_HEAD, MirrorServer
 from lab.tls import LabCA
 from lab.wait import wait_for
-from squid_helper.probe import FAILED, FOUND, Prober
+from squid_helper.resolve.probe import FAILED, FOUND, Prober
 
 
 @pytest.fixture

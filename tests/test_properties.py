@@ -11,10 +11,8 @@ from urllib.parse import unquote, urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from squid_helper.configfile import parse_config
-from squid_helper.helperloop import HelperLoop
-from squid_helper.protocol import err, ok, parse_request
-from squid_helper.urls import (
+from squid_helper.config.files import parse_config
+from squid_helper.resolve.urls import (
     NotOurs,
     Refused,
     RepoPath,
@@ -23,6 +21,8 @@ from squid_helper.urls import (
     join_under_base,
     map_url,
 )
+from squid_helper.squid.helperloop import HelperLoop
+from squid_helper.squid.protocol import err, ok, parse_request
 
 MIRROR = "http://127.0.0.1:8080/pub/{releasever}/{arch}/os/"
 CONFIG = parse_config(f"""

@@ -1,4 +1,4 @@
-"""Unit tests for squid_helper.protocol: Squid's helper line protocol (pure logic)."""
+"""Unit tests for squid_helper.squid.protocol: Squid's helper line protocol (pure logic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squid_helper.protocol import (
+from squid_helper.squid.protocol import (
     MAX_LINE_BYTES,
     MAX_MESSAGE_CHARS,
     HelperRequest,

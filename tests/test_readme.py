@@ -8,8 +8,8 @@ from pathlib import Path
 import docutils.core
 
 from squid_helper.cli import build_parser
-from squid_helper.config import TOP_LEVEL_KEYS
-from squid_helper.configfile import load_config
+from squid_helper.config.files import load_config
+from squid_helper.config.settings import TOP_LEVEL_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()

@@ -1,4 +1,4 @@
-"""Unit tests for squid_helper.selection: freshness verdicts and mirror ordering."""
+"""Unit tests for squid_helper.resolve.selection: freshness verdicts and mirror ordering."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squid_helper.config import Config
-from squid_helper.configfile import parse_config
-from squid_helper.selection import (
+from squid_helper.config.files import parse_config
+from squid_helper.config.settings import Config
+from squid_helper.resolve.selection import (
     ALTERNATE,
     FAILED,
     FRESH,
@@ -26,8 +26,8 @@ from squid_helper.selection import (
     survey_wait,
     verdicts,
 )
-from squid_helper.sources import MirrorSet, RepomdDigest, parse_mirrorlist
-from squid_helper.urls import expand_template
+from squid_helper.resolve.sources import MirrorSet, RepomdDigest, parse_mirrorlist
+from squid_helper.resolve.urls import expand_template
 
 
 def make_config(text: str) -> Config:

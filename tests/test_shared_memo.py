@@ -17,10 +17,10 @@ import pytest
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer
 from lab.wait import wait_for
-from squid_helper.configfile import parse_config
-from squid_helper.lifetimes import Fact
-from squid_helper.memo import Memo
-from squid_helper.stores import REDIS_PREFIX, redacted
+from squid_helper.config.files import parse_config
+from squid_helper.facts.lifetimes import Fact
+from squid_helper.facts.memo import Memo
+from squid_helper.facts.stores import REDIS_PREFIX, redacted
 
 BASE = "http://repoproxy/test/9/x86_64/"
 

@@ -1,4 +1,4 @@
-"""Unit tests for squid_helper.sources: mirrorlist text, Fedora metalink XML, repomd.xml."""
+"""Unit tests for squid_helper.resolve.sources: mirrorlist text, Fedora metalink XML, repomd.xml."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from squid_helper.config import Config
-from squid_helper.configfile import parse_config
-from squid_helper.sources import (
+from squid_helper.config.files import parse_config
+from squid_helper.config.settings import Config
+from squid_helper.resolve.sources import (
     HASH_TYPES,
     MirrorSet,
     RepomdDigest,
@@ -17,7 +17,7 @@ from squid_helper.sources import (
     parse_mirrorlist,
     repomd_age_key,
 )
-from squid_helper.urls import expand_template, join_under_base
+from squid_helper.resolve.urls import expand_template, join_under_base
 
 
 def make_config(text: str) -> Config:

@@ -37,8 +37,8 @@ from lab.rpmrepo import (
 )
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 from lab.wait import wait_for
-from squid_helper.memo import FRONT_CACHE_SECONDS
-from squid_helper.storeid import STORE_ID_HOST
+from squid_helper.facts.memo import FRONT_CACHE_SECONDS
+from squid_helper.squid.storeid import STORE_ID_HOST
 
 from conftest import require
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab.squid import parse_rendered
-from squid_helper.squidconf import SquidConfError, SquidConfParams, render
+from squid_helper.ops.squidconf import SquidConfError, SquidConfParams, render
 
 import conftest
 from conftest import require
@@ -30,7 +30,7 @@ def directives(text: str) -> list:
 def test_example_is_the_rendered_defaults():
     assert EXAMPLE.read_text() == render(), (
         "squid.conf.example drifted from the template: regenerate it with "
-        "python -m squid_helper.squidconf > squid.conf.example")
+        "python -m squid_helper.ops.squidconf > squid.conf.example")
 
 
 def test_example_has_what_the_product_needs():

@@ -11,9 +11,9 @@ import yaml
 
 from lab.squid import parse_rendered
 from lab.tls import LabCA
-from squid_helper.config import ConfigError
-from squid_helper.configfile import load_config, parse_config
-from squid_helper.serve import (
+from squid_helper.config.files import load_config, parse_config
+from squid_helper.config.settings import ConfigError
+from squid_helper.ops.serve import (
     collapsed_forwarding_for,
     collapsed_forwarding_note,
     network_params,
@@ -22,7 +22,7 @@ from squid_helper.serve import (
     tls_library,
     write_private_config,
 )
-from squid_helper.squidconf import SquidConfError, SquidConfParams, render
+from squid_helper.ops.squidconf import SquidConfError, SquidConfParams, render
 
 from conftest import require
 

@@ -9,7 +9,7 @@ import pytest
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.squiduser import (
+from squid_helper.ops.squiduser import (
     SquidUserError,
     choose_squid_user,
     detect_squid_user,

@@ -18,23 +18,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.configfile import load_config
-from squid_helper.lifetimes import Lifetimes
-from squid_helper.memo import Memo, Stored
-from squid_helper.memoview import MemoView
-from squid_helper.metrics import exposition
-from squid_helper.mirrorlists import SourceDocument
-from squid_helper.probe import FAILED, FOUND, ProbeResult
-from squid_helper.probelog import ProbeLog
-from squid_helper.sources import MirrorSet
-from squid_helper.squidstats import (
+from squid_helper.config.files import load_config
+from squid_helper.facts.lifetimes import Lifetimes
+from squid_helper.facts.memo import Memo, Stored
+from squid_helper.facts.memoview import MemoView
+from squid_helper.ops.metrics import exposition
+from squid_helper.ops.squidstats import (
     SquidCounters,
     SquidUnreachable,
     fetch_counters,
     parse_counters,
     split_proxy,
 )
-from squid_helper.status import (
+from squid_helper.ops.status import (
     BACKOFF,
     HEALTHY,
     NO_TRAFFIC,
@@ -49,8 +45,12 @@ from squid_helper.status import (
     render_table,
     squid_section,
 )
-from squid_helper.survey import Survey
-from squid_helper.urls import RepoPath
+from squid_helper.resolve.mirrorlists import SourceDocument
+from squid_helper.resolve.probe import FAILED, FOUND, ProbeResult
+from squid_helper.resolve.probelog import ProbeLog
+from squid_helper.resolve.sources import MirrorSet
+from squid_helper.resolve.survey import Survey
+from squid_helper.resolve.urls import RepoPath
 
 A, B, C = "http://a.example/pub/9/x86_64/", "http://b.example/pub/9/x86_64/", \
     "http://c.example:8080/pub/9/x86_64/"

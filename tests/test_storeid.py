@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from squid_helper.configfile import parse_config
-from squid_helper.lifetimes import BASE_INDEX_KEY
-from squid_helper.memo import Memo
-from squid_helper.storeid import STORE_ID_HOST, StoreIdMapper
+from squid_helper.config.files import parse_config
+from squid_helper.facts.lifetimes import BASE_INDEX_KEY
+from squid_helper.facts.memo import Memo
+from squid_helper.squid.storeid import STORE_ID_HOST, StoreIdMapper
 
 CONFIG = """\
 virtual_hosts: [repoproxy]

@@ -13,7 +13,7 @@ import pytest
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer, dead_url, make_snapshot
 from lab.tls import LabCA
-from squid_helper.probe import (
+from squid_helper.resolve.probe import (
     ERROR,
     FAILED,
     FOUND,

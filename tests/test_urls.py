@@ -1,4 +1,4 @@
-"""Unit tests for squid_helper.urls: client URL -> repo path, and safe mirror URLs."""
+"""Unit tests for squid_helper.resolve.urls: client URL -> repo path, and safe mirror URLs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squid_helper.config import Config
-from squid_helper.configfile import parse_config
-from squid_helper.urls import (
+from squid_helper.config.files import parse_config
+from squid_helper.config.settings import Config
+from squid_helper.resolve.urls import (
     MAX_URL_LENGTH,
     NOT_OURS,
     REPOMD_PATH,

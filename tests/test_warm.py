@@ -16,7 +16,7 @@ import zstandard
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.repodata import (
+from squid_helper.ops.repodata import (
     Package,
     RepodataError,
     RepoFile,
@@ -27,7 +27,7 @@ from squid_helper.repodata import (
     primary_of,
     rpmvercmp,
 )
-from squid_helper.warm import (
+from squid_helper.ops.warm import (
     FAILED,
     HIT,
     MISS,

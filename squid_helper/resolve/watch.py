@@ -21,9 +21,9 @@ import time
 from concurrent.futures import Executor
 from typing import Callable, Dict, Tuple
 
+from ..facts.lifetimes import WATCH, Lifetimes
+from ..facts.memo import Memo
 from .health import MirrorHealth
-from .lifetimes import WATCH, Lifetimes
-from .memo import Memo
 from .probe import FOUND, UNCHANGED, Prober
 from .sources import SourceError, repomd_age_key
 from .urls import REPOMD_PATH, join_under_base

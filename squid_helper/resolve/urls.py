@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 from urllib.parse import quote, unquote, urlsplit
 
-from .config import Config
+from ..config.settings import Config
 
 MAX_URL_LENGTH = 8192
 # releasever, arch and repo end up inside mirror URLs and memo keys: letters, digits and a few

@@ -31,8 +31,9 @@ from typing import Callable, List, Optional, Protocol, Sequence, TextIO, Tuple
 
 import requests
 
-from . import __version__
-from .config import Config
+from .. import __version__
+from ..config.settings import Config
+from ..resolve.urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url
 from .repodata import (
     RepodataError,
     RepoFile,
@@ -42,7 +43,6 @@ from .repodata import (
     primary_of,
 )
 from .status import human_bytes
-from .urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url
 
 HIT, MISS, FAILED = "hit", "miss", "failed"
 _CHUNK = 1 << 16

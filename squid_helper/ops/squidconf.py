@@ -23,7 +23,7 @@ DEFAULT_CONFIG = "/etc/squid-helper/repos.yaml"
 # Where `pip install` puts the error pages (setup.cfg data_files), under the venv's prefix.
 ERROR_PAGES_UNDER_PREFIX = ("share", "squid-helper", "errors")
 DEFAULT_ERROR_DIRECTORY = "/opt/squid-helper/venv/" + "/".join(ERROR_PAGES_UNDER_PREFIX)
-EXAMPLE_NOTE = ("Rendered by `python -m squid_helper.squidconf`. Install as "
+EXAMPLE_NOTE = ("Rendered by `python -m squid_helper.ops.squidconf`. Install as "
                 "/etc/squid/squid.conf; edit the lab acl.")
 # RFC 1918 networks; the admin narrows them to the lab's own.
 DEFAULT_LAB_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -362,5 +362,5 @@ def render(params: Optional[SquidConfParams] = None, template: Optional[str] = N
 PARAMETER_NAMES = tuple(f.name for f in fields(SquidConfParams))
 
 
-if __name__ == "__main__":  # python -m squid_helper.squidconf > squid.conf.example
+if __name__ == "__main__":  # python -m squid_helper.ops.squidconf > squid.conf.example
     sys.stdout.write(render())

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import defusedxml
 import defusedxml.ElementTree
 
-from .config import validate_template
+from ..config.settings import validate_template
 from .urls import REPOMD_PATH
 
 HASH_TYPES = ("sha512", "sha256", "sha1", "md5")

@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from .config import Config, ConfigError
-from .configfile import load_config
+from ..config.files import load_config
+from ..config.settings import Config, ConfigError
 
 HELPER_ROLES = ("rewrite", "storeid")
 
@@ -80,7 +80,7 @@ def squid_user_problems(config: Config, config_path: str,
 
 def shared_memo_problem(url: str) -> Optional[str]:
     """Why the helpers could not use the shared memo at `url` now (one PING), or None."""
-    from .stores import RedisStore, redacted
+    from ..facts.stores import RedisStore, redacted
 
     store = None
     try:

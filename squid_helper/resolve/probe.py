@@ -30,8 +30,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from . import __version__
-from .config import Config
+from .. import __version__
+from ..config.settings import Config
 
 FOUND, MISSING, FAILED, ERROR, UNCHANGED = "found", "missing", "failed", "error", "unchanged"
 # Statuses with which servers refuse HEAD although they would serve a GET.

@@ -7,10 +7,10 @@ from typing import List
 
 import requests
 
-from .config import Config
-from .memo import Memo
-from .resolver import Resolver
-from .urls import NotOurs, Refused, map_url
+from ..config.settings import Config
+from ..facts.memo import Memo
+from ..resolve.resolver import Resolver
+from ..resolve.urls import NotOurs, Refused, map_url
 
 
 @dataclass(frozen=True)

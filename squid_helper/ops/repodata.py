@@ -24,7 +24,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence,
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from .urls import relative_path_problem
+from ..resolve.urls import relative_path_problem
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 COMMON_NS = "{http://linux.duke.edu/metadata/common}"

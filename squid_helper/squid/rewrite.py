@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Union
 
+from ..resolve.resolver import NOT_FOUND, UNAVAILABLE, Resolution, Resolver
+from ..resolve.urls import NotOurs, Refused, RepoPath, map_url
 from .helperloop import SlowAnswer
 from .protocol import HelperRequest, Reply, asks_for_fresh, err, ok
-from .resolver import NOT_FOUND, UNAVAILABLE, Resolution, Resolver
-from .urls import NotOurs, Refused, RepoPath, map_url
 
 log = logging.getLogger("squid_helper.rewrite")
 # Whether a URL is ours depends only on the config, and a new config clears the loop's cache.

@@ -20,11 +20,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .config import Config
-from .flight import SingleFlight
+from ..config.settings import Config
+from ..facts.flight import SingleFlight
+from ..facts.lifetimes import BASE_INDEX_KEY, Fact, Lifetimes
+from ..facts.memo import Memo
 from .health import MirrorHealth
-from .lifetimes import BASE_INDEX_KEY, Fact, Lifetimes
-from .memo import Memo
 from .probe import FAILED, FOUND, UNCHANGED, Prober
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config
-from .urls import RepoPath
+from ..config.settings import Config
+from ..resolve.urls import RepoPath
 
 # A host is taken out for its errors only when several distinct paths failed within a window:
 # one path that breaks (or that a client makes break) is that path's problem, not the host's.

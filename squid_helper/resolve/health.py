@@ -13,8 +13,8 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
-from .lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
-from .memo import Memo
+from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
+from ..facts.memo import Memo
 from .probe import ERROR, FAILED, ProbeResult
 
 log = logging.getLogger("squid_helper.health")

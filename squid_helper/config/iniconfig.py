@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import yaml
 
-from .config import (
+from .settings import (
     NUMERIC_SETTINGS,
     Config,
     ConfigError,

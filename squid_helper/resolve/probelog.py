@@ -14,8 +14,8 @@ import time
 from concurrent.futures import Executor
 from typing import Dict, Optional, Tuple
 
-from .lifetimes import Lifetimes
-from .memo import Memo
+from ..facts.lifetimes import Lifetimes
+from ..facts.memo import Memo
 from .probe import ProbeResult
 
 

@@ -114,7 +114,7 @@ def detect_squid_user(explicit: Optional[str] = None, squid: Optional[str] = Non
         squid_version_text(binary)), squid=binary or "squid", option=option)
 
 
-if __name__ == "__main__":  # python -m squid_helper.squiduser: the name, for install scripts
+if __name__ == "__main__":  # python -m squid_helper.ops.squiduser: the name, for install scripts
     import sys
 
     try:

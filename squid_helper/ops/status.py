@@ -38,13 +38,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Union
 
-from .config import Config
-from .health import host_of
-from .lifetimes import Lifetimes
-from .memo import Stored
-from .memoview import MemoUnreadable, MemoView
+from ..config.settings import Config
+from ..facts.lifetimes import Lifetimes
+from ..facts.memo import Stored
+from ..facts.memoview import MemoUnreadable, MemoView
+from ..resolve.health import host_of
+from ..resolve.urls import RepoPath, expand_template
 from .squidstats import SquidCounters, SquidUnreachable, fetch_counters
-from .urls import RepoPath, expand_template
 
 SCHEMA = 1
 HEALTHY, UNHEALTHY, PROBATION, BACKOFF = "healthy", "unhealthy", "probation", "backoff"

@@ -20,11 +20,11 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from .config import Config
-from .flight import SingleFlight
+from ..config.settings import Config
+from ..facts.flight import SingleFlight
+from ..facts.lifetimes import Lifetimes
+from ..facts.memo import Memo
 from .health import MirrorHealth
-from .lifetimes import Lifetimes
-from .memo import Memo
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .selection import (

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
-from .config import Config
+from ..config.settings import Config
 from .lifetimes import Fact
 from .stores import GENERATION_FILE, DiskStore, RedisStore, Store, redacted
 

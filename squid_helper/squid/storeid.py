@@ -23,12 +23,12 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple, Union
 
-from .config import Config
+from ..config.settings import Config
+from ..facts.lifetimes import BASE_INDEX_KEY
+from ..facts.memo import Memo
+from ..resolve.urls import RepoPath, canonical_path, relative_path_problem, template_pattern
 from .helperloop import SlowAnswer
-from .lifetimes import BASE_INDEX_KEY
-from .memo import Memo
 from .protocol import HelperRequest, Reply, err, ok
-from .urls import RepoPath, canonical_path, relative_path_problem, template_pattern
 
 log = logging.getLogger("squid_helper.storeid")
 

@@ -28,9 +28,10 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from .config import Config, ConfigError, parse_upstream_proxy
-from .configfile import load_config
-from .iniconfig import as_yaml, looks_like_ini
+from ..config.files import load_config
+from ..config.iniconfig import as_yaml, looks_like_ini
+from ..config.settings import Config, ConfigError, parse_upstream_proxy
+from ..facts.stores import redacted
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
@@ -41,7 +42,6 @@ from .squidconf import (
     unique_hostname_for,
 )
 from .squiduser import SquidUserError, detect_squid_user
-from .stores import redacted
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, ConfigError, parse_yaml_config
 from .iniconfig import looks_like_ini, parse_ini_config
+from .settings import Config, ConfigError, parse_yaml_config
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:

@@ -16,7 +16,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from .stores import redacted
+from ..facts.stores import redacted
 
 SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
 # The original repoproxy's names: its documentation spelled the mirrorlist key 'mirrorurl', and

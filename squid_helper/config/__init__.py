@@ -1,0 +1,1 @@
+"""repos.yaml (and the original repoproxy's INI form): parsing and validation."""

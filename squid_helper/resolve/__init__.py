@@ -1,0 +1,1 @@
+"""Choosing a mirror for a repo path: mirror lists, surveys, health, probes."""
