@@ -65,6 +65,13 @@ class Lifetimes:
         ttl = max(self.config.negative_ttl, 1.0)
         return Fact(f"miss:{request.key}", self.config.negative_ttl, ttl)
 
+    def shunned(self, request: RepoPath) -> Fact:
+        """Mirrors that must not answer for this path, whatever a probe says: base URL ->
+        why (Squid's own fetch from it failed, or its bytes disagreed with the repo's
+        checksums). A HEAD that succeeds does not clear it; it ends with unhealthy_ttl."""
+        ttl = self.config.unhealthy_ttl
+        return Fact(f"shunned:{request.key}", ttl, ttl)
+
     # -- per repo (releasever, arch) ----------------------------------------------------------
     def mirror_list(self, request: RepoPath) -> Fact:
         """A fetched mirrorlist or metalink. A metalink names the current repomd.xml too, so it
