@@ -18,7 +18,7 @@ from lab.mirrors import MirrorServer, free_port
 from lab.procfs import descendants, kill_tree, wait_gone
 from lab.rpmrepo import NEW_RPMS, REPO, TEMPLATE_PATH, VIRTUAL_BASE, WANTED, DnfClient, dnf_output
 from lab.squid import WorldReadableDir
-from squid_helper import serve as serve_module
+from squid_helper.ops import serve as serve_module
 from squid_helper.ops.serve import ServeError
 
 from conftest import require
