@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from test_serve import write_repos
 
@@ -160,3 +161,19 @@ elif "-N" in args and "-z" not in args:
     assert "Squid died 6 times within 60 s (exit 1 last); giving up" in result.stdout, result
     assert result.stdout.count("starting it again") == 5, result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_make_serve_passes_listen_and_leaves_the_default_alone():
+    require("make")
+    root = Path(__file__).resolve().parent.parent
+
+    def serve_command(*variables: str) -> str:
+        result = subprocess.run(["make", "-n", "-s", "-C", str(root), "serve", *variables],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result
+        lines = result.stdout.replace("\\\n", " ").splitlines()
+        (command,) = [line for line in lines if " serve --config " in line]
+        return command
+
+    assert "--listen 10.1.0.2 " in serve_command("LISTEN=10.1.0.2") + " "
+    assert "--listen" not in serve_command()  # serve's own default: every address
