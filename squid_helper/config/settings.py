@@ -282,7 +282,7 @@ def _string_list(value: Any, keys: Tuple[str, ...], report: _Reporter) -> list:
 
 
 def did_you_mean(key: Any, known: Tuple[str, ...]) -> str:
-    """" (did you mean 'metalink'?)" for a misspelt key, "" when nothing known is close."""
+    """The hint " (did you mean 'metalink'?)" for a misspelt key; "" when nothing is close."""
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
