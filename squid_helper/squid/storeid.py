@@ -81,8 +81,12 @@ class StoreIdMapper:
             # generation (not for each URL) until a token comes with it.
             if version is None or version != self._version:
                 index = self.memo.get(self.lifetimes.base_index().key)
-                self._bases = dict(index) if isinstance(index, dict) else {}
-                self._version = version
+                if isinstance(index, dict):
+                    self._bases, self._version = dict(index), version
+                elif version is not None:
+                    # There is an index, but it could not be read now (a busy memo): keep
+                    # the copy (keys never change) and try again with the next URL.
+                    return
             self._generation = generation
 
     def _from_bases(self, url: str) -> Optional[str]:
