@@ -217,8 +217,8 @@ class Memo:
     def generation(self) -> Any:
         """The memo's generation as this process last saw it (rechecked at most every
         GENERATION_CHECK_SECONDS, or the shared store's interval): it changes when any process
-        purges, finds a mirror failing or publishes a survey, and when the store that answers
-        changes (Redis unreachable, or back)."""
+        purges, finds a mirror failing, publishes a survey or adds mirrors to the base index,
+        and when the store that answers changes (Redis unreachable, or back)."""
         self._check_generation(time.monotonic())
         return self._generation
 
