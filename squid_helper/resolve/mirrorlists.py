@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 from ..config.settings import Config
 from ..facts.flight import SingleFlight
-from ..facts.lifetimes import BASE_INDEX_KEY, Fact, Lifetimes
+from ..facts.lifetimes import Fact, Lifetimes
 from ..facts.memo import Memo
 from .health import MirrorHealth
 from .probe import FAILED, FOUND, UNCHANGED, Prober
@@ -135,9 +135,9 @@ class MirrorLists:
                 problem = str(exc)
             else:
                 self.memo.put(fact, SourceDocument(mirrors, result.validators))
-                self.memo.add_to_dict(BASE_INDEX_KEY,
-                                      dict.fromkeys(mirrors.bases, source.triple),
-                                      expire=self.config.last_known_ttl)
+                self.memo.add_to_index(self.lifetimes.base_index(),
+                                       self.lifetimes.base_index_version(),
+                                       dict.fromkeys(mirrors.bases, source.triple))
                 trace.append(f"{kind} {url}: {len(mirrors.bases)} mirrors")
                 if mirrors.skipped:
                     log.warning("%s %s: skipped %d unusable entr%s: %s", kind, url,
