@@ -32,6 +32,7 @@ from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
 from ..facts.stores import redacted
+from .hostaddresses import this_host_addresses
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
@@ -375,7 +376,8 @@ def serve(args: argparse.Namespace) -> int:
 def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directory: Path,
                 log_dir: Path, user_name: str) -> str:
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
-    repo_virtual acl, so a reload renders it again)."""
+    repo_virtual acl, so a reload renders it again) and this host's addresses as they are now
+    (the to_this_host acl: an address added since the last start is covered from a reload)."""
     config = load_config(str(config_path))
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
@@ -384,7 +386,7 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
-        coredump_dir=str(directory / "cache"),
+        coredump_dir=str(directory / "cache"), host_addresses=this_host_addresses(),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
         unique_hostname=unique_hostname_for(VISIBLE_HOSTNAME, socket.gethostname(), args.listen,
