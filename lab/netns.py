@@ -18,6 +18,8 @@ import subprocess
 import threading
 from typing import Any, Callable, List, Tuple
 
+from squid_helper.ops.hostaddresses import this_host_addresses
+
 CLONE_NEWNET = 0x40000000
 _serial = itertools.count()
 
@@ -37,7 +39,10 @@ class NetworkNamespace:
         self.name = f"shg-{pid}-{serial}"
         self.host_link = f"shgh{pid % 100000}{serial % 10}"
         self.client_link = f"shgc{pid % 100000}{serial % 10}"
-        subnet = (pid * 7 + serial) % 250 + 2  # 198.18.2.0/24 ... 198.18.251.0/24
+        # 198.18.2.0/24 ... 198.18.251.0/24: the first from the pid on that no other run uses.
+        taken = set(this_host_addresses())
+        subnet = next(n for n in ((pid * 7 + serial + k) % 250 + 2 for k in range(250))
+                      if f"198.18.{n}.1" not in taken)
         self.prefix = f"198.18.{subnet}"
         self.host_address = f"{self.prefix}.1"
         self.client_addresses: List[str] = [f"{self.prefix}.{10 + i}" for i in range(clients)]
