@@ -18,6 +18,7 @@ from .facts.stores import redacted
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
+from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
 from .resolve.probe import system_ca_file
 from .resolve.resolver import Resolver
@@ -337,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "is always allowed)")
     p.add_argument("--cache-size", type=int, default=20000, metavar="MB",
                    help="Squid's disk cache size in MB (default: %(default)s)")
+    p.add_argument("--max-client-connections", type=int, metavar="N",
+                   default=SquidConfParams.max_client_connections,
+                   help="connections one client address may hold at once; raise it for a NAT "
+                   "in front of many slaves, or a fleet peer (default: %(default)s)")
     p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
                    "else /usr/sbin/squid)")
     p.add_argument("--user", metavar="USER",

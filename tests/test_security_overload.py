@@ -30,11 +30,14 @@ from typing import List
 from test_squid_e2e import mirror, start_squid, world  # noqa: F401 (world: a fixture)
 
 from lab.connflood import HalfSentRequests
+from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.procfs import proc_sample
 from lab.rpmrepo import PACKAGES_URL, REPO, TEMPLATE_PATH
 from lab.squid import parse_rendered
 from lab.wait import wait_for
+from squid_helper.cli import build_parser
+from squid_helper.ops.serve import max_client_connections
 from squid_helper.ops.squidconf import SquidConfParams, render
 
 from conftest import require
@@ -172,3 +175,16 @@ def test_half_sent_requests_from_one_client_hold_few_descriptors_and_are_closed(
         assert squid.process.poll() is None
         assert statistics.median(during) <= 2 * statistics.median(idle), \
             report("half-sent requests", idle, during)
+
+
+def test_serve_takes_another_per_client_limit_and_refuses_a_bad_one():
+    parse = build_parser().parse_args
+    assert max_client_connections(parse(["serve", "--config", "r.yaml"])) == 64
+    assert max_client_connections(parse(["serve", "--config", "r.yaml",
+                                         "--max-client-connections", "200"])) == 200
+    result = subprocess.run([*helper_command(), "serve", "--config", "/nonexistent.yaml",
+                             "--max-client-connections", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert "--max-client-connections must be 1 or more (got 0)" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
