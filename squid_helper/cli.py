@@ -18,6 +18,7 @@ from .facts.stores import redacted
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
+from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
 from .resolve.probe import system_ca_file
 from .resolve.resolver import Resolver
@@ -257,7 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from .ops.metrics import exposition, serve_metrics
+    from .ops.metrics import exposition, listen_address, serve_metrics
     from .ops.status import collect
 
     config = _load(args.config)
@@ -266,13 +267,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         sys.stdout.write(exposition(collect(config, proxy)))
         sys.stdout.flush()
         return 0
-    address, _, port = args.listen.rpartition(":")
-    if not port.isdigit() or not address:
-        print(f"squid-helper metrics: --listen {args.listen!r} is not ADDRESS:PORT "
-              "(e.g. 127.0.0.1:9707)", file=sys.stderr)
+    listen = listen_address(args.listen)
+    if listen is None:
+        print(f"squid-helper metrics: --listen {args.listen!r} is not [ADDRESS:]PORT "
+              "(e.g. 9707 for 127.0.0.1:9707, or 10.1.2.3:9707)", file=sys.stderr)
         return 2
     try:
-        serve_metrics(lambda: collect(config, proxy), address.strip("[]"), int(port),
+        serve_metrics(lambda: collect(config, proxy), *listen,
                       ready=lambda url: print(f"serving {url}", flush=True))
     except OSError as exc:
         print(f"squid-helper metrics: cannot listen on {args.listen}: "
@@ -352,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "is always allowed)")
     p.add_argument("--cache-size", type=int, default=20000, metavar="MB",
                    help="Squid's disk cache size in MB (default: %(default)s)")
+    p.add_argument("--max-client-connections", type=int, metavar="N",
+                   default=SquidConfParams.max_client_connections,
+                   help="connections one client address may hold at once; raise it for a NAT "
+                   "in front of many slaves, or a fleet peer (default: %(default)s)")
     p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
                    "else /usr/sbin/squid)")
     p.add_argument("--user", metavar="USER",
@@ -393,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="the status as a Prometheus text exposition")
     _add_config(p)
     _add_status_source(p)
-    p.add_argument("--listen", metavar="ADDRESS:PORT",
-                   help="serve /metrics there (until stopped) instead of printing once")
+    p.add_argument("--listen", metavar="[ADDRESS:]PORT",
+                   help="serve /metrics there (until stopped) instead of printing once; "
+                        "without ADDRESS on 127.0.0.1 only")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("warm", help="fetch a repo's metadata and packages through Squid, so "

@@ -33,6 +33,7 @@ from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
 from ..facts.stores import redacted
+from .hostaddresses import this_host_addresses
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
@@ -413,10 +414,22 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def max_client_connections(args: argparse.Namespace) -> int:
+    """--max-client-connections, checked (Squid's client_ip_max_connections)."""
+    value = getattr(args, "max_client_connections", None)
+    if value is None:
+        return SquidConfParams.max_client_connections
+    if value < 1:
+        raise ServeError(f"--max-client-connections must be 1 or more (got {value}): the "
+                         "connections one client address may hold at once")
+    return value
+
+
 def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directory: Path,
                 log_dir: Path, user_name: str) -> str:
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
-    repo_virtual acl, so a reload renders it again)."""
+    repo_virtual acl, so a reload renders it again) and this host's addresses as they are now
+    (the to_this_host acl: an address added since the last start is covered from a reload)."""
     config = load_config(str(config_path))
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
@@ -425,7 +438,8 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
-        coredump_dir=str(directory / "cache"),
+        coredump_dir=str(directory / "cache"), host_addresses=this_host_addresses(),
+        max_client_connections=max_client_connections(args),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
         unique_hostname=unique_hostname_for(VISIBLE_HOSTNAME, socket.gethostname(), args.listen,
@@ -519,6 +533,7 @@ def reload_squid(args: argparse.Namespace, squid: str, build: str, conf: Path, d
 def _serve(args: argparse.Namespace) -> int:
     if args.port == args.accel_port:
         raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
+    max_client_connections(args)  # a bad value is refused before anything starts
     config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
     build = squid_build(squid)  # its version and TLS library decide parts of squid.conf
