@@ -134,3 +134,10 @@ class Lifetimes:
         `squid-helper status`: kept as long as its latency."""
         return Fact(f"last-probe:{host}", self.config.last_known_ttl,
                     self.config.last_known_ttl)
+
+    # -- what Squid's copies showed (verify/) -------------------------------------------------
+    def integrity_failures(self, host: str) -> Fact:
+        """Files from this host whose bytes disagreed with the repo's checksums, for status and
+        metrics: {"count", "path" (the latest), "reason"}; kept as long as a last-known
+        answer. (Whether the host is still used is health's to judge: see verify/checker.)"""
+        return Fact(f"integrity:{host}", self.config.last_known_ttl, self.config.last_known_ttl)
