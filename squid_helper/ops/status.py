@@ -30,6 +30,8 @@ Schema (version 1; fields are only ever added):
                   latency_seconds (moving average, null when never measured),
                   last_probe {at, age_seconds, outcome: "found" | "missing" | "unchanged" |
                   "error" | "failed", detail, seconds, url} | null}
+    integrity[]   per mirror host whose bytes disagreed with a repo's metadata (verify/):
+                  {host, failures, at (the latest), path (repo/releasever/arch/path), reason}
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ OK, NO_TRAFFIC, UNREADABLE = "ok", "no traffic yet", "unreadable"
 # The memo keys read here, by prefix (lifetimes.py makes them).
 _PREFIXES = {"lists": "mirrors:", "retries": "mirrors-retry:", "surveys": "survey:",
              "unhealthy": "health:", "backoff": "backoff:", "latency": "latency:",
-             "last_probe": "last-probe:"}
+             "last_probe": "last-probe:", "integrity": "integrity:"}
 
 
 @dataclass
@@ -70,6 +72,7 @@ class MemoFacts:
     backoff: Dict[str, Stored] = field(default_factory=dict)
     latency: Dict[str, Stored] = field(default_factory=dict)
     last_probe: Dict[str, Stored] = field(default_factory=dict)
+    integrity: Dict[str, Stored] = field(default_factory=dict)
     answers: Dict[str, int] = field(default_factory=dict)
     not_found: Dict[str, int] = field(default_factory=dict)
 
@@ -222,7 +225,31 @@ def build_status(config: Config, facts: MemoFacts, squid: Dict[str, Any],
     return {"schema": SCHEMA, "time": now, "config": config.path,
             "memo": {"directory": facts.directory, "state": facts.state,
                      "problem": facts.problem},
-            "squid": squid, "repos": repos}
+            "squid": squid, "repos": repos, "integrity": integrity_section(facts.integrity)}
+
+
+def integrity_section(failures: Dict[str, Stored]) -> List[Dict[str, Any]]:
+    """The integrity failures per mirror host (the document's integrity[]), most first."""
+    found = []
+    for host, stored in failures.items():
+        if isinstance(stored.value, dict) and isinstance(stored.value.get("count"), int):
+            found.append({"host": host, "failures": stored.value["count"], "at": stored.at,
+                          "path": stored.value.get("path"), "reason": stored.value.get("reason")})
+    return sorted(found, key=lambda entry: (-entry["failures"], entry["host"]))
+
+
+def integrity_lines(integrity: List[Dict[str, Any]], now: float) -> List[str]:
+    """The integrity failures as the table shows them: a block of their own, none when no
+    mirror's bytes ever disagreed."""
+    if not integrity:
+        return []
+    lines = ["", "Integrity failures (Squid's copy disagreed with the repo's metadata, and was "
+             "purged):"]
+    for entry in integrity:
+        count = entry["failures"]
+        lines.append(f"  {entry['host']}: {count} integrity failure{'s' if count != 1 else ''}, "
+                     f"latest {_ago(now - entry['at'])}: {entry['path']} ({entry['reason']})")
+    return lines
 
 
 def collect(config: Config, proxy: Optional[str], now: Optional[float] = None,
@@ -351,6 +378,7 @@ def render_table(status: Dict[str, Any]) -> str:
                                  "-" if latency is None else f"{latency * 1000:.0f} ms",
                                  _last_probe_text(mirror["last_probe"])])
                 lines.extend(_columns(rows, "  "))
+    lines.extend(integrity_lines(status.get("integrity", []), now))
     quiet = [r for r in status["repos"] if not r["trees"]]
     if quiet:
         lines.append("")
