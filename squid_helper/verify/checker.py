@@ -15,10 +15,10 @@ queues the file; one worker thread checks the files in turn, so the caller never
 3. A disagreement, confirmed against metadata read again (a push may have changed it): PURGE
    of the repo URL (as `squidclient -m PURGE` sends it; squid.conf allows it from this host);
    the mirror's base shunned for the path (Lifetimes.shunned: no answer goes to it for that
-   path); one integrity failure counted for the host (a fact for status and metrics) and one
-   failed path, by the same rules as a mirror's 5xx (MirrorHealth: several paths in a short
-   while and the host is marked); the path's memoised answer dropped and the memo's generation
-   bumped, so that every helper works the answer out again; one log line with both checksums.
+   path); one integrity failure counted for the host (a fact for status and metrics), and the
+   host marked unhealthy through MirrorHealth as one that cannot be reached is (on probation
+   after unhealthy_ttl); the path's memoised answer dropped and the memo's generation bumped,
+   so that every helper works the answer out again; one log line with both checksums.
 
 Metadata that cannot be had or parsed means no verification for that repo (logged once, until
 it can be had again), never a purge. What is not a package or checksum-named repodata
@@ -43,7 +43,7 @@ from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
 from ..ops.purge import purge_from_squid
 from ..resolve.health import MirrorHealth, host_of
-from ..resolve.probe import ERROR, ProbeResult
+from ..resolve.probe import FAILED, ProbeResult
 from ..resolve.urls import REPOMD_PATH, RepoPath, canonical_path, virtual_host
 from .checksums import Catalogue, Expected, catalogue, disagreement
 from .repodata import (
@@ -264,10 +264,13 @@ class IntegrityChecker:
             return {"count": count + 1, "path": request.key, "reason": why}
 
         self.memo.update(self.lifetimes.integrity_failures(host), counted, {})
-        # One failed path for the host, judged as a 5xx is: several within a short while and
-        # the host is marked unhealthy (the health rules are MirrorHealth's, not repeated here).
-        self.health.record(ProbeResult(fetched_url, ERROR, f"bytes disagree with the repo's "
-                                       f"metadata for {request.path}", 0.0))
+        # The host is marked unhealthy at once, as for a mirror that cannot be reached (the
+        # rules are MirrorHealth's, not repeated here): unlike a 5xx, which a client can
+        # provoke with a path of its choosing, no client can make a mirror's bytes disagree
+        # with the repo's checksums, and every file of a mirror that corrupts one is suspect.
+        # Past unhealthy_ttl it is on probation, and this path stays shunned.
+        self.health.record(ProbeResult(fetched_url, FAILED, f"its copy of {request.path} "
+                                       "disagreed with the repo's metadata", 0.0))
         self.memo.delete(self.lifetimes.answer(request).key)
         self.memo.bump_generation()
         log.warning("integrity: Squid's copy of %s from %s is not the repo's: %s %s, %d bytes; "
