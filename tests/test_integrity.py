@@ -7,8 +7,7 @@ installed helpers, real RPM repositories on local mirrors, and the real dnf.
   corrupted copy is left in Squid's cache, and the next dnf client installs.
 * A client asking for another mirror's URL directly never changes what repo clients get.
 
-Fails (never skips) with CI=true when squid, squidclient, dnf, createrepo_c or rpmbuild is
-missing; elsewhere it skips with the reason.
+Like every end-to-end test, these fail in CI rather than skip without Squid or dnf.
 """
 
 from __future__ import annotations
@@ -18,6 +17,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
+
+# The end-to-end helpers of test_squid_e2e: Squid started from the shipped template with the
+# helpers' repos.yaml beside it, mirrors, dnf clients that must succeed.
 from test_squid_e2e import assert_installed, mirror, start_squid
 
 from lab.httpclient import http_get
@@ -44,12 +46,10 @@ from squid_helper.resolve.urls import RepoPath
 from squid_helper.verify.checker import CORRUPT as CORRUPT_COPY
 from squid_helper.verify.checker import NOT_CACHED, IntegrityChecker
 
-from conftest import require
-
 
 @pytest.fixture
-def world() -> Iterator[Path]:
-    require("squid", "squidclient", "dnf", "createrepo_c", "rpmbuild")
+def world(rpm_snapshots) -> Iterator[Path]:
+    """A directory Squid's user can reach (rpm_snapshots requires Squid, dnf and the rest)."""
     with WorldReadableDir("squid-helper-integrity-") as path:
         yield path
 
