@@ -175,10 +175,10 @@ class IntegrityChecker:
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every file queued so far was checked within timeout seconds."""
-        deadline = self.clock() + timeout
+        deadline = time.monotonic() + timeout  # a real wait, whatever clock judges intervals
         with self._queue.all_tasks_done:
             while self._queue.unfinished_tasks:
-                remaining = deadline - self.clock()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._queue.all_tasks_done.wait(remaining)
@@ -193,7 +193,10 @@ class IntegrityChecker:
                     self._queue.task_done()
             except queue.Empty:
                 pass
-        self._queue.put(_STOP)
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:  # the worker is stuck on one file: it is a daemon thread
+            log.warning("integrity: the check did not get through its queue in %gs", timeout)
         self._worker.join(timeout)
         self.reader.close()
 
