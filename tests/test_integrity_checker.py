@@ -86,7 +86,8 @@ class FakeSquid:
 
 @pytest.fixture
 def config(tmp_path):
-    return parse_config(f"cache_dir: {tmp_path}\nrepos:\n  r:\n    mirrors: [{MIRROR}]\n")
+    template = MIRROR.replace("/9/x86_64/", "/{releasever}/{arch}/")
+    return parse_config(f"cache_dir: {tmp_path}\nrepos:\n  r:\n    mirrors: [\"{template}\"]\n")
 
 
 def checker_for(config, squid: FakeSquid, **kwargs) -> IntegrityChecker:
