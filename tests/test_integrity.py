@@ -117,7 +117,10 @@ def test_a_corrupting_mirror_listed_first_leaves_no_corrupt_copy_and_a_later_cli
             for rpm in corrupt_held:
                 shunned = memo.get(lifetimes.shunned(request_for(rpm)).key)
                 assert bad.url + TREE + "/" in shunned.value, shunned
-                assert memo.get(lifetimes.answer(request_for(rpm)).key) is None
+                # Its answer was dropped: worked out again since (the reads above), it names
+                # another mirror.
+                answer = memo.get(lifetimes.answer(request_for(rpm)).key)
+                assert answer is None or answer.value["base"] != bad.url + TREE + "/", answer
             failures = memo.get(lifetimes.integrity_failures(host_of(bad.url)).key)
             assert failures.value["count"] == len(corrupt_held), failures
             memo.close()
