@@ -1,9 +1,9 @@
 """HTTP mirrors on 127.0.0.1 and the fake repositories they serve.
 
 A MirrorServer is a real HTTP server in a thread: it serves a directory tree and in-memory
-documents, or misbehaves (hangs, answers 500, refuses HEAD), optionally after a fixed delay (a
-far mirror), and records every request. stop() cuts it off like a dead machine. Given an
-ssl.SSLContext (lab.tls makes them) it serves https:// instead.
+documents, or misbehaves (hangs, answers 500, refuses HEAD, corrupts packages), optionally
+after a fixed delay (a far mirror), and records every request. stop() cuts it off like a dead
+machine. Given an ssl.SSLContext (lab.tls makes them) it serves https:// instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
-GOOD, HANG, ERROR, NO_HEAD, DRIP = "good", "hang", "error", "nohead", "drip"
+GOOD, HANG, ERROR, NO_HEAD, DRIP, CORRUPT = "good", "hang", "error", "nohead", "drip", "corrupt"
 # A dripping mirror sends its answer one byte at a time, this often: each read gets a byte
 # well within any read timeout, and the whole answer takes minutes.
 DRIP_INTERVAL = 0.2
@@ -131,6 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         if document is None:
             self._send(404, b"not found\n", head=head)
             return
+        if owner.behaviour == CORRUPT and path.endswith(".rpm"):
+            document = corrupted(document)
         last_modified = email.utils.formatdate(mtime, usegmt=True)
         headers = {"Last-Modified": last_modified, "Content-Type": "application/octet-stream"}
         if path in owner.documents:
@@ -173,6 +175,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
+
+
+def corrupted(document: bytes) -> bytes:
+    """The document with one byte flipped in its middle: the same length, other bytes (what a
+    mirror with a bad disk or a broken sync serves, with a 200)."""
+    middle = len(document) // 2
+    return document[:middle] + bytes([document[middle] ^ 0x01]) + document[middle + 1:]
 
 
 def _listing(path: str, directory: Path) -> bytes:
@@ -231,7 +240,8 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
 class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
     `documents`), or hangs, or answers 500, or refuses HEAD, or drips its answer a byte at a
-    time (DRIP). Records every request. `delay`:
+    time (DRIP), or serves every .rpm with one byte flipped (CORRUPT: 200, the right
+    length). Records every request. `delay`:
     seconds added before every answer (a far mirror). `listings`: directories under `root`
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
     mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an

@@ -16,17 +16,6 @@ import zstandard
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.ops.repodata import (
-    Package,
-    RepodataError,
-    RepoFile,
-    choose_packages,
-    open_decompressed,
-    parse_primary,
-    parse_repomd,
-    primary_of,
-    rpmvercmp,
-)
 from squid_helper.ops.warm import (
     FAILED,
     HIT,
@@ -37,6 +26,17 @@ from squid_helper.ops.warm import (
     format_outcome,
     format_summary,
     summarize,
+)
+from squid_helper.verify.repodata import (
+    Package,
+    RepodataError,
+    RepoFile,
+    choose_packages,
+    open_decompressed,
+    parse_primary,
+    parse_repomd,
+    primary_of,
+    rpmvercmp,
 )
 
 from conftest import require

@@ -152,6 +152,14 @@ class Lifetimes:
         return Fact(BASE_INDEX_VERSION_KEY, self.config.last_known_ttl,
                     self.config.last_known_ttl)
 
+    # -- what Squid's copies showed (verify/) -------------------------------------------------
+    def integrity_failures(self, host: str) -> Fact:
+        """Files from this host whose bytes disagreed with the repo's checksums, for status and
+        metrics: {"count", "path" (the latest), "reason"}; kept as long as a last-known
+        answer. (Whether the host is still used is health's to judge: see verify/checker.)"""
+        return Fact(INTEGRITY_FAILURES.key(host), self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
 
 def lock(name: str, hold_for: float) -> Fact:
     """A cross-process lock (memo.Memo.try_lock): held for hold_for seconds at most, so that a
@@ -195,6 +203,7 @@ BACKOFFS = Kind("backoff:")
 WATCHED = Kind("watched:")
 LATENCIES = Kind("latency:")
 LAST_PROBES = Kind("last-probe:")
+INTEGRITY_FAILURES = Kind("integrity:")
 # Named cross-process locks (lock() above)
 LOCKS = Kind("lock:")
 # The base index's version token (Lifetimes.base_index_version)

@@ -86,7 +86,8 @@ def metric_families(status: Dict[str, Any]) -> List[Metric]:
 
     squid = status["squid"]
     families: List[Metric] = [memo, answers, not_found, list_age, source_failing, verdict,
-                              health, until, latency, probe_at, probe_ok]
+                              health, until, latency, probe_at, probe_ok,
+                              integrity_family(status.get("integrity", []))]
     if squid["proxy"] is not None:
         up = GaugeMetricFamily("squid_helper_squid_up",
                                "1 when Squid's cache manager answered", labels=["proxy"])
@@ -113,6 +114,16 @@ def metric_families(status: Dict[str, Any]) -> List[Metric]:
             ratio.add_metric([squid["proxy"]], squid["hit_ratio"])
             families.append(ratio)
     return families
+
+
+def integrity_family(integrity: List[Dict[str, Any]]) -> Metric:
+    """Integrity failures per mirror host (status' integrity[])."""
+    family = CounterMetricFamily("squid_helper_mirror_integrity_failures",
+                                 "Files from the mirror host whose bytes disagreed with the "
+                                 "repo's metadata (purged from Squid)", labels=["host"])
+    for entry in integrity:
+        family.add_metric([entry["host"]], entry["failures"])
+    return family
 
 
 class StatusCollector:

@@ -33,8 +33,8 @@ import requests
 
 from .. import __version__
 from ..config.settings import Config
-from ..resolve.urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url
-from .repodata import (
+from ..resolve.urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url, virtual_host
+from ..verify.repodata import (
     RepodataError,
     RepoFile,
     choose_packages,
@@ -280,8 +280,7 @@ def tree_url(config: Config, tree: str) -> Tuple[RepoPath, str]:
     parts = tree.strip("/").split("/")
     if len(parts) != 3:
         raise WarmError(f"{tree!r} is not REPO/RELEASEVER/ARCH (e.g. fedora/40/x86_64)")
-    host = "repoproxy" if "repoproxy" in config.virtual_hosts else sorted(config.virtual_hosts)[0]
-    base = f"http://{host}/{'/'.join(parts)}/"
+    base = f"http://{virtual_host(config)}/{'/'.join(parts)}/"
     mapped = map_url(base + REPOMD_PATH, {}, config)
     if isinstance(mapped, Refused):
         raise WarmError(f"{tree}: {mapped.reason}")

@@ -142,6 +142,15 @@ class Resolver:
         survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
         return survey is None or survey.value.usable(base)
 
+    def _shunned(self, request: RepoPath) -> Dict[str, str]:
+        """The bases that must not answer for this path (base -> why): Squid's copy from
+        them disagreed with the repo's checksums (verify/). A probe that succeeds does not
+        clear it. Read when an answer is worked out, never on the hot path: whoever shuns a
+        base drops the path's memoised answer too. (Minimal, for the integrity check: the
+        resolver's own rework owns this rule.)"""
+        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
+        return shunned.value if shunned is not None and isinstance(shunned.value, dict) else {}
+
     def _surveyed_ages(self, triple: str) -> Dict[str, Tuple[int, int]]:
         survey = self.memo.last(self.lifetimes.survey(triple))
         return survey.value.ages if survey is not None else {}
@@ -197,12 +206,17 @@ class Resolver:
             return self._fallback(request, trace, f"no mirror list is available for "
                                   f"{request.triple}" + (f" ({trace[-1]})" if trace else ""))
         at_once = self._can_verify_later() and not self.flights.busy(flight)
-        if len(mirrors.bases) == 1 and at_once and self.health.trusted(mirrors.bases[0]):
+        shunned = self._shunned(request)
+        if (len(mirrors.bases) == 1 and at_once and self.health.trusted(mirrors.bases[0])
+                and mirrors.bases[0] not in shunned):
             # Nothing to choose: no survey or probe stands between the client and the mirror.
             return self._answer_at_once(request, list(mirrors.bases), None, trace,
                                         "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
         candidates = self._choose(survey, trace)
+        if shunned:
+            trace.append("shunned for this path: " + ", ".join(shunned))
+            candidates = [b for b in candidates if b not in shunned]
         fresh = candidates[0] if candidates and candidates[0] in survey.fresh else None
         if fresh is not None and request.is_metadata:
             return self._publish(request, fresh, trace, "served the current repomd.xml to "
@@ -280,14 +294,17 @@ class Resolver:
         if not candidates and survey is not None and survey.ranked:
             # Every usable mirror is marked unhealthy: one may be back. Ask them before
             # falling back to a last-known answer that names a mirror known to fail.
-            candidates = list(survey.ranked)
+            shunned = self._shunned(request)
+            candidates = [b for b in survey.ranked if b not in shunned]
             trace.append("every usable mirror is marked unhealthy: asking them again")
         base, results = self._probe_in_order(candidates, request)
         if base is None and survey is not None and not survey.complete:
             # Mirrors still being surveyed may have it (a push that the fastest mirror has not
             # synced yet): hear their verdicts before saying that nobody has it.
             complete = self.surveys.completed(request, survey, self.config.probe_timeout + 1)
-            later = [b for b in self._choose(complete, trace) if b not in candidates]
+            shunned = self._shunned(request)
+            later = [b for b in self._choose(complete, trace)
+                     if b not in candidates and b not in shunned]
             if later:
                 candidates = candidates + later
                 base, more = self._probe_in_order(later, request)

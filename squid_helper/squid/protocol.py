@@ -122,6 +122,13 @@ def asks_for_fresh(extras: Mapping[str, str]) -> bool:
     return bool({"no-cache", "max-age=0"} & directives) or "no-cache" in pragma
 
 
+def cache_only(extras: Mapping[str, str]) -> bool:
+    """Whether the client forbids a fetch (Cache-Control: only-if-cached), as a sibling proxy
+    does: Squid answers it from its cache or with a 504, never from the origin."""
+    directives = {d.strip().lower() for d in extras.get(CACHE_CONTROL_EXTRA, "").split(",")}
+    return "only-if-cached" in directives
+
+
 def reuse_key(rest: bytes) -> bytes:
     """What a reusable answer depends on, taken from a request line after its channel-ID: the
     URL and the key=value extras (myport=, the client's cache-control= ...). The positional
