@@ -134,3 +134,22 @@ class Lifetimes:
         `squid-helper status`: kept as long as its latency."""
         return Fact(f"last-probe:{host}", self.config.last_known_ttl,
                     self.config.last_known_ttl)
+
+    # -- what Squid's own fetches showed (squid/fetchlog.py) -----------------------------------
+    def throughput(self, host: str) -> Fact:
+        """How fast Squid's downloads from the host went lately, in bytes/s: {"rate": the
+        recent moving average, "usual": a slow one, "samples": how many}. Kept as long as
+        its latency."""
+        return Fact(f"throughput:{host}", self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
+    def fetch_failures(self, host: str) -> Fact:
+        """Squid's failed fetches from the host: {"count", "last" (why), "at"}, for status;
+        forgotten a while after the last one."""
+        return Fact(f"fetch-failures:{host}", self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
+    def traffic(self, repo: str) -> Fact:
+        """What Squid did for the repo's clients: {"hits", "misses", "bytes_from_cache",
+        "bytes_fetched"} since the memo last lost it (counters, added to by every proxy)."""
+        return Fact(f"traffic:{repo}", self.config.last_known_ttl, None)

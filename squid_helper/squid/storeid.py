@@ -72,25 +72,28 @@ class StoreIdMapper:
             index: Dict[str, str] = self.memo.get(BASE_INDEX_KEY) or {}
             self._bases = sorted(index.items(), key=lambda item: -len(item[0]))
 
-    def _from_bases(self, url: str) -> Optional[str]:
+    def _from_bases(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         for base, triple in self._bases:
             if url.startswith(base):
                 path = url[len(base):]
                 if relative_path_problem(path) is None:
-                    return f"http://{STORE_ID_HOST}/{triple}/{canonical_path(path)}"
+                    return RepoPath(*triple.split("/", 2), canonical_path(path)), base
         return None
 
-    def _from_templates(self, url: str) -> Optional[str]:
+    def _from_templates(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         for repo, pattern in self._static:
             match = pattern.fullmatch(url)
             if match and relative_path_problem(match["path"]) is None:
-                return store_key(repo, match["releasever"] if "releasever" in
-                                 pattern.groupindex else "-", match["arch"] if "arch" in
-                                 pattern.groupindex else "-", canonical_path(match["path"]))
+                request = RepoPath(
+                    repo, match["releasever"] if "releasever" in pattern.groupindex else "-",
+                    match["arch"] if "arch" in pattern.groupindex else "-",
+                    canonical_path(match["path"]))
+                return request, url[:match.start("path")]
         return None
 
-    def key(self, url: str) -> Optional[str]:
-        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+    def locate(self, url: str) -> Optional[Tuple[RepoPath, str]]:
+        """The repo path a mirror URL holds, and the mirror's base URL; None for any other
+        URL (the fetch log daemon learns from Squid's fetches with it)."""
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             return None  # a query (S3's ?acl, ?list ...) asks the mirror for another body
         found = self._from_templates(url)
@@ -101,6 +104,11 @@ class StoreIdMapper:
             self._refresh(force=True)  # a mirror list fetched since we last looked
             found = self._from_bases(url)
         return found
+
+    def key(self, url: str) -> Optional[str]:
+        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+        found = self.locate(url)
+        return key_for(found[0]) if found is not None else None
 
 
 class StoreIdHandler:
