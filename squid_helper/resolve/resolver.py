@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -33,6 +34,7 @@ from .health import MirrorHealth
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .probelog import ProbeLog
+from .selection import by_downloads
 from .survey import Survey, Surveys
 from .urls import REPOMD_PATH, RepoPath
 from .watch import Watch
@@ -84,6 +86,7 @@ class Resolver:
         self._closing = False
         self._verifying_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
+        self._draw = random.Random()  # which of the equally fast mirrors leads (by_downloads)
         self.probe_log = ProbeLog(memo, self.lifetimes, self._background)
         self.health.on_result = self.probe_log.note
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
@@ -137,7 +140,7 @@ class Resolver:
         """Whether a memoised answer's mirror may still be answered with: trusted (healthy,
         not on probation), and not found stale by the repo's latest survey. Freshness is one
         fact, like health: a mirror that fell behind loses every answer it had."""
-        if not self.health.trusted(base):
+        if not self.health.trusted(base) or base in self._shunned(request):
             return False
         survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
         return survey is None or survey.value.usable(base)
@@ -205,7 +208,10 @@ class Resolver:
             return self._answer_at_once(request, list(mirrors.bases), None, trace,
                                         "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
-        candidates = self._choose(survey, trace)
+        shunned = self._shunned(request)
+        if shunned:
+            trace.append("shunned for this path (Squid's fetch failed): " + ", ".join(shunned))
+        candidates = [b for b in self._choose(survey, trace) if b not in shunned]
         fresh = candidates[0] if candidates and candidates[0] in survey.fresh else None
         if fresh is not None and request.is_metadata:
             return self._publish(request, fresh, trace, "served the current repomd.xml to "
@@ -234,7 +240,14 @@ class Resolver:
         unhealthy = self.health.unhealthy(survey.ranked)
         if unhealthy:
             trace.append("skipped unhealthy: " + ", ".join(unhealthy))
-        return [b for b in survey.ranked if b not in unhealthy]
+        healthy = [b for b in survey.ranked if b not in unhealthy]
+        return by_downloads(healthy, survey.fresh, self.health.download_speeds(healthy),
+                            self._draw)
+
+    def _shunned(self, request: RepoPath) -> Dict[str, str]:
+        """Mirrors Squid failed to fetch this path from lately (fetchdaemon): base -> why."""
+        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
+        return shunned.value if shunned is not None and isinstance(shunned.value, dict) else {}
 
     def _publish(self, request: RepoPath, base: str, trace: List[str],
                  why: str) -> Resolution:
