@@ -49,6 +49,7 @@ MIN_SAMPLE_BYTES = 32 * 1024
 # Problems that can repeat with every line are logged this often at most.
 COMPLAINT_SECONDS = 60.0
 _SQUID_COMMANDS = frozenset("LRTOFrb")
+_NOTHING = object()  # no line came before it was time to flush
 
 
 class Complaints:
@@ -216,11 +217,11 @@ class FetchLogDaemon:
             try:
                 text = self._lines.get(timeout=max(0.0, next_flush - time.monotonic()))
             except queue.Empty:
-                text = ""
+                text = _NOTHING
             if text is None:
                 self._flush()
                 return
-            if text:
+            if text is not _NOTHING:
                 try:
                     self.learner.line(text)
                 except Exception:  # a bug of ours: logged, and the next line is learnt
