@@ -13,7 +13,10 @@ from test_squid_e2e import assert_installed, diagnosis, mirror, rpm_requests, st
 from lab.mirrors import MirrorServer, make_snapshot
 from lab.rpmrepo import PACKAGES_URL, REPO, TEMPLATE_PATH, TREE, VIRTUAL_BASE, WANTED, DnfClient
 from lab.wait import wait_for
+from squid_helper.config.files import load_config
 from squid_helper.facts.memoview import MemoView
+from squid_helper.ops.metrics import exposition
+from squid_helper.ops.status import collect, render_table
 from squid_helper.resolve.health import host_of
 
 world = test_squid_e2e.world  # the fixture: a directory Squid's user can reach
@@ -34,7 +37,7 @@ def test_a_mirror_whose_gets_fail_gets_no_more_once_squid_reported_it(world, rpm
     bad.fail_gets[".rpm"] = 500
     good = mirror(servers, rpm_snapshots["new"], delay=0.05)
     repos = {REPO: {"mirrors": [bad.url + TEMPLATE_PATH, good.url + TEMPLATE_PATH]}}
-    squid, _ = start_squid(world, repos, unhealthy_ttl=600)
+    squid, config = start_squid(world, repos, unhealthy_ttl=600)
     helper_log = world / "helper.log"
 
     def reported() -> bool:
@@ -53,11 +56,20 @@ def test_a_mirror_whose_gets_fail_gets_no_more_once_squid_reported_it(world, rpm
         result = second.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
         assert_installed(second, result, squid)
         assert rpm_requests(bad, method="GET") == failed_gets, diagnosis(squid, bad, good)
-        # The probes still find it fine: only Squid's own fetches told.
-        assert all(m != "HEAD" or "failing" not in p for m, p, _ in bad.requests)
     # Three paths failed within a minute: the host is out, as after failed probes.
     text = helper_log.read_text()
     assert f"mirror {host_of(bad.url)} marked unhealthy" in text, text[-3000:]
+    # status and metrics show it, from the same log lines.
+    status = collect(load_config(str(config)), None)
+    fetches = status["fetches"]
+    assert fetches["mirrors"][host_of(bad.url)]["failed_fetches"] >= 3, fetches
+    assert fetches["mirrors"].get(host_of(good.url), {}).get("failed_fetches", 0) == 0
+    traffic = fetches["repos"][REPO]
+    assert traffic["hits"] >= 3 and traffic["bytes_from_cache"] > 0, fetches  # slave2's RPMs
+    assert traffic["misses"] >= 3 + 3 and traffic["bytes_fetched"] > 0, fetches
+    assert "failed fetches, last: Squid's GET got 500" in render_table(status)
+    assert f'squid_helper_mirror_failed_fetches_total{{host="{host_of(bad.url)}"}}' in \
+        exposition(status)
 
 
 SIZE = 256 * 1024

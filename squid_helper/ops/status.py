@@ -30,6 +30,7 @@ Schema (version 1; fields are only ever added):
                   latency_seconds (moving average, null when never measured),
                   last_probe {at, age_seconds, outcome: "found" | "missing" | "unchanged" |
                   "error" | "failed", detail, seconds, url} | null}
+    fetches       what Squid's own fetches showed (fetchstats.py has its schema)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..facts.memo import Stored
 from ..facts.memoview import MemoUnreadable, MemoView
 from ..resolve.health import host_of
 from ..resolve.urls import RepoPath, expand_template
+from .fetchstats import fetch_lines, fetch_section, read_fetches
 from .squidstats import SquidCounters, SquidUnreachable, fetch_counters
 
 SCHEMA = 1
@@ -235,8 +237,10 @@ def collect(config: Config, proxy: Optional[str], now: Optional[float] = None,
             counters = fetch_counters(proxy, timeout)
         except SquidUnreachable as exc:
             counters = str(exc)
-    return build_status(config, read_memo(config.cache_dir, now), squid_section(proxy, counters),
-                        now)
+    status = build_status(config, read_memo(config.cache_dir, now),
+                          squid_section(proxy, counters), now)
+    status["fetches"] = fetch_section(read_fetches(config.cache_dir, now))
+    return status
 
 
 # -- pure: the table -----------------------------------------------------------------------------
@@ -362,4 +366,6 @@ def render_table(status: Dict[str, Any]) -> str:
                 lines.append(f"  {repo['name']}: its {repo['kind']} host {source['host']} is "
                              f"{_health_text(source, now)}; last answer "
                              f"{_last_probe_text(source['last_probe'])}")
+    if "fetches" in status:
+        lines.extend(fetch_lines(status["fetches"], human_bytes))
     return "\n".join(lines) + "\n"
