@@ -115,10 +115,15 @@ def cmd_fetchlog(args: argparse.Namespace) -> int:
     # Squid ends the daemon with SIGTERM (shutdown, reconfigure): the counters of the last
     # second still reach the memo.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    memo = Memo.of(config)
+    try:
+        memo = Memo.of(config)
+        learner = FetchLearner(config, memo)
+    except Exception:  # a bug: Squid must still find its pipe read (a dead daemon stops it)
+        log.exception("cannot learn from Squid's fetches")
+        return drain(sys.stdin.buffer)
     log.info("fetch log daemon %s started with %s", __version__, args.config)
     try:
-        return FetchLogDaemon(FetchLearner(config, memo)).run(sys.stdin.buffer)
+        return FetchLogDaemon(learner).run(sys.stdin.buffer)
     finally:
         memo.close()
 
