@@ -28,6 +28,8 @@ DRIP_INTERVAL = 0.2
 HANG_LIMIT = 60.0
 # A TLS client that neither completes nor abandons its handshake is cut off after this long.
 HANDSHAKE_LIMIT = 10.0
+# A slow mirror (bytes_per_second) sends its bodies in slices this big.
+_SLICE = 16 * 1024
 
 
 def free_port() -> int:
@@ -67,7 +69,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and body:
             with self.server.owner.lock:
                 self.server.owner.body_bytes += len(body)
-            self.wfile.write(body)
+            rate = self.server.owner.bytes_per_second
+            if not rate:
+                self.wfile.write(body)
+                return
+            # A slow mirror: the body in slices, each after as long as it takes at `rate`.
+            for start in range(0, len(body), _SLICE):
+                if self.server.owner.stopping.wait(_SLICE / rate):
+                    return
+                self.wfile.write(body[start:start + _SLICE])
 
     def _drip(self, answer: bytes) -> None:
         """Send answer a byte at a time (at most HANG_LIMIT long), then close."""
@@ -107,6 +117,10 @@ class _Handler(BaseHTTPRequestHandler):
         for fragment, (status, headers) in list(owner.fail_paths.items()):
             if fragment in self.path:
                 self._send(status, b"failing on purpose\n", headers, head=head)
+                return
+        for fragment, status in list(owner.fail_gets.items()):
+            if fragment in self.path and not head:
+                self._send(status, b"failing GETs on purpose\n")
                 return
         if owner.behaviour == NO_HEAD and head:
             self._send(405, b"", {"Allow": "GET"}, head=True)
@@ -241,7 +255,8 @@ class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
     `documents`), or hangs, or answers 500, or refuses HEAD, or drips its answer a byte at a
     time (DRIP), or serves every .rpm with one byte flipped (CORRUPT: 200, the right
-    length). Records every request. `delay`:
+    length); `fail_gets` makes GETs of some paths fail while HEADs succeed, and
+    `bytes_per_second` slows its bodies down. Records every request. `delay`:
     seconds added before every answer (a far mirror). `listings`: directories under `root`
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
     mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an
@@ -266,6 +281,11 @@ class MirrorServer:
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
         # path fragment -> (status, headers): paths containing it get that answer instead
         self.fail_paths: Dict[str, Tuple[int, Dict[str, str]]] = {}
+        # path fragment -> status: GETs of paths containing it get that answer, while HEADs
+        # answer as usual (what the helpers' probes see is fine, Squid's fetches fail)
+        self.fail_gets: Dict[str, int] = {}
+        # bytes/s at which bodies are sent (None: as fast as the socket takes them)
+        self.bytes_per_second: Optional[float] = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connections: set = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -23,6 +24,7 @@ from .ops.squiduser import SquidUserError, detect_squid_user
 from .resolve.probe import system_ca_file
 from .resolve.resolver import Resolver
 from .resolve.urls import NotOurs, Refused, map_url
+from .squid.fetchdaemon import FetchLearner, FetchLogDaemon, drain
 from .squid.helperloop import Handler, HelperLoop
 from .squid.protocol import HelperRequest, Reply, err
 from .squid.rewrite import RewriteHandler
@@ -99,6 +101,42 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 def cmd_storeid(args: argparse.Namespace) -> int:
     return _run_helper(args, "storeid", lambda config: StoreIdHandler(
         StoreIdMapper(config, Memo.of(config))))
+
+
+def cmd_fetchlog(args: argparse.Namespace) -> int:
+    """Squid's logfile_daemon for its squid-helper access_log line (squid/fetchdaemon.py)."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        setup_logging(None, "fetchlog")  # stderr: Squid's cache.log
+        log.error("%s; not learning from Squid's fetches until the config is fixed (then "
+                  "squid -k reconfigure)", exc)
+        return drain(sys.stdin.buffer)
+    setup_logging(config.log_file, "fetchlog", logging.DEBUG if args.debug else logging.INFO)
+    # Squid ends the daemon with SIGTERM (shutdown, reconfigure): the counters of the last
+    # second still reach the memo.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        memo = Memo.of(config)
+        learner = FetchLearner(config, memo)
+    except Exception:  # a bug: Squid must still find its pipe read (a dead daemon stops it)
+        log.exception("cannot learn from Squid's fetches")
+        return drain(sys.stdin.buffer)
+    log.info("fetch log daemon %s started with %s", __version__, args.config)
+    try:
+        return FetchLogDaemon(learner).run(sys.stdin.buffer)
+    finally:
+        memo.close()
+
+
+def fetchlog_daemon() -> int:
+    """The `squid-helper-fetchlog` program, squid.conf's logfile_daemon: Squid starts it with
+    one argument, the path of `access_log daemon:PATH`, which is the helpers' repos.yaml."""
+    if len(sys.argv) != 2:
+        print("usage: squid-helper-fetchlog CONFIG (Squid's logfile_daemon; see "
+              "`squid-helper fetchlog --help`)", file=sys.stderr)
+        return 2
+    return main(["fetchlog", "--config", sys.argv[1]])
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -327,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_storeid)
+
+    p = sub.add_parser("fetchlog", help="learn from Squid's own fetches: its access log on "
+                       "stdin, as Squid's logfile_daemon writes it (squid.conf starts it as "
+                       "squid-helper-fetchlog)")
+    _add_config(p)
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_fetchlog)
 
     p = sub.add_parser("purge", help="purge repo URLs from Squid and from the memo together")
     _add_config(p)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .fetchstats import fetch_metric_families
 from .status import HEALTH_STATES, UNREADABLE
 
 TREE = ["repo", "releasever", "arch"]
@@ -113,6 +114,8 @@ def metric_families(status: Dict[str, Any]) -> List[Metric]:
                                       labels=["proxy"])
             ratio.add_metric([squid["proxy"]], squid["hit_ratio"])
             families.append(ratio)
+    if "fetches" in status:
+        families.extend(fetch_metric_families(status["fetches"]))
     return families
 
 

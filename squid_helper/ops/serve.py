@@ -39,6 +39,7 @@ from .squidconf import (
     VISIBLE_HOSTNAME,
     SquidConfError,
     SquidConfParams,
+    fetchlog_command_for,
     installed_error_directory,
     render,
     unique_hostname_for,
@@ -435,6 +436,9 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
         helper_command=helper_executable(), helper_config=str(config_path),
+        # beside the real executable: a squid-helper found as a symlink on PATH has no
+        # squid-helper-fetchlog beside it
+        fetchlog_command=fetchlog_command_for(os.path.realpath(helper_executable())),
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),

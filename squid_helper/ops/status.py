@@ -34,6 +34,7 @@ Schema (version 1; fields are only ever added):
                   "error" | "failed", detail, seconds, url} | null}
     integrity[]   per mirror host whose bytes disagreed with a repo's metadata (verify/):
                   {host, failures, at (the latest), path (repo/releasever/arch/path), reason}
+    fetches       what Squid's own fetches showed (fetchstats.py has its schema)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..config.settings import Config
 from ..facts.lifetimes import (
     ANSWERS,
     BACKOFFS,
+    FETCH_FAILURES,
     INTEGRITY_FAILURES,
     LAST_PROBES,
     LATENCIES,
@@ -53,12 +55,15 @@ from ..facts.lifetimes import (
     MISSES,
     SOURCE_RETRIES,
     SURVEYS,
+    THROUGHPUTS,
+    TRAFFIC,
     UNHEALTHY_MARKS,
     Lifetimes,
 )
 from ..facts.memo import Memo, MemoUnreadable, Stored
 from ..resolve.health import host_of
 from ..resolve.urls import RepoPath, expand_template
+from .fetchstats import fetch_lines, fetch_section
 from .squidstats import SquidCounters, SquidUnreachable, fetch_counters
 
 SCHEMA = 1
@@ -68,7 +73,8 @@ OK, NO_TRAFFIC, UNREADABLE = "ok", "no traffic yet", "unreadable"
 # The kinds of facts read here (lifetimes.py makes their keys), by MemoFacts field.
 _KINDS = {"lists": MIRROR_LISTS, "retries": SOURCE_RETRIES, "surveys": SURVEYS,
           "unhealthy": UNHEALTHY_MARKS, "backoff": BACKOFFS, "latency": LATENCIES,
-          "last_probe": LAST_PROBES, "integrity": INTEGRITY_FAILURES}
+          "last_probe": LAST_PROBES, "integrity": INTEGRITY_FAILURES,
+          "traffic": TRAFFIC, "throughput": THROUGHPUTS, "fetch_failures": FETCH_FAILURES}
 
 
 @dataclass
@@ -87,6 +93,9 @@ class MemoFacts:
     latency: Dict[str, Stored] = field(default_factory=dict)
     last_probe: Dict[str, Stored] = field(default_factory=dict)
     integrity: Dict[str, Stored] = field(default_factory=dict)
+    traffic: Dict[str, Stored] = field(default_factory=dict)
+    throughput: Dict[str, Stored] = field(default_factory=dict)
+    fetch_failures: Dict[str, Stored] = field(default_factory=dict)
     answers: Dict[str, int] = field(default_factory=dict)
     not_found: Dict[str, int] = field(default_factory=dict)
 
@@ -240,7 +249,8 @@ def build_status(config: Config, facts: MemoFacts, squid: Dict[str, Any],
     return {"schema": SCHEMA, "time": now, "config": config.path,
             "memo": {"directory": facts.directory, "store": facts.store or facts.directory,
                      "state": facts.state, "problem": facts.problem},
-            "squid": squid, "repos": repos, "integrity": integrity_section(facts.integrity)}
+            "squid": squid, "repos": repos, "integrity": integrity_section(facts.integrity),
+            "fetches": fetch_section(facts.traffic, facts.throughput, facts.fetch_failures)}
 
 
 def integrity_section(failures: Dict[str, Stored]) -> List[Dict[str, Any]]:
@@ -404,4 +414,6 @@ def render_table(status: Dict[str, Any]) -> str:
                 lines.append(f"  {repo['name']}: its {repo['kind']} host {source['host']} is "
                              f"{_health_text(source, now)}; last answer "
                              f"{_last_probe_text(source['last_probe'])}")
+    if "fetches" in status:
+        lines.extend(fetch_lines(status["fetches"], human_bytes))
     return "\n".join(lines) + "\n"

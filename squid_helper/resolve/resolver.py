@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -33,6 +34,7 @@ from .health import MirrorHealth
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
 from .probelog import ProbeLog
+from .selection import by_downloads
 from .survey import Survey, Surveys
 from .urls import REPOMD_PATH, RepoPath
 from .watch import Watch
@@ -84,6 +86,7 @@ class Resolver:
         self._closing = False
         self._verifying_lock = threading.Lock()
         self.health = MirrorHealth(memo, self.lifetimes)
+        self._draw = random.Random()  # which of the equally fast mirrors leads (by_downloads)
         self.probe_log = ProbeLog(memo, self.lifetimes, self._background)
         self.health.on_result = self.probe_log.note
         self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
@@ -143,11 +146,11 @@ class Resolver:
         return survey is None or survey.value.usable(base)
 
     def _shunned(self, request: RepoPath) -> Dict[str, str]:
-        """The bases that must not answer for this path (base -> why): Squid's copy from
-        them disagreed with the repo's checksums (verify/). A probe that succeeds does not
-        clear it. Read when an answer is worked out, never on the hot path: whoever shuns a
-        base drops the path's memoised answer too. (Minimal, for the integrity check: the
-        resolver's own rework owns this rule.)"""
+        """The bases that must not answer for this path (base -> why): Squid's fetch from
+        them failed (squid/fetchdaemon) or its copy disagreed with the repo's checksums
+        (verify/). A probe that succeeds does not clear it. Read when an answer is worked
+        out, never on the hot path: whoever shuns a base drops the path's memoised answer and
+        bumps the generation too."""
         shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
         return shunned.value if shunned is not None and isinstance(shunned.value, dict) else {}
 
@@ -245,7 +248,9 @@ class Resolver:
         unhealthy = self.health.unhealthy(survey.ranked)
         if unhealthy:
             trace.append("skipped unhealthy: " + ", ".join(unhealthy))
-        return [b for b in survey.ranked if b not in unhealthy]
+        healthy = [b for b in survey.ranked if b not in unhealthy]
+        return by_downloads(healthy, survey.fresh, self.health.download_speeds(healthy),
+                            self._draw)
 
     def _publish(self, request: RepoPath, base: str, trace: List[str],
                  why: str) -> Resolution:

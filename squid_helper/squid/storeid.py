@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ..config.settings import Config
 from ..facts.lifetimes import Lifetimes
@@ -110,27 +110,30 @@ class StoreIdMapper:
                     return
             self._generation = generation
 
-    def _from_bases(self, url: str) -> Optional[str]:
+    def _from_bases(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         bases = self._bases
         for base in _bases_of(url):  # the longest first
             triple = bases.get(base)
             if triple is not None:
                 path = url[len(base):]
                 if relative_path_problem(path) is None:
-                    return f"http://{STORE_ID_HOST}/{triple}/{canonical_path(path)}"
+                    return RepoPath(*triple.split("/", 2), canonical_path(path)), base
         return None
 
-    def _from_templates(self, url: str) -> Optional[str]:
+    def _from_templates(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         for repo, pattern in self._static:
             match = pattern.fullmatch(url)
             if match and relative_path_problem(match["path"]) is None:
-                return store_key(repo, match["releasever"] if "releasever" in
-                                 pattern.groupindex else "-", match["arch"] if "arch" in
-                                 pattern.groupindex else "-", canonical_path(match["path"]))
+                request = RepoPath(
+                    repo, match["releasever"] if "releasever" in pattern.groupindex else "-",
+                    match["arch"] if "arch" in pattern.groupindex else "-",
+                    canonical_path(match["path"]))
+                return request, url[:match.start("path")]
         return None
 
-    def key(self, url: str) -> Optional[str]:
-        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+    def locate(self, url: str) -> Optional[Tuple[RepoPath, str]]:
+        """The repo path a mirror URL holds, and the mirror's base URL; None for any other
+        URL (the fetch log daemon learns from Squid's fetches with it)."""
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             return None  # a query (S3's ?acl, ?list ...) asks the mirror for another body
         found = self._from_templates(url)
@@ -138,6 +141,11 @@ class StoreIdMapper:
             self._refresh()
             found = self._from_bases(url)
         return found
+
+    def key(self, url: str) -> Optional[str]:
+        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+        found = self.locate(url)
+        return key_for(found[0]) if found is not None else None
 
 
 def _bases_of(url: str) -> Iterator[str]:
