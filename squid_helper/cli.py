@@ -29,6 +29,7 @@ from .squid.helperloop import Handler, HelperLoop
 from .squid.protocol import HelperRequest, Reply, err
 from .squid.rewrite import RewriteHandler
 from .squid.storeid import StoreIdHandler, StoreIdMapper
+from .verify.checker import IntegrityChecker
 
 log = logging.getLogger("squid_helper.cli")
 
@@ -118,7 +119,10 @@ def cmd_fetchlog(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         memo = Memo.of(config)
-        learner = FetchLearner(config, memo)
+        host, port = config.squid_proxy
+        # Each repo file Squid fetched and stored is checked against the repo's checksums.
+        checker = IntegrityChecker(config, memo, f"{host}:{port}")
+        learner = FetchLearner(config, memo, consider=checker.consider)
     except Exception:  # a bug: Squid must still find its pipe read (a dead daemon stops it)
         log.exception("cannot learn from Squid's fetches")
         return drain(sys.stdin.buffer)
@@ -126,6 +130,7 @@ def cmd_fetchlog(args: argparse.Namespace) -> int:
     try:
         return FetchLogDaemon(learner).run(sys.stdin.buffer)
     finally:
+        checker.close(finish=False, timeout=5.0)
         memo.close()
 
 

@@ -109,6 +109,9 @@ class Config:
     # Squid's collapsed_forwarding: "auto" (on where Squid is 6.0.1 or later, see
     # serve.collapsed_forwarding_for), "on" or "off".
     collapsed_forwarding: str = "auto"
+    # Squid's forward proxy as the helpers reach it (host, port): the integrity checker reads
+    # Squid's copies through it (serve sets its own; a hand-written squid.conf: 3128 here).
+    squid_proxy: Tuple[str, int] = ("127.0.0.1", DEFAULT_PEER_PORT)
 
     def __getattr__(self, name: str) -> float:
         # Numeric settings read as attributes (config.probe_timeout) without a field each.
@@ -416,7 +419,7 @@ def _looks_like_a_repo(body: Any) -> bool:
 
 TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
                   "upstream_proxy", "repos", *NUMERIC_SETTINGS, "peers", "htcp_port", "memo",
-                  "collapsed_forwarding")
+                  "collapsed_forwarding", "squid_proxy")
 COLLAPSED_FORWARDING = ("auto", "on", "off")
 
 
@@ -445,17 +448,21 @@ def _parse_peers(value: Any, report: _Reporter) -> Tuple[Tuple[str, int], ...]:
     peers = []
     for index, entry in enumerate(value):
         keys = ("peers", str(index))
-        if not isinstance(entry, str) or not _HOST_RE.match(entry):
-            raise report.error(keys, f"{entry!r} is not 'host:port' (a host name or IPv4 "
-                               "address of letters, digits, '.', '-', then optionally ':' "
-                               "and the proxy's HTTP port)")
-        host, _, port_text = entry.partition(":")
-        port = _port(int(port_text) if port_text else DEFAULT_PEER_PORT, keys, report)
-        peer = (host.lower(), port)
+        peer = _proxy_address(entry, keys, report)
         if peer in peers:
             raise report.error(keys, f"{entry!r} is listed twice")
         peers.append(peer)
     return tuple(peers)
+
+
+def _proxy_address(entry: Any, keys: Tuple[str, ...], report: _Reporter) -> Tuple[str, int]:
+    """A proxy's 'host:port' (port DEFAULT_PEER_PORT when left out) as (host, port)."""
+    if not isinstance(entry, str) or not _HOST_RE.match(entry):
+        raise report.error(keys, f"{entry!r} is not 'host:port' (a host name or IPv4 "
+                           "address of letters, digits, '.', '-', then optionally ':' "
+                           "and the proxy's HTTP port)")
+    host, _, port_text = entry.partition(":")
+    return host.lower(), _port(int(port_text) if port_text else DEFAULT_PEER_PORT, keys, report)
 
 
 def _parse_memo(value: Any, report: _Reporter) -> Optional[str]:
@@ -574,6 +581,8 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     peers = _parse_peers(data.get("peers", []), report)
     htcp_port = _port(data.get("htcp_port", DEFAULT_HTCP_PORT), ("htcp_port",), report)
     memo = _parse_memo(data.get("memo"), report)
+    squid_proxy = _proxy_address(data.get("squid_proxy", f"127.0.0.1:{DEFAULT_PEER_PORT}"),
+                                 ("squid_proxy",), report)
     collapsed_forwarding = _collapsed_forwarding(data.get("collapsed_forwarding", "auto"),
                                                  report)
 
@@ -600,6 +609,7 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
         htcp_port=htcp_port,
         memo=memo,
         collapsed_forwarding=collapsed_forwarding,
+        squid_proxy=squid_proxy,
     )
 
 
