@@ -14,12 +14,12 @@ from .config.files import load_config
 from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .config.settings import NUMERIC_SETTINGS, Config, ConfigError
 from .facts.memo import Memo
-from .facts.stores import redacted
+from .httpclient import system_ca_file
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
 from .ops.squiduser import SquidUserError, detect_squid_user
-from .resolve.probe import system_ca_file
+from .redaction import redacted, redacted_text
 from .resolve.resolver import Resolver
 from .resolve.urls import NotOurs, Refused, map_url
 from .squid.helperloop import Handler, HelperLoop
@@ -147,7 +147,7 @@ def _summary(config: Config, path: str) -> List[str]:
     lines.append(f"  repos ({len(config.repos)}):")
     for repo in config.repos.values():
         lines.append(f"    {repo.name}: {repo.kind}")
-        lines.extend(f"      {template}" for template in repo.templates)
+        lines.extend(f"      {redacted(template)}" for template in repo.templates)
     return lines
 
 
@@ -232,11 +232,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     status = collect(config, _status_proxy(args))
-    if args.json:
-        json.dump(status, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.writelines(render_table(status).splitlines(keepends=True))
+    # Redacted whole: a mirror list's URL, and the details that quote one, lose its password
+    # and query wherever status shows them.
+    text = (json.dumps(status, indent=2, sort_keys=True) + "\n" if args.json
+            else render_table(status))
+    sys.stdout.writelines(redacted_text(text).splitlines(keepends=True))
     sys.stdout.flush()
     return 0
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..config.settings import Config
+from ..redaction import redacted
 from .lifetimes import Fact
-from .stores import GENERATION_FILE, DiskStore, RedisStore, Store, redacted
+from .stores import GENERATION_FILE, DiskStore, RedisStore, Store
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")

@@ -31,7 +31,7 @@ import yaml
 from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
-from ..facts.stores import redacted
+from ..redaction import redacted
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,

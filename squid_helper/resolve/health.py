@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
 from ..facts.memo import Memo
+from ..redaction import host_of  # hosts are keyed and named without credentials
 from .probe import ERROR, FAILED, ProbeResult
 
 log = logging.getLogger("squid_helper.health")
@@ -22,10 +23,6 @@ log = logging.getLogger("squid_helper.health")
 # Weight of the newest sample in a host's latency estimate: recent enough to follow a mirror
 # that slows down, smooth enough that one slow answer does not reorder the mirrors.
 _NEWEST_WEIGHT = 0.3
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
 
 
 class MirrorHealth:
