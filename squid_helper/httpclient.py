@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import http.client
 import ipaddress
 import itertools
 import os
@@ -43,7 +44,8 @@ from .redaction import host_of
 USER_AGENT = "squid-helper"
 # What a failure of the other side (a mirror, a proxy, Squid) looks like; any other exception
 # in a request is a bug of ours.
-FAILURES = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+FAILURES = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+            OSError)
 # Where Debian/Ubuntu, then Fedora/RHEL keep the system's CA bundle: the store Squid trusts by
 # default too, and where update-ca-certificates puts a lab's own CA. requests alone would use
 # certifi's copy of Mozilla's list, which knows no lab CA.
@@ -134,8 +136,11 @@ def describe_failure(exc: BaseException, url: str, elapsed: float, proxy: Option
                 status = text[len(_TUNNEL_FAILED):].strip()
                 return f"{through} could not connect to {host}: {status}"
         return f"{through}: {_connect_problem(exc)}"
-    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError)):
+    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError,
+                        ConnectionError)):
         return _connect_problem(exc)
+    if isinstance(exc, http.client.HTTPException):  # e.g. a status line that is none
+        return f"no HTTP answer ({type(exc).__name__})"
     if isinstance(exc, OSError):
         # Ours, not the other side's: e.g. ca_file gone since the config was read.
         return f"error {type(exc).__name__}: {str(exc)[:160]}"
@@ -303,8 +308,11 @@ def _watched(connection_class: type) -> type:
     return Watched
 
 
+_WatchedHTTPConnection = _watched(HTTPConnection)
+
+
 class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _watched(HTTPConnection)
+    ConnectionCls = _WatchedHTTPConnection
 
 
 class _WatchedHTTPSPool(HTTPSConnectionPool):
@@ -356,27 +364,25 @@ class TooLarge(Exception):
 def get_target(host: str, port: int, target: str, timeout: float,
                max_bytes: int) -> Tuple[int, bytes]:
     """(status, body) of `GET target` sent to host:port as it is, within timeout in all. For a
-    request target that requests refuses because it is no http:// URL: Squid's cache manager
-    answers `cache_object://HOST/PAGE`. TooLarge past max_bytes; FAILURES otherwise."""
-    pool = _WatchedHTTPPool(host, port, timeout=urllib3.Timeout(timeout), maxsize=1,
-                            retries=False, headers={"User-Agent": USER_AGENT})
+    request target that neither requests nor urllib3's pools send unchanged (they read it as a
+    URL, and `cache_object` is no URL scheme): Squid's cache manager answers
+    `cache_object://HOST/PAGE`. TooLarge past max_bytes; FAILURES otherwise."""
+    connection = _WatchedHTTPConnection(host, port, timeout=timeout)
     try:
         with Deadline(timeout) as deadline:
             try:
-                response = pool.urlopen("GET", target, assert_same_host=False, redirect=False,
-                                        preload_content=False)
-                try:
-                    body = bytearray()
-                    for chunk in response.stream(64 * 1024):
-                        body += chunk
-                        if len(body) > max_bytes:
-                            raise TooLarge(f"more than {max_bytes} bytes")
-                finally:
-                    response.release_conn()
+                connection.request("GET", target, headers={"User-Agent": USER_AGENT},
+                                   preload_content=False)
+                response = connection.getresponse()
+                body = bytearray()
+                for chunk in response.stream(64 * 1024):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise TooLarge(f"more than {max_bytes} bytes")
             except FAILURES as exc:
                 if deadline.expired:  # the cut connection's error: the time was up
-                    raise urllib3.exceptions.ReadTimeoutError(pool, target, "deadline") from exc
+                    raise urllib3.exceptions.ReadTimeoutError(None, target, "deadline") from exc
                 raise
         return response.status, bytes(body)
     finally:
-        pool.close()
+        connection.close()
