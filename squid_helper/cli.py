@@ -214,10 +214,10 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
           f"path {mapped.path or '(the repo root)'}")
-    for step in resolution.trace:
-        print(f"  {step}")
+    for step in resolution.trace:  # a mirror list's URL among them: printed redacted
+        print(f"  {redacted_text(step)}")
     print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"
-          f" {resolution.reason}")
+          f" {redacted_text(resolution.reason)}")
     return 0 if resolution.url else 2
 
 

@@ -1,6 +1,6 @@
 """A mirror list's secrets (its user:password@ and a token in its query) stay inside the helper:
 they are sent to the mirror list's server, and never shown in the reason Squid gives clients,
-in the helper's log or in `squid-helper status`. And what a mirror sees of the helper is a
+in the helper's log, in `squid-helper status` or `resolve`. And what a mirror sees of the helper is a
 User-Agent without a version."""
 
 from __future__ import annotations
@@ -64,13 +64,17 @@ def test_a_failing_mirror_lists_secrets_stay_out_of_reasons_logs_and_status(tmp_
     log = (tmp_path / "helper.log").read_text()
     assert f"metalink {shown}: {why}" in log, log
     table, as_json = status_outputs(config)
+    resolve = subprocess.run([*helper_command(), "resolve", "--config", str(config), REPOMD],
+                             capture_output=True, text=True, timeout=60)
+    explained = resolve.stdout + resolve.stderr
+    assert resolve.returncode == 2 and shown in explained, explained
     if failure == "answers 500":  # the tree's source, and the problem it had
         assert f"metalink {shown}" in table and why in table, table
         tree = json.loads(as_json)["repos"][0]["trees"][0]
         assert tree["source"]["url"] == shown, as_json
     else:  # its host (no credentials) is marked unhealthy: no tree was ever served
         assert f"its metalink host {place} is unhealthy" in table, table
-    for text in (reply, stderr, log, table, as_json):
+    for text in (reply, stderr, log, table, as_json, explained):
         assert SECRET not in text and "t-9" not in text, text
     if failure == "answers 500":
         # The credentials did reach the server they are for (and the token did: see above).
