@@ -42,6 +42,8 @@ from urllib3.util.retry import Retry
 from .redaction import host_of
 
 USER_AGENT = "squid-helper"
+# requests' timeout: seconds for each connect and each read, or a (connect, read) pair.
+Timeouts = Union[None, float, Tuple[float, float]]
 # What a failure of the other side (a mirror, a proxy, Squid) looks like; any other exception
 # in a request is a bug of ours.
 FAILURES = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
@@ -339,13 +341,27 @@ class _Adapter(HTTPAdapter):
 
 
 # -- the sessions --------------------------------------------------------------------------------
-def new_session(ca_file: Optional[str] = None, proxy: Optional[str] = None,
+class _Session(requests.Session):
+    """A Session with a timeout for every request that names none: requests' own default is
+    to wait forever."""
+
+    timeout: Timeouts = None
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        if not args and kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def new_session(timeout: Timeouts, ca_file: Optional[str] = None, proxy: Optional[str] = None,
                 pool_size: int = 32) -> requests.Session:
-    """A session as described above. ca_file: the PEM bundle https:// is verified against
-    (None: the system's); proxy: 'http://host:port' every request goes through (None: none,
-    whatever the environment says); pool_size: connections kept per host (threads that use
-    the session at once)."""
-    session = requests.Session()
+    """A session as described above. timeout: each connect and read's limit in seconds (or
+    a (connect, read) pair), for requests that name none; ca_file: the PEM bundle https:// is
+    verified against (None: the system's); proxy: 'http://host:port' every request goes
+    through (None: none, whatever the environment says); pool_size: connections kept per host
+    (threads that use the session at once)."""
+    session = _Session()
+    session.timeout = timeout
     session.trust_env = False
     session.verify = trust_store(ca_file)
     if proxy:

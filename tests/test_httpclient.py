@@ -10,8 +10,10 @@ import time
 from typing import List
 
 import pytest
+import requests
 
-from lab.mirrors import DRIP, MirrorServer, free_port
+from lab.mirrors import DRIP, HANG, MirrorServer, free_port
+from squid_helper.httpclient import USER_AGENT, new_session
 from squid_helper.ops.purge import purge_from_squid
 from squid_helper.ops.squidstats import SquidUnreachable, fetch_counters
 
@@ -91,3 +93,14 @@ def test_purge_words_an_unreachable_proxy_as_every_client_does():
                               f"127.0.0.1:{port}", timeout=5)
     assert not result.ok
     assert result.message == f"proxy 127.0.0.1:{port}: connection failed (refused)", result
+
+
+def test_a_session_never_waits_without_a_limit():
+    """requests waits forever for a request that names no timeout; ours do not."""
+    with MirrorServer(behaviour=HANG) as server, new_session(0.5) as session:
+        started = time.monotonic()
+        with pytest.raises(requests.Timeout):
+            session.get(server.url + "repodata/repomd.xml")
+        took = time.monotonic() - started
+        assert [h["User-Agent"] for _, _, h in server.requests] == [USER_AGENT]
+    assert took < 1.5, took

@@ -1,7 +1,7 @@
 """A mirror list's secrets (its user:password@ and a token in its query) stay inside the helper:
 they are sent to the mirror list's server, and never shown in the reason Squid gives clients,
-in the helper's log, in `squid-helper status` or `resolve`. And what a mirror sees of the helper is a
-User-Agent without a version."""
+in the helper's log, in `squid-helper status` or `resolve`. And what a mirror sees of the
+helper is a User-Agent without a version."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
     request through the rewrite and store_id helpers, so the cached copy is found whichever
     mirror it came from."""
     started = time.monotonic()
-    with new_session(proxy=f"http://{proxy}", pool_size=1) as session:
+    with new_session(timeout, proxy=f"http://{proxy}", pool_size=1) as session:
         try:
-            response = session.request("PURGE", url, timeout=timeout, allow_redirects=False)
+            response = session.request("PURGE", url, allow_redirects=False)
             response.close()
         except FAILURES as exc:
             return PurgeResult(url, False, describe_failure(

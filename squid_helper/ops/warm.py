@@ -197,8 +197,9 @@ class Fetcher:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = new_session(proxy=f"http://{self.proxy}",
-                                                        pool_size=1)
+            # A connection within 10 s, and no wait longer than timeout for the next bytes.
+            session = self._local.session = new_session(
+                (10, self.timeout), proxy=f"http://{self.proxy}", pool_size=1)
             with self._lock:
                 self._sessions.append(session)
         return session
@@ -223,7 +224,7 @@ class Fetcher:
         try:
             response = self._session().head(
                 self.base_url + path, headers={"Cache-Control": "only-if-cached"},
-                timeout=(10, self.timeout), allow_redirects=False)
+                allow_redirects=False)
         except FAILURES:
             return False  # the GET that follows says what is wrong
         return response.status_code == 200
@@ -243,7 +244,6 @@ class Fetcher:
 
         try:
             with self._session().get(self.base_url + file.path, stream=True,
-                                     timeout=(10, self.timeout),
                                      allow_redirects=False) as response:
                 if response.status_code != 200:
                     return failed(self._refusal(response))

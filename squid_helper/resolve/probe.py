@@ -74,7 +74,8 @@ class Prober:
         with self._lock:
             session = self._sessions.get(host)
             if session is None:
-                session = self._sessions[host] = new_session(self.ca_file, self.proxy)
+                session = self._sessions[host] = new_session(self.timeout, self.ca_file,
+                                                             self.proxy)
             return session
 
     def close(self) -> None:
