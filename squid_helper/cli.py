@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 from . import __version__
 from .config.files import load_config
 from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
-from .config.settings import NUMERIC_SETTINGS, Config, ConfigError
+from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
 from .httpclient import system_ca_file
 from .logsetup import setup_logging
@@ -119,35 +119,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+# check's "  label: value" lines, values in one column: wide enough for the longest setting.
+_LABEL_WIDTH = max(len(key) for key in (*NUMERIC_SETTINGS, "collapsed_forwarding")) + 2
+
+
+def _field(label: str, value: object) -> str:
+    return f"  {label + ':':<{_LABEL_WIDTH}}{value}"
+
+
 def _memo_lines(config: Config) -> List[str]:
-    lines = [f"  memo:          {redacted(config.memo)} (shared by the fleet; "
-             f"{config.cache_dir} while it is unreachable)" if config.memo
-             else f"  memo:          {config.cache_dir}"]
+    lines = [_field("memo", f"{redacted(config.memo)} (shared by the fleet; "
+                            f"{config.cache_dir} while it is unreachable)") if config.memo
+             else _field("memo", config.cache_dir)]
     if config.peers:
-        lines.append(f"  peers:         {', '.join(f'{h}:{p}' for h, p in config.peers)} "
-                     f"(HTCP port {config.htcp_port})")
+        lines.append(_field("peers", f"{', '.join(f'{h}:{p}' for h, p in config.peers)} "
+                                     f"(HTCP port {config.htcp_port})"))
+    return lines
+
+
+def _repo_lines(repo: Repo) -> List[str]:
+    only = [f"{key} {', '.join(values)} only" for key, values in
+            (("releasever", repo.releasevers), ("arch", repo.arches)) if values]
+    lines = [f"    {repo.name}: {repo.kind}" + (f" ({'; '.join(only)})" if only else "")]
+    lines.extend(f"      {redacted(template)}" for template in repo.templates)
     return lines
 
 
 def _summary(config: Config, path: str) -> List[str]:
     system = f"the system's, {system_ca_file() or 'none found: certifi'}"
     lines = [f"{path}: OK",
-             f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}",
-             f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}",
+             _field("virtual hosts", ", ".join(sorted(config.virtual_hosts))),
+             _field("accel ports", ", ".join(map(str, sorted(config.accel_ports))) or "none"),
              *_memo_lines(config),
-             f"  log file:      {config.log_file or 'stderr'}",
-             f"  CA file:       {config.ca_file or system}",
-             f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}",
-             f"  collapsed_forwarding: {config.collapsed_forwarding}"
-             + (" (on with Squid 6.0.1 or later)" if config.collapsed_forwarding == "auto"
-                else "")]
+             _field("log file", config.log_file or "stderr"),
+             _field("CA file", config.ca_file or system),
+             _field("upstream proxy", config.upstream_proxy or "none (mirrors directly)"),
+             _field("collapsed_forwarding", config.collapsed_forwarding
+                    + (" (on with Squid 6.0.1 or later)"
+                       if config.collapsed_forwarding == "auto" else ""))]
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
-        lines.append(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
+        lines.append(_field(key, int(value) if value == int(value) else value))
     lines.append(f"  repos ({len(config.repos)}):")
     for repo in config.repos.values():
-        lines.append(f"    {repo.name}: {repo.kind}")
-        lines.extend(f"      {redacted(template)}" for template in repo.templates)
+        lines.extend(_repo_lines(repo))
     return lines
 
 
@@ -160,7 +175,7 @@ def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
         if problem:
             problems.append(problem)
         else:
-            lines.append(f"  shared memo:   {redacted(config.memo)} answers")
+            lines.append(_field("shared memo", f"{redacted(config.memo)} answers"))
     try:
         user = detect_squid_user(args.squid_user, option="--squid-user").name
     except SquidUserError as exc:

@@ -76,7 +76,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def config(tmp_path: Path):
     path = write_config(tmp_path, {
         "listed": {"mirrorlist": "http://list.example/ml?r={releasever}&a={arch}"},
-        "static": {"mirrors": [A.replace("9/x86_64", "{releasever}/{arch}"), B]},
+        "static": {"mirrors": [A.replace("9/x86_64", "{releasever}/{arch}"), B],
+                   "releasevers": ["9"], "arches": ["x86_64"]},  # B holds 9/x86_64 only
         "quiet": {"mirrors": ["http://q.example/{releasever}/"]}},
         unhealthy_ttl=120, mirrorlist_ttl=600)
     return load_config(str(path))
