@@ -378,7 +378,7 @@ class ParentSquid(SquidInstance):
     anything, CONNECT to any port included (the helpers tunnel their https:// probes), and
     fetches https:// URLs itself over TLS 1.2 (a Squid 5.7 built with GnuTLS reads nothing
     back over TLS 1.3). Its access log ends each line with the request's User-Agent, so that a
-    test tells the helpers' requests (squid-helper/...) from Squid's fetches (the client's)."""
+    test tells the helpers' requests (squid-helper) from Squid's fetches (the client's)."""
 
     def __init__(self, directory: Path):
         super().__init__(directory, Path(directory) / "no-helpers", helpers=False,

@@ -15,13 +15,13 @@ from .config.files import load_config
 from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
-from .facts.stores import redacted
+from .httpclient import system_ca_file
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
 from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
-from .resolve.probe import system_ca_file
+from .redaction import redacted, redacted_text
 from .resolve.resolver import Resolver
 from .resolve.urls import NotOurs, Refused, map_url
 from .squid.fetchdaemon import FetchLearner, FetchLogDaemon, drain
@@ -185,7 +185,7 @@ def _repo_lines(repo: Repo) -> List[str]:
     only = [f"{key} {', '.join(values)} only" for key, values in
             (("releasever", repo.releasevers), ("arch", repo.arches)) if values]
     lines = [f"    {repo.name}: {repo.kind}" + (f" ({'; '.join(only)})" if only else "")]
-    lines.extend(f"      {template}" for template in repo.templates)
+    lines.extend(f"      {redacted(template)}" for template in repo.templates)
     return lines
 
 
@@ -273,10 +273,10 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
           f"path {mapped.path or '(the repo root)'}")
-    for step in resolution.trace:
-        print(f"  {step}")
+    for step in resolution.trace:  # a mirror list's URL among them: printed redacted
+        print(f"  {redacted_text(step)}")
     print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"
-          f" {resolution.reason}")
+          f" {redacted_text(resolution.reason)}")
     return 0 if resolution.url else 2
 
 
@@ -291,11 +291,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     status = collect(config, _status_proxy(args))
-    if args.json:
-        json.dump(status, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.writelines(render_table(status).splitlines(keepends=True))
+    # Redacted whole: a mirror list's URL, and the details that quote one, lose its password
+    # and query wherever status shows them.
+    text = (json.dumps(status, indent=2, sort_keys=True) + "\n" if args.json
+            else render_table(status))
+    sys.stdout.writelines(redacted_text(text).splitlines(keepends=True))
     sys.stdout.flush()
     return 0
 

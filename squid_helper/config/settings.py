@@ -17,7 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from ..facts.stores import redacted
+from ..redaction import redacted
 
 SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
 # The original repoproxy's names: its documentation spelled the mirrorlist key 'mirrorurl', and
@@ -171,8 +171,10 @@ class _Reporter:
         return ConfigError(f"{self.where(keys)}: {dotted}: {message}")
 
 
-def validate_template(url: str) -> Optional[str]:
-    """Return why a mirror/mirrorlist URL template is unusable, or None when it is fine."""
+def validate_template(url: str, credentials: bool = False) -> Optional[str]:
+    """Return why a mirror/mirrorlist URL template is unusable, or None when it is fine.
+    credentials: whether user:password@ may be in it (a mirror list's or metalink's, which only
+    the helpers fetch; never a mirror's, which Squid would be sent to and log)."""
     if not isinstance(url, str) or not url:
         return "must be a non-empty URL string such as 'https://mirrors.example.org/pub/'"
     if any(ch in url for ch in "\r\n\t \x00\\"):
@@ -193,7 +195,7 @@ def validate_template(url: str) -> Optional[str]:
         return f"must start with http:// or https:// (got scheme {parts.scheme!r})"
     if not parts.hostname:
         return "has no host name"
-    if parts.username or parts.password:
+    if (parts.username or parts.password) and not credentials:
         return "must not carry a user name or password"
     if "{" in urlsplit(url).netloc:
         return "must not put placeholders in the host part"
@@ -243,7 +245,7 @@ def parse_upstream_proxy(value: Any) -> Tuple[str, int]:
         raise ValueError(f"{value!r}: only http:// proxies are supported (Squid and the helper "
                          f"talk plain HTTP to the proxy, and tunnel TLS through it), {example}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{value!r}: a user name or password in the proxy URL is not "
+        raise ValueError(f"{redacted(value)!r}: a user name or password in the proxy URL is not "
                          "supported")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{value!r}: a proxy URL has a host and a port only, {example}")
@@ -395,18 +397,19 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
         for index, template in enumerate(templates):
             problem = validate_template(template)
             if problem:
-                raise report.error((*keys, key, str(index)), f"{template!r} {problem}")
+                raise report.error((*keys, key, str(index)), f"{redacted(template)!r} {problem}")
             parts = urlsplit(template)
             if parts.query or parts.fragment:
                 raise report.error((*keys, key, str(index)),
-                                   f"{template!r}: a mirror base URL cannot have '?' or '#'")
+                                   f"{redacted(template)!r}: a mirror base URL cannot have "
+                                   "'?' or '#'")
             cleaned.append(template if template.endswith("/") else template + "/")
     else:
         if not isinstance(value, str):
             raise report.error((*keys, key), f"must be one URL template string (got {value!r})")
-        problem = validate_template(value)
+        problem = validate_template(value, credentials=True)
         if problem:
-            raise report.error((*keys, key), f"{value!r} {problem}")
+            raise report.error((*keys, key), f"{redacted(value)!r} {problem}")
         cleaned = [value]
     _check_placeholders(name, key, tuple(cleaned), restrictions, report)
     return Repo(name, kind, tuple(cleaned), restrictions.get("releasevers", ()),

@@ -32,7 +32,7 @@ import yaml
 from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
-from ..facts.stores import redacted
+from ..redaction import redacted
 from .hostaddresses import this_host_addresses
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
 from ..facts.memo import Memo
+from ..redaction import host_of  # hosts are keyed and named without credentials
 from .probe import ERROR, FAILED, ProbeResult
 from .selection import DownloadSpeed
 
@@ -28,10 +29,6 @@ _NEWEST_WEIGHT = 0.3
 # The weight of a download in a host's usual speed: slow, so that a mirror that slows down
 # shows as slower than it used to be for a dozen downloads or so (selection.SLOWED_DOWN).
 _USUAL_WEIGHT = 0.05
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
 
 
 def moving_average(known: Optional[float], sample: float, weight: float) -> float:

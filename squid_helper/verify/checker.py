@@ -36,11 +36,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-import requests
-
 from ..config.settings import Config
 from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
+from ..httpclient import FAILURES, describe_failure, new_session
 from ..ops.purge import purge_from_squid
 from ..resolve.health import MirrorHealth, host_of
 from ..resolve.probe import FAILED, ProbeResult
@@ -88,10 +87,7 @@ class SquidReader:
     def __init__(self, proxy: str, timeout: float):
         self.proxy = proxy
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False  # this proxy, whatever http_proxy says
-        self.session.proxies = {"http": f"http://{proxy}"}
-        self.session.headers["User-Agent"] = "squid-helper-integrity"
+        self.session = new_session((10, timeout), proxy=f"http://{proxy}", pool_size=1)
 
     def read(self, url: str, algorithm: str = "sha256", cache_only: bool = False,
              keep: bool = False) -> Copy:
@@ -99,9 +95,10 @@ class SquidReader:
         digest = hashlib.new(algorithm)
         size = 0
         kept = []
+        started = time.monotonic()
         try:
-            with self.session.get(url, headers=headers, stream=True, allow_redirects=False,
-                                  timeout=(10, self.timeout)) as response:
+            with self.session.get(url, headers=headers, stream=True,
+                                  allow_redirects=False) as response:
                 if response.status_code != 200:
                     return Copy(response.status_code)
                 for chunk in response.iter_content(_CHUNK):
@@ -109,8 +106,9 @@ class SquidReader:
                     digest.update(chunk)
                     if keep:
                         kept.append(chunk)
-        except requests.RequestException as exc:
-            return Copy(0, problem=f"{url} through {self.proxy}: {type(exc).__name__}: {exc}")
+        except FAILURES as exc:
+            return Copy(0, problem=f"{url}: " + describe_failure(
+                exc, url, time.monotonic() - started, f"{self.proxy}", proxy_role="proxy"))
         return Copy(200, size, digest.hexdigest(), b"".join(kept) if keep else None)
 
     def purge(self, url: str) -> Tuple[bool, str]:
