@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import free_port
@@ -121,6 +123,19 @@ class AccessEntry:
                                                     "TCP_REFRESH_FAIL_OLD")
 
 
+def point_helpers_at(helper_config: Path, proxy: str) -> None:
+    """Give a repos.yaml this Squid's forward port as squid_proxy (what serve does for its
+    private copy), so that the fetch log daemon's integrity check reads this Squid's copies;
+    a file that names its own, or is not YAML (the INI form), is left as it is."""
+    try:
+        data = yaml.safe_load(helper_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if isinstance(data, dict) and "repos" in data and "squid_proxy" not in data:
+        data["squid_proxy"] = proxy
+        helper_config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 class SquidInstance:
     """A Squid on free 127.0.0.1 ports, all its files under `directory`.
 
@@ -159,6 +174,7 @@ class SquidInstance:
         # What identifies a helper among Squid's children (their command line contains it).
         self.marker = (next(iter(self.programs.values())).split()[1] if self.programs
                        else self.params.helper_command).encode()
+        point_helpers_at(self.helper_config, self.proxy)
 
     @property
     def address(self) -> str:

@@ -3,8 +3,8 @@ installed helpers, real RPM repositories on local mirrors, and the real dnf.
 
 * A mirror that serves corrupted packages (200, the right length, one byte flipped), listed
   first and fastest: once the integrity check has looked at what Squid fetched from it (the
-  test calls consider() right after the client's fetch, as the fetch-report daemon will), no
-  corrupted copy is left in Squid's cache, a package found corrupt never comes from that
+  fetch log daemon hands it each package Squid fetched and stored), no corrupted copy is
+  left in Squid's cache, a package found corrupt never comes from that
   mirror again, and a later dnf client installs.
 * A client asking for another mirror's URL directly never changes what repo clients get.
 
@@ -14,6 +14,7 @@ Like every end-to-end test, these fail in CI rather than skip without Squid or d
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -38,6 +39,7 @@ from lab.rpmrepo import (
     dnf_output,
 )
 from lab.squid import SquidInstance, WorldReadableDir
+from lab.wait import wait_for
 from squid_helper.config.files import load_config
 from squid_helper.facts.lifetimes import Lifetimes
 from squid_helper.facts.memo import Memo
@@ -81,6 +83,8 @@ def fetched_from(server: MirrorServer) -> List[str]:
 
 def test_a_corrupting_mirror_listed_first_leaves_no_corrupt_copy_and_a_later_client_installs(
         world, rpm_snapshots, servers):
+    """Nothing but Squid and its programs: the fetch log daemon reports each package Squid
+    fetched and stored, and its integrity check purges the corrupted ones."""
     expected = truth(rpm_snapshots["new"])
     bad = mirror(servers, rpm_snapshots["new"], CORRUPT)
     # The good mirror is farther: the corrupting one is first in the list and the fastest.
@@ -88,67 +92,82 @@ def test_a_corrupting_mirror_listed_first_leaves_no_corrupt_copy_and_a_later_cli
     repos = {REPO: {"mirrors": [bad.url + TEMPLATE_PATH, good.url + TEMPLATE_PATH]}}
     squid, config_path = start_squid(world, repos)
     config = load_config(str(config_path))
+    lifetimes = Lifetimes(config)
+
+    def corrupt_held() -> List[str]:
+        held = {rpm: cached_sha256(squid, rpm) for rpm in NEW_RPMS}
+        return [rpm for rpm, digest in held.items() if digest not in (None, expected[rpm])]
+
+    def condemned() -> Dict[str, int]:
+        """The packages the check found corrupt (shunned for that mirror), with the GETs
+        that mirror got for each so far."""
+        found = {}
+        with closing(Memo.of(config)) as memo:
+            for rpm in NEW_RPMS:
+                shunned = memo.get(lifetimes.shunned(request_for(rpm)).key)
+                if shunned is not None and bad.url + TREE + "/" in shunned.value:
+                    found[rpm] = bad.count("GET", rpm, PACKAGES_PATH)
+        return found
+
+    with squid:
+        # The first client gets the corrupted bytes (nothing checks them before Squid
+        # delivers them): dnf refuses them.
+        first = DnfClient(world, "slave1")
+        result = first.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+        assert result.returncode != 0, dnf_output(result)
+        served = fetched_from(bad)
+        assert served and not fetched_from(good), (served, good.paths())
+        # Within seconds of Squid's fetches, no corrupted copy is left in its cache, the
+        # mirror is shunned for each package it corrupted (or whose transfer dnf cut short,
+        # which the daemon reports as a failed fetch), and each corrupt one counted.
+        def failures() -> int:
+            with closing(Memo.of(config)) as memo:
+                counted = memo.get(lifetimes.integrity_failures(host_of(bad.url)).key)
+            return counted.value["count"] if counted is not None else 0
+
+        assert wait_for(lambda: not corrupt_held() and condemned() and failures() > 0,
+                        timeout=60, step=0.5), \
+            (corrupt_held(), condemned(), failures(), squid.cache_log()[-3000:])
+        assert failures() <= len(condemned()), (failures(), condemned())
+        status = render_table(collect(config, None))
+        assert f"{host_of(bad.url)}: {failures()} integrity failure" in status, status
+        # Later clients: a package of which Squid kept nothing (dnf gave up on it mid-way)
+        # may still come from that mirror once, to be found out then; a package found
+        # corrupt never comes from it again. Each round leaves no corrupted copy behind.
+        for number in range(2, 3 + len(NEW_RPMS)):
+            before = condemned()
+            client = DnfClient(world, f"slave{number}")
+            result = client.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+            assert wait_for(lambda: not corrupt_held(), timeout=60, step=0.5), corrupt_held()
+            assert {rpm: bad.count("GET", rpm, PACKAGES_PATH) for rpm in before} == before
+            if result.returncode == 0:
+                break
+        assert_installed(client, result, squid)
+        for rpm in NEW_RPMS:
+            assert cached_sha256(squid, rpm) == expected[rpm], rpm
+
+
+def test_the_checker_counts_what_it_found_when_called_directly(world, rpm_snapshots, servers):
+    """consider() itself, as the daemon calls it: each package Squid fetched from the
+    corrupting mirror is found corrupt or (already purged by the daemon's own check) not
+    cached; none is ever passed as good."""
+    bad = mirror(servers, rpm_snapshots["new"], CORRUPT)
+    repos = {REPO: {"mirrors": [bad.url + TEMPLATE_PATH]}}
+    squid, config_path = start_squid(world, repos)
+    config = load_config(str(config_path))
     with squid:
         checker = IntegrityChecker(config, Memo.of(config), squid.proxy)
         try:
-            # The first client gets the corrupted bytes (nothing checks them before Squid
-            # delivers them): dnf refuses them.
-            first = DnfClient(world, "slave1")
-            result = first.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
+            result = DnfClient(world, "slave1").install(VIRTUAL_BASE, WANTED,
+                                                        proxy=squid.proxy_url)
             assert result.returncode != 0, dnf_output(result)
             served = fetched_from(bad)
-            assert served and not fetched_from(good), (served, good.paths())
-            held = {rpm: cached_sha256(squid, rpm) for rpm in NEW_RPMS}
-            corrupt_held = [rpm for rpm, digest in held.items()
-                            if digest is not None and digest != expected[rpm]]
-            assert corrupt_held, f"Squid kept no corrupted copy to check: {held}"
-            # What the fetch reports will say: each package Squid fetched from that mirror.
+            assert served
             for rpm in served:
                 checker.consider(request_for(rpm), f"{bad.url}{TREE}/Packages/{rpm}")
             assert checker.wait_idle(120), checker.counts
-            assert checker.counts[CORRUPT_COPY] == len(corrupt_held), checker.counts
-            assert checker.counts[CORRUPT_COPY] + checker.counts[NOT_CACHED] == len(served)
-            # Not one corrupted package left in Squid's cache.
-            for rpm in NEW_RPMS:
-                assert cached_sha256(squid, rpm) in (None, expected[rpm]), rpm
-            # The facts: the mirror shunned for each such path, its failures counted.
-            memo = Memo.of(config)
-            lifetimes = Lifetimes(config)
-            for rpm in corrupt_held:
-                shunned = memo.get(lifetimes.shunned(request_for(rpm)).key)
-                assert bad.url + TREE + "/" in shunned.value, shunned
-                # Its answer was dropped: worked out again since (the reads above), it names
-                # another mirror.
-                answer = memo.get(lifetimes.answer(request_for(rpm)).key)
-                assert answer is None or answer.value["base"] != bad.url + TREE + "/", answer
-            failures = memo.get(lifetimes.integrity_failures(host_of(bad.url)).key)
-            assert failures.value["count"] == len(corrupt_held), failures
-            memo.close()
-            status = render_table(collect(config, None))
-            assert f"{host_of(bad.url)}: {len(corrupt_held)} integrity failure" in status, status
-
-            # Later clients, each followed by what the fetch reports would give the check:
-            # every package fetched from that mirror since. A package of which Squid kept
-            # nothing (dnf gave up on it mid-way) may still come from that mirror once, to be
-            # found out then; a package found corrupt never comes from it again (shunned).
-            condemned = {rpm: bad.count("GET", rpm, PACKAGES_PATH) for rpm in corrupt_held}
-            considered = {rpm: bad.count("GET", rpm, PACKAGES_PATH) for rpm in NEW_RPMS}
-            for number in range(2, 3 + len(NEW_RPMS) - len(corrupt_held)):
-                client = DnfClient(world, f"slave{number}")
-                result = client.install(VIRTUAL_BASE, WANTED, proxy=squid.proxy_url)
-                for rpm in NEW_RPMS:
-                    if bad.count("GET", rpm, PACKAGES_PATH) > considered[rpm]:
-                        considered[rpm] = bad.count("GET", rpm, PACKAGES_PATH)
-                        checker.consider(request_for(rpm), f"{bad.url}{TREE}/Packages/{rpm}")
-                assert checker.wait_idle(120), checker.counts
-                for rpm in NEW_RPMS:
-                    assert cached_sha256(squid, rpm) in (None, expected[rpm]), rpm
-                if result.returncode == 0:
-                    break
-            assert_installed(client, result, squid)
-            assert {rpm: bad.count("GET", rpm, PACKAGES_PATH) for rpm in condemned} == condemned
-            for rpm in NEW_RPMS:
-                assert cached_sha256(squid, rpm) == expected[rpm], rpm
+            assert checker.counts[CORRUPT_COPY] + checker.counts[NOT_CACHED] == len(served), \
+                checker.counts
         finally:
             checker.close(finish=False)
 
