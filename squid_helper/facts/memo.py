@@ -53,7 +53,11 @@ class Stored:
 
     def fresh_for(self, fact: Fact, now: float) -> float:
         """Seconds of freshness left at `now` (wall clock); zero or less: stale."""
-        return self.at + fact.fresh_for - now
+        return self.fresh_left(fact.fresh_for, now)
+
+    def fresh_left(self, ttl: float, now: float) -> float:
+        """Seconds left at `now` of a freshness of `ttl` seconds; zero or less: stale."""
+        return self.at + ttl - now
 
 
 class _StoreState:
@@ -76,8 +80,11 @@ class Memo:
                    shared=config.memo)
 
     def __init__(self, directory: str, size_limit: int = 1 << 30,
-                 shared: Optional[str] = None):
+                 shared: Optional[str] = None, clock: Callable[[], float] = time.time):
+        """clock: the wall clock that dates facts and judges their freshness (a test's
+        fake one moves time on without sleeping)."""
         self.directory = directory
+        self.clock = clock
         self.size_limit = size_limit
         self.shared = shared
         self._local = DiskStore(directory, size_limit)
@@ -262,14 +269,14 @@ class Memo:
     def put(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
         """Store value as `fact`, learnt now (or at `at`: a value that replaces an earlier one
         of the same age)."""
-        return self.set(fact.key, Stored(value, time.time() if at is None else at),
+        return self.set(fact.key, Stored(value, self.clock() if at is None else at),
                         expire=fact.keep_for)
 
     def put_new(self, fact: Fact, value: Any) -> bool:
         """put() only when the memo does not hold the fact yet (one process wins): True for the
         one that stored it. Without a working memo nobody does."""
         self._front.pop(fact.key, None)
-        stored = Stored(value, time.time())
+        stored = Stored(value, self.clock())
         return bool(self._do(lambda store: store.add(fact.key, stored, fact.keep_for), False))
 
     def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
@@ -280,14 +287,14 @@ class Memo:
             stored = self.get(fact.key)
         else:
             stored = self.get_front(fact.key)
-            if isinstance(stored, Stored) and stored.fresh_for(fact, time.time()) <= 0:
+            if isinstance(stored, Stored) and stored.fresh_for(fact, self.clock()) <= 0:
                 stored = self.refresh(fact.key)
         return stored if isinstance(stored, Stored) else None
 
     def fresh(self, fact: Fact, front: bool = False) -> Optional[Stored]:
         """The stored fact if it is still fresh, else None."""
         stored = self.last(fact, front)
-        return stored if stored is not None and stored.fresh_for(fact, time.time()) > 0 else None
+        return stored if stored is not None and stored.fresh_for(fact, self.clock()) > 0 else None
 
     def update(self, fact: Fact, change: Callable[[Any], Any], default: Any) -> Any:
         """Replace the value stored as `fact` (None when absent) by change(value), atomically
@@ -296,7 +303,7 @@ class Memo:
         lost race), so it must not have side effects."""
         def apply(current: Any) -> Stored:
             return Stored(change(current.value if isinstance(current, Stored) else None),
-                          time.time())
+                          self.clock())
         self._front.pop(fact.key, None)
         stored = self._do(lambda store: store.update(fact.key, apply, fact.keep_for), None)
         return default if stored is None else stored.value

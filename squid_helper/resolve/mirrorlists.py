@@ -15,17 +15,12 @@ source is left alone for a while.
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..config.settings import Config
-from ..facts.flight import SingleFlight
-from ..facts.lifetimes import BASE_INDEX_KEY, Fact, Lifetimes
-from ..facts.memo import Memo
-from .health import MirrorHealth
-from .probe import FAILED, FOUND, UNCHANGED, Prober
+from ..facts.lifetimes import BASE_INDEX_KEY, Fact
+from .context import Context
+from .probe import FAILED, FOUND, UNCHANGED
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template
 
@@ -52,15 +47,15 @@ class _Source:
 
 
 class MirrorLists:
-    def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
-                 flights: SingleFlight, health: MirrorHealth, background: Executor):
-        self.config = config
-        self.health = health
-        self.memo = memo
-        self.lifetimes = lifetimes
-        self.prober = prober
-        self.flights = flights
-        self.background = background
+    def __init__(self, context: Context):
+        self.config = context.config
+        self.health = context.health
+        self.memo = context.memo
+        self.lifetimes = context.lifetimes
+        self.prober = context.prober
+        self.flights = context.flights
+        self.background = context.background
+        self.clock = context.clock
 
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
@@ -77,7 +72,7 @@ class MirrorLists:
                          self.lifetimes.mirror_list(request),
                          self.lifetimes.source_retry(request.triple))
         known = self.memo.last(source.fact)
-        if known is not None and not force and known.fresh_for(source.fact, time.time()) > 0:
+        if known is not None and not force and known.fresh_for(source.fact, self.clock()) > 0:
             return known.value.mirrors
         resting = self._resting(source)
         if resting:
@@ -104,7 +99,7 @@ class MirrorLists:
             return f"{source.url}: its host is marked unhealthy; not asked again yet"
         unusable = self.memo.fresh(source.retry)
         if unusable is not None:
-            ago = time.time() - unusable.at
+            ago = self.clock() - unusable.at
             return f"{source.url}: {unusable.value} {ago:.0f}s ago; not asked again yet"
         return None
 

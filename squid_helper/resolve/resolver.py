@@ -14,6 +14,10 @@
    * anything else: probed on the mirrors in order (one process at a time, across processes).
 3. When nothing can be verified, the last-known answer is reused so that Squid can serve the
    copy it holds; only without one does the client get an error.
+
+Each step reads the facts it needs at once (a decide.Snapshot), decides with the pure policies
+of decide.py, acts (mirror list, survey, probes) and publishes what it learnt in one place
+(_publish). The watch only tells which repos changed; the resolver's watch thread surveys them.
 """
 
 from __future__ import annotations
@@ -22,16 +26,30 @@ import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..config.settings import Config
 from ..facts.flight import SingleFlight
-from ..facts.lifetimes import Lifetimes
+from ..facts.lifetimes import WATCH, Lifetimes
 from ..facts.memo import Memo
+from . import decide
+from .context import Context
+from .decide import (  # noqa: F401 (LAST_KNOWN, MEMO, VERIFIED: the statuses callers compare)
+    AT_ONCE,
+    LAST_KNOWN,
+    MEMO,
+    NOT_FOUND,
+    OPTIMISTIC,
+    PUBLISH,
+    UNAVAILABLE,
+    VERIFIED,
+    Resolution,
+    Snapshot,
+)
 from .health import MirrorHealth
 from .mirrorlists import MirrorLists
-from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
+from .probe import FAILED, FOUND, MISSING, Prober, ProbeResult
 from .probelog import ProbeLog
 from .survey import Survey, Surveys
 from .urls import REPOMD_PATH, RepoPath
@@ -39,35 +57,22 @@ from .watch import Watch
 
 log = logging.getLogger("squid_helper.resolver")
 
-VERIFIED, OPTIMISTIC, MEMO, LAST_KNOWN, NOT_FOUND, UNAVAILABLE = (
-    "verified", "optimistic", "memo", "last-known", "not-found", "unavailable")
 _MAX_PARALLEL_PROBES = 4
-# An unprobed answer goes only to a mirror that answered the helpers this recently: one that
-# started to hang since would stall Squid's fetch (and dnf) until their own timeouts, where a
-# probe finds out within hedge_delay. During a dnf run the background verifications keep the
-# chosen mirror's record fresh.
-RECENTLY = 30.0
 MAX_BACKGROUND_VERIFICATIONS = 64
 _BACKGROUND_THREADS = 4
 _PROBE_SLACK = 1.0
 
 
-@dataclass
-class Resolution:
-    url: Optional[str]
-    status: str  # VERIFIED, OPTIMISTIC, MEMO, LAST_KNOWN, NOT_FOUND or UNAVAILABLE
-    reason: str
-    trace: List[str] = field(default_factory=list)
-    elapsed: float = 0.0
-    fresh_for: float = 0.0  # seconds this memoised answer stays fresh
-
-
 class Resolver:
-    def __init__(self, config: Config, memo: Memo, prober: Optional[Prober] = None):
+    def __init__(self, config: Config, memo: Memo, prober: Optional[Prober] = None,
+                 timer: Callable[[], float] = time.monotonic):
+        """The wall clock is the memo's (memo.clock); timer measures waits and durations."""
         self.config = config
         self.memo = memo
         self.prober = prober or Prober.for_config(config)
         self.lifetimes = Lifetimes(config)
+        self.clock = memo.clock
+        self.timer = timer
         # Probe threads only talk HTTP. What the answers mean (health, memo) is worked out by
         # the threads waiting for them: the helper loop's workers, and background threads
         # for verifications and survey completions. Background work waits on probes, so it
@@ -83,15 +88,18 @@ class Resolver:
         self._verifying = 0  # background verifications queued or running
         self._closing = False
         self._verifying_lock = threading.Lock()
-        self.health = MirrorHealth(memo, self.lifetimes)
-        self.probe_log = ProbeLog(memo, self.lifetimes, self._background)
-        self.health.on_result = self.probe_log.note
-        self.mirror_lists = MirrorLists(config, memo, self.lifetimes, self.prober, self.flights,
-                                        self.health, self._background)
-        self.surveys = Surveys(config, memo, self.lifetimes, self.prober, self.flights,
-                               self.health, self.mirror_lists, self._pool, self._background)
-        self.watch = Watch(memo, self.lifetimes, self.health, self.prober, self._pool,
-                           self._surveyed_ages, self._resurvey)
+        self.probe_log = ProbeLog(memo, self.lifetimes, self._background, self.clock)
+        self.health = MirrorHealth(memo, self.lifetimes, listener=self.probe_log.note,
+                                   clock=self.clock)
+        context = Context(config, memo, self.lifetimes, self.prober, self.flights, self.health,
+                          self._pool, self._background, self.clock, timer)
+        self.mirror_lists = MirrorLists(context)
+        self.surveys = Surveys(context, self.mirror_lists)
+        self.watch = Watch(context)
+        self._watch_thread = threading.Thread(target=self._keep_watch, name="watch",
+                                              daemon=True)
+        self._watch_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def close(self, finish: bool = True) -> None:
         """Release threads and connections (the helper loop calls this when no request of this
@@ -99,6 +107,7 @@ class Resolver:
         processes may wait for) run first; at exit it is dropped."""
         # Never cancel probes: a cancelled Future does not wake concurrent.futures.wait().
         self._closing = True
+        self._stopped.set()
         self.watch.stop()
         self._background.shutdown(wait=finish, cancel_futures=not finish)
         self._pool.shutdown(wait=finish)
@@ -115,36 +124,73 @@ class Resolver:
         of the helper loop's workers, rather than growing a queue without bound."""
         return self._verifying < MAX_BACKGROUND_VERIFICATIONS
 
+    # -- the facts a request needs ------------------------------------------------------------
+    def _snapshot(self, request: RepoPath, front: bool = True,
+                  bases: Sequence[str] = ()) -> Snapshot:
+        """Read once what the decisions about `request` need: its memoised answer and miss,
+        the repo's survey, the mirrors shunned for it, and the state of the hosts involved
+        (the answer's, and `bases`). front=False reads the answer from the shared memo, for
+        waiters that need another process's fresh answer."""
+        answer_fact, miss_fact = self.lifetimes.answer(request), self.lifetimes.miss(request)
+        answer = self.memo.last(answer_fact, front)
+        survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
+        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
+        involved = list(bases) + ([answer.value["base"]] if answer is not None else [])
+        return Snapshot(request, self.clock(), answer, answer_fact.fresh_for,
+                        self.memo.last(miss_fact, front), miss_fact.fresh_for,
+                        survey.value if survey is not None else None,
+                        self.health.states(involved),
+                        dict(shunned.value) if shunned is not None else {})
+
+    def _with_hosts(self, snapshot: Snapshot, bases: Sequence[str], **changes) -> Snapshot:
+        """The snapshot with the current state of `bases` (after a survey or probes, which
+        judge hosts), and any other fields replaced."""
+        return replace(snapshot, hosts={**snapshot.hosts, **self.health.states(bases)},
+                       now=self.clock(), **changes)
+
     # -- memoised answers ---------------------------------------------------------------------
     def cached(self, request: RepoPath, front: bool = True) -> Optional[Resolution]:
-        """The memoised answer if it is still fresh and its mirror healthy; never probes (the
-        per-request hot path). front=False reads the shared memo only, for waiters that need
-        another process's fresh answer."""
-        now = time.time()
-        fact = self.lifetimes.answer(request)
-        answer = self.memo.fresh(fact, front)
-        if answer is not None and self._still_good(request, answer.value["base"]):
-            self.watch.used(answer.value["base"], request.triple)
-            return Resolution(answer.value["url"], MEMO, "memoised answer",
-                              fresh_for=answer.fresh_for(fact, now))
-        fact = self.lifetimes.miss(request)
-        miss = self.memo.fresh(fact, front)
-        if miss is not None:
-            return Resolution(None, NOT_FOUND, miss.value, fresh_for=miss.fresh_for(fact, now))
-        return None
+        """The memoised answer if it is still fresh and its mirror still good (decide.
+        still_good); never probes (the per-request hot path). front=False reads the shared
+        memo only, for waiters that need another process's fresh answer."""
+        return self._from_memo(self._snapshot(request, front))
 
-    def _still_good(self, request: RepoPath, base: str) -> bool:
-        """Whether a memoised answer's mirror may still be answered with: trusted (healthy,
-        not on probation), and not found stale by the repo's latest survey. Freshness is one
-        fact, like health: a mirror that fell behind loses every answer it had."""
-        if not self.health.trusted(base):
-            return False
-        survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
-        return survey is None or survey.value.usable(base)
+    def _from_memo(self, snapshot: Snapshot) -> Optional[Resolution]:
+        resolution = decide.memo_answer(snapshot)
+        if resolution is not None and resolution.url is not None:
+            self._used(snapshot.answer.value["base"], snapshot.request.triple)
+        return resolution
 
-    def _surveyed_ages(self, triple: str) -> Dict[str, Tuple[int, int]]:
-        survey = self.memo.last(self.lifetimes.survey(triple))
-        return survey.value.ages if survey is not None else {}
+    def forget(self, request: RepoPath) -> int:
+        """Drop what the memo knows about one path (used by purge), in every process."""
+        dropped = sum(self.memo.delete(fact.key) for fact in (
+            self.lifetimes.answer(request), self.lifetimes.miss(request)))
+        self.memo.bump_generation()
+        return dropped
+
+    # -- the watch ----------------------------------------------------------------------------
+    def _used(self, base: str, triple: str) -> None:
+        """This process answers with base for the repo: the watch looks at it meanwhile."""
+        self.watch.used(base, triple)
+        with self._watch_lock:
+            if not self._watch_thread.is_alive() and not self._stopped.is_set():
+                self._watch_thread.start()
+
+    def _keep_watch(self) -> None:
+        while not self._stopped.wait(WATCH / 2):
+            try:
+                changed = self.watch.changes()
+            except RuntimeError:  # the probe pool is closing (a reload, the exit)
+                return
+            for triple in changed:
+                if self._stopped.is_set():
+                    return
+                try:
+                    self._resurvey(triple)
+                except RuntimeError:
+                    return
+                except Exception:  # a bug must not end the watch
+                    log.exception("bug while surveying %s again", triple)
 
     def _resurvey(self, triple: str) -> None:
         """Survey a repo again now (the watch saw a mirror's snapshot change)."""
@@ -155,13 +201,6 @@ class Resolver:
             self.surveys.current(request, mirrors, trace, force=True)
             log.info("survey of %s after a change: %s", triple, "; ".join(trace))
 
-    def forget(self, request: RepoPath) -> int:
-        """Drop what the memo knows about one path (used by purge), in every process."""
-        dropped = sum(self.memo.delete(fact.key) for fact in (
-            self.lifetimes.answer(request), self.lifetimes.miss(request)))
-        self.memo.bump_generation()
-        return dropped
-
     # -- the pipeline -------------------------------------------------------------------------
     def resolve(self, request: RepoPath, settle: bool = False,
                 refresh: bool = False) -> Resolution:
@@ -170,16 +209,22 @@ class Resolver:
         asking why, not for Squid). refresh: the client asked for fresh metadata (no-cache);
         for repomd.xml the repo's freshness is checked again, at most once per
         refresh_interval, even while the memoised answer holds."""
-        started = time.monotonic()
-        refresh = refresh and request.is_metadata and self.memo.put_new(
-            self.lifetimes.refresh_check(request.triple), True)
-        answer = None if refresh else self.cached(request)
+        started = self.timer()
+        refresh = refresh and request.is_metadata and self._refresh_due(request.triple)
+        snapshot = self._snapshot(request)
+        answer = None if refresh else self._from_memo(snapshot)
         if answer is None:
-            answer = self._work_out(request, refresh)
+            answer = self._work_out(snapshot, refresh)
             if settle and answer.status == OPTIMISTIC:
                 answer = self._settled(request, answer)
-        answer.elapsed = time.monotonic() - started
+        answer.elapsed = self.timer() - started
         return answer
+
+    def _refresh_due(self, triple: str) -> bool:
+        """decide.refresh_due, claimed in the memo: of processes asked at once, one checks."""
+        fact = self.lifetimes.refresh_check(triple)
+        return decide.refresh_due(self.memo.last(fact), fact.fresh_for, self.clock()) \
+            and self.memo.put_new(fact, True)
 
     def _settled(self, request: RepoPath, optimistic: Resolution) -> Resolution:
         verifying = self.flights.running(self.lifetimes.answer(request).key)
@@ -189,7 +234,8 @@ class Resolver:
         return Resolution(settled.url, settled.status, settled.reason,
                           optimistic.trace + settled.trace, fresh_for=settled.fresh_for)
 
-    def _work_out(self, request: RepoPath, refresh: bool = False) -> Resolution:
+    def _work_out(self, snapshot: Snapshot, refresh: bool = False) -> Resolution:
+        request = snapshot.request
         flight = self.lifetimes.answer(request).key
         verifying = self.flights.running(flight)
         if verifying is not None:
@@ -197,59 +243,51 @@ class Resolver:
         trace: List[str] = ["a client asked for fresh metadata: checking again"] if refresh else []
         mirrors = self.mirror_lists.mirrors(request, trace, force=refresh)
         if mirrors is None:
-            return self._fallback(request, trace, f"no mirror list is available for "
-                                  f"{request.triple}" + (f" ({trace[-1]})" if trace else ""))
-        at_once = self._can_verify_later() and not self.flights.busy(flight)
-        if len(mirrors.bases) == 1 and at_once and self.health.trusted(mirrors.bases[0]):
+            return decide.fallback(snapshot, trace, f"no mirror list is available for "
+                                   f"{request.triple}" + (f" ({trace[-1]})" if trace else ""))
+        may_verify_later = self._can_verify_later() and not self.flights.busy(flight)
+        snapshot = self._with_hosts(snapshot, mirrors.bases)
+        only = decide.only_mirror(snapshot, mirrors.bases)
+        if only is not None and may_verify_later:
             # Nothing to choose: no survey or probe stands between the client and the mirror.
-            return self._answer_at_once(request, list(mirrors.bases), None, trace,
-                                        "the repo's only mirror")
+            return self._answer_at_once(snapshot, [only], trace, "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
-        candidates = self._choose(survey, trace)
-        fresh = candidates[0] if candidates and candidates[0] in survey.fresh else None
-        if fresh is not None and request.is_metadata:
-            return self._publish(request, fresh, trace, "served the current repomd.xml to "
-                                 "the survey")
-        if (fresh is not None and request.in_snapshot and at_once
-                and self.health.heard_from(fresh, RECENTLY) and self.health.trusted(fresh)):
-            return self._answer_at_once(request, candidates, survey, trace,
-                                        "it served the current repomd.xml")
-        if request.is_root and survey.fresh:
-            # A stale mirror's listing shows an old repo: only the current ones may answer.
-            candidates = [b for b in candidates if b in survey.fresh] or candidates
-        return self.flights.run(flight, lambda: self._verify(request, candidates, trace, survey),
+        snapshot = self._with_hosts(snapshot, survey.ranked, survey=survey)
+        plan = decide.plan(snapshot, decide.candidates(snapshot, survey.ranked, trace),
+                           may_verify_later)
+        if plan.action == PUBLISH:
+            return self._publish(request, plan.candidates[0], trace, plan.why)
+        if plan.action == AT_ONCE:
+            return self._answer_at_once(snapshot, list(plan.candidates), trace, plan.why)
+        return self.flights.run(flight, lambda: self._verify(snapshot, list(plan.candidates),
+                                                             trace),
                                 lambda: self.cached(request, front=False))
 
-    def _answer_at_once(self, request: RepoPath, candidates: List[str],
-                        survey: Optional[Survey], trace: List[str], why: str) -> Resolution:
+    def _answer_at_once(self, snapshot: Snapshot, candidates: List[str], trace: List[str],
+                        why: str) -> Resolution:
         """The first candidate, unprobed; the path is verified in the background."""
-        self._verify_later(request, candidates, survey)
+        request = snapshot.request
+        self._verify_later(snapshot, candidates)
         base = candidates[0]
-        self.watch.used(base, request.triple)
+        self._used(base, request.triple)
         trace.append(f"{base}: {why}; verifying in the background")
-        return Resolution(request.on(base), OPTIMISTIC, f"on {base} ({why})",
-                          trace)
-
-    def _choose(self, survey: Survey, trace: List[str]) -> List[str]:
-        unhealthy = self.health.unhealthy(survey.ranked)
-        if unhealthy:
-            trace.append("skipped unhealthy: " + ", ".join(unhealthy))
-        return [b for b in survey.ranked if b not in unhealthy]
+        return Resolution(request.on(base), OPTIMISTIC, f"on {base} ({why})", trace)
 
     def _publish(self, request: RepoPath, base: str, trace: List[str],
                  why: str) -> Resolution:
-        url = request.on(base)
-        self.watch.used(base, request.triple)
-        self.memo.put(self.lifetimes.answer(request), {"url": url, "base": base})
+        """A verified answer: memoised for every process, and its mirror watched."""
+        value = decide.answer_value(request, base)
+        self._used(base, request.triple)
+        self.memo.put(self.lifetimes.answer(request), value)
         self.memo.delete(self.lifetimes.miss(request).key)
         trace.append(f"{base}: {why}")
-        return Resolution(url, VERIFIED, f"verified on {base}", trace)
+        return Resolution(value["url"], VERIFIED, f"verified on {base}", trace)
 
     # -- verification -------------------------------------------------------------------------
-    def _verify_later(self, request: RepoPath, candidates: List[str],
-                      survey: Optional[Survey]) -> None:
+    def _verify_later(self, snapshot: Snapshot, candidates: List[str]) -> None:
         """Verify an optimistic answer in the background. The flight is claimed before the
         answer goes out, so that a request for the same path arriving meanwhile waits for it."""
+        request = snapshot.request
         name = self.lifetimes.answer(request).key
         future, owner = self.flights.claim(name)
         if not owner:
@@ -261,7 +299,7 @@ class Resolver:
         def verify() -> Optional[Resolution]:
             try:
                 resolution = self.flights.finish(
-                    name, future, lambda: self._verify(request, candidates, trace, survey),
+                    name, future, lambda: self._verify(snapshot, candidates, trace),
                     lambda: self.cached(request, front=False))
             except Exception:  # a bug: the waiters got it too; nobody else would see it
                 if not self._closing:  # else: the helper is exiting, probes cannot start
@@ -278,19 +316,18 @@ class Resolver:
         self._verifications(+1)
         self._background.submit(verify)
 
-    def _verify(self, request: RepoPath, candidates: List[str], trace: List[str],
-                survey: Optional[Survey]) -> Resolution:
-        if not candidates and survey is not None and survey.ranked:
-            # Every usable mirror is marked unhealthy: one may be back. Ask them before
-            # falling back to a last-known answer that names a mirror known to fail.
-            candidates = list(survey.ranked)
-            trace.append("every usable mirror is marked unhealthy: asking them again")
+    def _verify(self, snapshot: Snapshot, candidates: List[str],
+                trace: List[str]) -> Resolution:
+        request, survey = snapshot.request, snapshot.survey
+        candidates = decide.retry_candidates(snapshot, candidates, trace)
         base, results = self._probe_in_order(candidates, request)
         if base is None and survey is not None and not survey.complete:
             # Mirrors still being surveyed may have it (a push that the fastest mirror has not
             # synced yet): hear their verdicts before saying that nobody has it.
             complete = self.surveys.completed(request, survey, self.config.probe_timeout + 1)
-            later = [b for b in self._choose(complete, trace) if b not in candidates]
+            snapshot = self._with_hosts(snapshot, complete.ranked, survey=complete)
+            later = [b for b in decide.candidates(snapshot, complete.ranked, trace)
+                     if b not in candidates]
             if later:
                 candidates = candidates + later
                 base, more = self._probe_in_order(later, request)
@@ -300,28 +337,20 @@ class Resolver:
         if base is not None:
             return self._publish(request, base, trace, "answered")
         if request.is_root:
-            base = self._root_holder(request, candidates, results, survey, trace)
+            base = self._root_holder(request, candidates, results, snapshot.survey, trace)
             if base is not None:
                 return self._publish(request, base, trace, "holds the repo, and lists no "
                                      "directory: the client gets the mirror's own answer")
-        unasked = [b for b in candidates if b not in results]
-        if unasked:
-            # Those mirrors' probes for this second are spent (a flood of new paths): the
-            # client gets the first one's own answer, and nothing is memoised.
-            trace.append(f"probe budget spent on {', '.join(unasked)}: answered unprobed")
-            return Resolution(request.on(unasked[0]), OPTIMISTIC,
-                              f"on {unasked[0]} (unprobed: max_probes_per_second spent)", trace)
-        failures = [r for r in results.values() if r.outcome in (FAILED, ERROR)]
-        what = request.path or "the repo root"
-        if results and not failures and all(r.outcome == MISSING for r in results.values()):
-            reason = f"no mirror has {what} ({len(results)} answered 404)"
-            self.memo.put(self.lifetimes.miss(request), reason)
-            return Resolution(None, NOT_FOUND, reason, trace)
-        if not candidates:
-            why = "no healthy mirror holds the current metadata"
-        else:
-            why = f"no mirror answered for {what} ({len(failures)} failed)"
-        return self._fallback(request, trace, why)
+        spent = decide.unprobed(request, candidates, results, trace)
+        if spent is not None:
+            return spent
+        outcomes = {b: r.outcome for b, r in results.items()}
+        missing = decide.nobody_has(request, outcomes)
+        if missing is not None:
+            self.memo.put(self.lifetimes.miss(request), missing)
+            return Resolution(None, NOT_FOUND, missing, trace)
+        return decide.fallback(snapshot, trace,
+                               decide.unavailable_why(request, candidates, outcomes))
 
     def _root_holder(self, request: RepoPath, candidates: List[str],
                      results: Dict[str, ProbeResult], survey: Optional[Survey],
@@ -375,7 +404,7 @@ class Resolver:
                 break
             if first_open in results:  # earlier mirrors all failed or lacked it: this one wins
                 return candidates[first_open], {candidates[i]: r for i, r in results.items()}
-            now = time.monotonic()
+            now = self.timer()
             may_hedge = (now - last_start >= self.config.hedge_delay
                          and len(running) < _MAX_PARALLEL_PROBES)
             if started < len(urls) and (started <= first_open or may_hedge):
@@ -388,7 +417,7 @@ class Resolver:
                 timeout = min(timeout, self.config.hedge_delay - (now - last_start))
             done, _ = wait(list(running), timeout=max(0.0, timeout),
                            return_when=FIRST_COMPLETED)
-            now = time.monotonic()
+            now = self.timer()
             for future in list(running):
                 index, began = running[future]
                 if future in done:
@@ -401,11 +430,3 @@ class Resolver:
                 del running[future]
                 self.health.record(results[index])
         return None, {candidates[i]: r for i, r in results.items()}
-
-    def _fallback(self, request: RepoPath, trace: List[str], why: str) -> Resolution:
-        known = self.memo.last(self.lifetimes.answer(request))
-        if known is not None:
-            trace.append(f"{why}; using the last-known answer")
-            return Resolution(known.value["url"], LAST_KNOWN, f"{why}; last-known mirror",
-                              trace)
-        return Resolution(None, UNAVAILABLE, why, trace)
