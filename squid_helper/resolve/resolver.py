@@ -349,7 +349,9 @@ class Resolver:
         if missing is not None:
             self.memo.put(self.lifetimes.miss(request), missing)
             return Resolution(None, NOT_FOUND, missing, trace)
-        return decide.fallback(snapshot, trace,
+        # The probes took a while: the last-known answer is read again (another process may
+        # have published one meanwhile).
+        return decide.fallback(self._snapshot(request, front=False), trace,
                                decide.unavailable_why(request, candidates, outcomes))
 
     def _root_holder(self, request: RepoPath, candidates: List[str],
