@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ..facts.lifetimes import Fact
 from ..facts.memo import Stored
 from .health import UNKNOWN_HOST, HostState
 from .probe import ERROR, FAILED, MISSING
@@ -52,18 +53,31 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class PathFacts:
+    """Where the facts of one path live in the memo, and how long each holds (lifetimes):
+    what the snapshot read, and what the resolver publishes."""
+
+    answer: Fact
+    miss: Fact
+    refresh_check: Fact
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The facts one request needs, read at once at `now` (wall clock)."""
 
     request: RepoPath
     now: float
+    facts: PathFacts
     answer: Optional[Stored] = None  # the memoised answer ({"url", "base"}), fresh or not
-    answer_ttl: float = 0.0
     miss: Optional[Stored] = None  # every mirror answered 404 (a reason)
-    miss_ttl: float = 0.0
     survey: Optional[Survey] = None  # the repo's latest survey, fresh or not
     hosts: Mapping[str, HostState] = field(default_factory=dict)  # by base URL
     shunned: Mapping[str, str] = field(default_factory=dict)  # base -> why, for this path
+    # a client asked for fresh metadata (no-cache), and when the repo was last checked again
+    # for one (facts.refresh_check)
+    refresh_asked: bool = False
+    refresh_checked: Optional[Stored] = None
 
     def host(self, base: str) -> HostState:
         return self.hosts.get(base, UNKNOWN_HOST)
@@ -87,12 +101,12 @@ def memo_answer(snapshot: Snapshot) -> Optional[Resolution]:
     'nobody has it' while fresh; else None (it must be worked out)."""
     answer = snapshot.answer
     if answer is not None:
-        left = answer.fresh_left(snapshot.answer_ttl, snapshot.now)
+        left = answer.fresh_for(snapshot.facts.answer, snapshot.now)
         if left > 0 and still_good(snapshot, answer.value["base"]):
             return Resolution(answer.value["url"], MEMO, "memoised answer", fresh_for=left)
     miss = snapshot.miss
     if miss is not None:
-        left = miss.fresh_left(snapshot.miss_ttl, snapshot.now)
+        left = miss.fresh_for(snapshot.facts.miss, snapshot.now)
         if left > 0:
             return Resolution(None, NOT_FOUND, miss.value, fresh_for=left)
     return None
@@ -127,9 +141,12 @@ def only_mirror(snapshot: Snapshot, bases: Sequence[str]) -> Optional[str]:
     return None
 
 
-def refresh_due(checked: Optional[Stored], interval: float, now: float) -> bool:
-    """A client's no-cache checks the repo again unless it was checked within interval."""
-    return checked is None or checked.fresh_left(interval, now) <= 0
+def refresh_due(snapshot: Snapshot) -> bool:
+    """A client's no-cache for repomd.xml checks the repo again, even while the memoised
+    answer holds, unless the repo was checked so within refresh_interval."""
+    checked = snapshot.refresh_checked
+    return snapshot.refresh_asked and snapshot.request.is_metadata and (
+        checked is None or checked.fresh_for(snapshot.facts.refresh_check, snapshot.now) <= 0)
 
 
 def fallback(snapshot: Snapshot, trace: List[str], why: str) -> Resolution:

@@ -44,6 +44,7 @@ from .decide import (  # noqa: F401 (LAST_KNOWN, MEMO, VERIFIED: the statuses ca
     PUBLISH,
     UNAVAILABLE,
     VERIFIED,
+    PathFacts,
     Resolution,
     Snapshot,
 )
@@ -125,22 +126,24 @@ class Resolver:
         return self._verifying < MAX_BACKGROUND_VERIFICATIONS
 
     # -- the facts a request needs ------------------------------------------------------------
-    def _snapshot(self, request: RepoPath, front: bool = True,
-                  bases: Sequence[str] = ()) -> Snapshot:
+    def _snapshot(self, request: RepoPath, front: bool = True, bases: Sequence[str] = (),
+                  refresh: bool = False) -> Snapshot:
         """Read once what the decisions about `request` need: its memoised answer and miss,
-        the repo's survey, the mirrors shunned for it, and the state of the hosts involved
-        (the answer's, and `bases`). front=False reads the answer from the shared memo, for
-        waiters that need another process's fresh answer."""
-        answer_fact, miss_fact = self.lifetimes.answer(request), self.lifetimes.miss(request)
-        answer = self.memo.last(answer_fact, front)
+        the repo's survey, the mirrors shunned for it, the state of the hosts involved (the
+        answer's, and `bases`) and, when a client asked for fresh metadata (`refresh`), when
+        the repo was last checked again for one. front=False reads the answer from the shared
+        memo, for waiters that need another process's fresh answer."""
+        facts = PathFacts(self.lifetimes.answer(request), self.lifetimes.miss(request),
+                          self.lifetimes.refresh_check(request.triple))
+        answer = self.memo.last(facts.answer, front)
         survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
         shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
         involved = list(bases) + ([answer.value["base"]] if answer is not None else [])
-        return Snapshot(request, self.clock(), answer, answer_fact.fresh_for,
-                        self.memo.last(miss_fact, front), miss_fact.fresh_for,
+        return Snapshot(request, self.clock(), facts, answer, self.memo.last(facts.miss, front),
                         survey.value if survey is not None else None,
                         self.health.states(involved),
-                        dict(shunned.value) if shunned is not None else {})
+                        dict(shunned.value) if shunned is not None else {},
+                        refresh, self.memo.last(facts.refresh_check) if refresh else None)
 
     def _with_hosts(self, snapshot: Snapshot, bases: Sequence[str], **changes) -> Snapshot:
         """The snapshot with the current state of `bases` (after a survey or probes, which
@@ -153,10 +156,12 @@ class Resolver:
         """The memoised answer if it is still fresh and its mirror still good (decide.
         still_good); never probes (the per-request hot path). front=False reads the shared
         memo only, for waiters that need another process's fresh answer."""
-        return self._from_memo(self._snapshot(request, front))
+        snapshot = self._snapshot(request, front)
+        return self._used_if_answered(snapshot, decide.memo_answer(snapshot))
 
-    def _from_memo(self, snapshot: Snapshot) -> Optional[Resolution]:
-        resolution = decide.memo_answer(snapshot)
+    def _used_if_answered(self, snapshot: Snapshot, resolution: Optional[Resolution]
+                          ) -> Optional[Resolution]:
+        """A memoised answer given: its mirror is watched meanwhile."""
         if resolution is not None and resolution.url is not None:
             self._used(snapshot.answer.value["base"], snapshot.request.triple)
         return resolution
@@ -210,25 +215,22 @@ class Resolver:
         for repomd.xml the repo's freshness is checked again, at most once per
         refresh_interval, even while the memoised answer holds."""
         started = self.timer()
-        refresh = refresh and request.is_metadata and self._refresh_due(request.triple)
-        snapshot = self._snapshot(request)
-        answer = None if refresh else self._from_memo(snapshot)
+        snapshot = self._snapshot(request, refresh=refresh)
+        # Of the processes asked at once, one checks again (put_new).
+        refresh = decide.refresh_due(snapshot) and self.memo.put_new(
+            snapshot.facts.refresh_check, True)
+        answer = None if refresh else self._used_if_answered(snapshot,
+                                                             decide.memo_answer(snapshot))
         if answer is None:
             answer = self._work_out(snapshot, refresh)
             if settle and answer.status == OPTIMISTIC:
-                answer = self._settled(request, answer)
+                answer = self._settled(snapshot, answer)
         answer.elapsed = self.timer() - started
         return answer
 
-    def _refresh_due(self, triple: str) -> bool:
-        """decide.refresh_due, claimed in the memo: of processes asked at once, one checks."""
-        fact = self.lifetimes.refresh_check(triple)
-        return decide.refresh_due(self.memo.last(fact), fact.fresh_for, self.clock()) \
-            and self.memo.put_new(fact, True)
-
-    def _settled(self, request: RepoPath, optimistic: Resolution) -> Resolution:
-        verifying = self.flights.running(self.lifetimes.answer(request).key)
-        settled = verifying.result() if verifying is not None else self.cached(request)
+    def _settled(self, snapshot: Snapshot, optimistic: Resolution) -> Resolution:
+        verifying = self.flights.running(snapshot.facts.answer.key)
+        settled = verifying.result() if verifying is not None else self.cached(snapshot.request)
         if settled is None:
             return optimistic
         return Resolution(settled.url, settled.status, settled.reason,
@@ -236,7 +238,7 @@ class Resolver:
 
     def _work_out(self, snapshot: Snapshot, refresh: bool = False) -> Resolution:
         request = snapshot.request
-        flight = self.lifetimes.answer(request).key
+        flight = snapshot.facts.answer.key
         verifying = self.flights.running(flight)
         if verifying is not None:
             return verifying.result()  # e.g. dnf's retry while its 404 is being looked into
@@ -256,7 +258,7 @@ class Resolver:
         plan = decide.plan(snapshot, decide.candidates(snapshot, survey.ranked, trace),
                            may_verify_later)
         if plan.action == PUBLISH:
-            return self._publish(request, plan.candidates[0], trace, plan.why)
+            return self._publish(snapshot, plan.candidates[0], trace, plan.why)
         if plan.action == AT_ONCE:
             return self._answer_at_once(snapshot, list(plan.candidates), trace, plan.why)
         return self.flights.run(flight, lambda: self._verify(snapshot, list(plan.candidates),
@@ -273,13 +275,14 @@ class Resolver:
         trace.append(f"{base}: {why}; verifying in the background")
         return Resolution(request.on(base), OPTIMISTIC, f"on {base} ({why})", trace)
 
-    def _publish(self, request: RepoPath, base: str, trace: List[str],
+    def _publish(self, snapshot: Snapshot, base: str, trace: List[str],
                  why: str) -> Resolution:
         """A verified answer: memoised for every process, and its mirror watched."""
+        request = snapshot.request
         value = decide.answer_value(request, base)
         self._used(base, request.triple)
-        self.memo.put(self.lifetimes.answer(request), value)
-        self.memo.delete(self.lifetimes.miss(request).key)
+        self.memo.put(snapshot.facts.answer, value)
+        self.memo.delete(snapshot.facts.miss.key)
         trace.append(f"{base}: {why}")
         return Resolution(value["url"], VERIFIED, f"verified on {base}", trace)
 
@@ -288,7 +291,7 @@ class Resolver:
         """Verify an optimistic answer in the background. The flight is claimed before the
         answer goes out, so that a request for the same path arriving meanwhile waits for it."""
         request = snapshot.request
-        name = self.lifetimes.answer(request).key
+        name = snapshot.facts.answer.key
         future, owner = self.flights.claim(name)
         if not owner:
             return
@@ -335,11 +338,11 @@ class Resolver:
         for probed, result in results.items():
             trace.append(f"{probed}: {result.detail} ({result.elapsed:.2f}s)")
         if base is not None:
-            return self._publish(request, base, trace, "answered")
+            return self._publish(snapshot, base, trace, "answered")
         if request.is_root:
             base = self._root_holder(request, candidates, results, snapshot.survey, trace)
             if base is not None:
-                return self._publish(request, base, trace, "holds the repo, and lists no "
+                return self._publish(snapshot, base, trace, "holds the repo, and lists no "
                                      "directory: the client gets the mirror's own answer")
         spent = decide.unprobed(request, candidates, results, trace)
         if spent is not None:
@@ -347,7 +350,7 @@ class Resolver:
         outcomes = {b: r.outcome for b, r in results.items()}
         missing = decide.nobody_has(request, outcomes)
         if missing is not None:
-            self.memo.put(self.lifetimes.miss(request), missing)
+            self.memo.put(snapshot.facts.miss, missing)
             return Resolution(None, NOT_FOUND, missing, trace)
         # The probes took a while: the last-known answer is read again (another process may
         # have published one meanwhile).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+from squid_helper.facts.lifetimes import Fact
 from squid_helper.facts.memo import Stored
 from squid_helper.resolve import decide
 from squid_helper.resolve.decide import (
@@ -15,6 +16,7 @@ from squid_helper.resolve.decide import (
     PROBE,
     PUBLISH,
     UNAVAILABLE,
+    PathFacts,
     Snapshot,
 )
 from squid_helper.resolve.health import HostState, host_state
@@ -42,10 +44,12 @@ def memoised(request: RepoPath, base: str, learnt: float) -> Stored:
     return Stored({"url": request.on(base), "base": base}, learnt)
 
 
+FACTS = PathFacts(Fact("path:p", TTL, None), Fact("miss:p", 60.0, 60.0),
+                  Fact("refresh-check:r", 30.0, 30.0))
+
+
 def snapshot(request: RepoPath = PACKAGE, now: float = NOW, **fields) -> Snapshot:
-    fields.setdefault("answer_ttl", TTL)
-    fields.setdefault("miss_ttl", 60.0)
-    return Snapshot(request, now, **fields)
+    return Snapshot(request, now, FACTS, **fields)
 
 
 # -- freshness of memoised answers (TTL) ------------------------------------------------------
@@ -183,11 +187,18 @@ def test_the_repo_root_is_probed_on_current_mirrors_only():
 
 
 # -- refresh rate limit -----------------------------------------------------------------------
-def test_a_no_cache_refresh_is_due_once_per_interval():
-    assert decide.refresh_due(None, 30.0, NOW)
+def test_a_no_cache_refresh_of_repomd_is_due_once_per_interval():
+    def due(checked: Optional[Stored], now: float, request: RepoPath = REPOMD,
+            asked: bool = True) -> bool:
+        return decide.refresh_due(snapshot(request=request, now=now, refresh_asked=asked,
+                                           refresh_checked=checked))
+
+    assert due(None, NOW)
     checked = Stored(True, NOW)
-    assert not decide.refresh_due(checked, 30.0, NOW + 29.9)
-    assert decide.refresh_due(checked, 30.0, NOW + 30)
+    assert not due(checked, NOW + 29.9)
+    assert due(checked, NOW + 30)
+    assert not due(None, NOW, asked=False)
+    assert not due(None, NOW, request=PACKAGE)  # only repomd.xml follows a push at once
 
 
 # -- after the probes -------------------------------------------------------------------------
