@@ -50,6 +50,7 @@ class Resolution:
     trace: List[str] = field(default_factory=list)
     elapsed: float = 0.0
     fresh_for: float = 0.0  # seconds this memoised answer stays fresh
+    base: Optional[str] = None  # the mirror answered with (watched while its answers are used)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Snapshot:
     # for one (facts.refresh_check)
     refresh_asked: bool = False
     refresh_checked: Optional[Stored] = None
+    # the path is being verified (in this process or another): no second answer at once
+    verifying: bool = False
 
     def host(self, base: str) -> HostState:
         return self.hosts.get(base, UNKNOWN_HOST)
@@ -103,7 +106,8 @@ def memo_answer(snapshot: Snapshot) -> Optional[Resolution]:
     if answer is not None:
         left = answer.fresh_for(snapshot.facts.answer, snapshot.now)
         if left > 0 and still_good(snapshot, answer.value["base"]):
-            return Resolution(answer.value["url"], MEMO, "memoised answer", fresh_for=left)
+            return Resolution(answer.value["url"], MEMO, "memoised answer", fresh_for=left,
+                              base=answer.value["base"])
     miss = snapshot.miss
     if miss is not None:
         left = miss.fresh_for(snapshot.facts.miss, snapshot.now)

@@ -19,19 +19,20 @@ import logging
 import threading
 from typing import Dict, List, Tuple
 
-from ..facts.lifetimes import Lifetimes
+from ..facts.lifetimes import WATCH, Lifetimes
 from .context import Context
+from .mirrorlists import MirrorLists
 from .probe import FOUND, UNCHANGED
 from .sources import SourceError, repomd_age_key
-from .urls import REPOMD_PATH, join_under_base
+from .survey import Surveys
+from .urls import REPOMD_PATH, RepoPath, join_under_base
 
 log = logging.getLogger("squid_helper.watch")
 
 
 class Watch:
-    """The mirrors in use and what they serve now. It only looks and tells: whoever runs it
-    (the resolver's watch thread) asks changes() every WATCH / 2 seconds and surveys again
-    the repos it names."""
+    """The mirrors in use and what they serve now. It only looks and tells: its keeper asks
+    changes() every WATCH / 2 seconds and surveys again the repos it names."""
 
     def __init__(self, context: Context):
         self.memo = context.memo
@@ -103,3 +104,48 @@ class Watch:
                         "surveying again", url, seen[0], age[0], triple)
             return True
         return False
+
+
+class WatchKeeper:
+    """Runs the watch on a thread of its own, started with the first answer given: every
+    WATCH / 2 seconds it asks the watch what changed, and surveys those repos again."""
+
+    def __init__(self, watch: Watch, mirror_lists: MirrorLists, surveys: Surveys):
+        self.watch = watch
+        self.mirror_lists = mirror_lists
+        self.surveys = surveys
+        self._thread = threading.Thread(target=self._keep, name="watch", daemon=True)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def used(self, base: str, triple: str) -> None:
+        """This process answered with base for the repo `triple` (Watch.used)."""
+        self.watch.used(base, triple)
+        with self._lock:
+            if not self._thread.is_alive() and not self._stopped.is_set():
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.watch.stop()
+
+    def _keep(self) -> None:
+        while not self._stopped.wait(WATCH / 2):
+            try:
+                for triple in self.watch.changes():
+                    if self._stopped.is_set():
+                        return
+                    self._resurvey(triple)
+            except RuntimeError:  # the probe pool is closing (a reload, the exit)
+                return
+            except Exception:  # a bug must not end the watch
+                log.exception("bug while keeping the watch")
+
+    def _resurvey(self, triple: str) -> None:
+        """Survey a repo again now (the watch saw a mirror's snapshot change)."""
+        request = RepoPath(*triple.split("/"), REPOMD_PATH)
+        trace: List[str] = []
+        mirrors = self.mirror_lists.mirrors(request, trace)
+        if mirrors is not None:
+            self.surveys.current(request, mirrors, trace, force=True)
+            log.info("survey of %s after a change: %s", triple, "; ".join(trace))

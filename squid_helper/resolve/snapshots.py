@@ -1,0 +1,50 @@
+"""The facts one request needs, read at once: the resolver's decisions (decide.py) are pure
+functions of what this returns."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+from ..facts.lifetimes import Lifetimes
+from .context import Context
+from .decide import PathFacts, Snapshot
+from .urls import RepoPath
+
+
+class FactReader:
+    def __init__(self, context: Context):
+        self.memo = context.memo
+        self.lifetimes: Lifetimes = context.lifetimes
+        self.health = context.health
+        self.flights = context.flights
+        self.clock = context.clock
+
+    def read(self, request: RepoPath, front: bool = True, bases: Sequence[str] = (),
+             refresh: bool = False, working: bool = False) -> Snapshot:
+        """Read once what the decisions about `request` need: its memoised answer and miss,
+        the repo's survey, the mirrors shunned for it, the state of the hosts involved (the
+        answer's, and `bases`) and, when a client asked for fresh metadata (`refresh`), when
+        the repo was last checked again for one. front=False reads the answer from the shared
+        memo, for waiters that need another process's fresh answer. working: the answer may
+        have to be worked out: whether the path is being verified already (a memo read that
+        the hot path does without)."""
+        facts = PathFacts(self.lifetimes.answer(request), self.lifetimes.miss(request),
+                          self.lifetimes.refresh_check(request.triple))
+        answer = self.memo.last(facts.answer, front)
+        survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
+        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
+        involved = list(bases) + ([answer.value["base"]] if answer is not None else [])
+        return Snapshot(request, self.clock(), facts, answer, self.memo.last(facts.miss, front),
+                        survey.value if survey is not None else None,
+                        self.health.states(involved),
+                        dict(shunned.value) if shunned is not None else {},
+                        refresh, self.memo.last(facts.refresh_check) if refresh else None,
+                        working and self.flights.busy(facts.answer.key))
+
+    def with_hosts(self, snapshot: Snapshot, bases: Sequence[str], **changes) -> Snapshot:
+        """The snapshot with the current state of `bases` (after a survey or probes, which
+        judge hosts), and any other fields replaced."""
+        return replace(snapshot, hosts={**snapshot.hosts, **self.health.states(bases)},
+                       now=self.clock(), **changes)
+
