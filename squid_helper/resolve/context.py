@@ -32,3 +32,20 @@ class Context:
     background: Executor  # work that waits on probes (verifications, survey completions)
     clock: Callable[[], float] = time.time  # wall clock: when facts were learnt
     timer: Callable[[], float] = field(default=time.monotonic)  # for waits and durations
+
+
+class Stage:
+    """A part of the resolution (mirror lists, surveys, the watch, the fact reader, the
+    verifier): it works with what the Context shares, under the same names."""
+
+    def __init__(self, context: Context):
+        self.config: Config = context.config
+        self.memo: Memo = context.memo
+        self.lifetimes: Lifetimes = context.lifetimes
+        self.prober: Prober = context.prober
+        self.flights: SingleFlight = context.flights
+        self.health: MirrorHealth = context.health
+        self.pool: Executor = context.pool
+        self.background: Executor = context.background
+        self.clock: Callable[[], float] = context.clock
+        self.timer: Callable[[], float] = context.timer

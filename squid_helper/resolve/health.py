@@ -152,14 +152,6 @@ class MirrorHealth:
         fact = self.lifetimes.probe_budget(host_of(base), int(self.clock()))
         return self.memo.count(fact) <= self.lifetimes.config.max_probes_per_second
 
-    def heard_from(self, base: str, within: float, shared: bool = False) -> bool:
-        """Whether the mirror answered one of the helpers' requests in the last `within`
-        seconds (its latency sample is that recent). By default this process's copy: its own
-        samples replace it, another's reach it with the next change of the memo's generation;
-        at worst a mirror is probed when it need not be. shared: what all processes heard."""
-        known = self.memo.last(self.lifetimes.latency(host_of(base)), front=not shared)
-        return known is not None and self.clock() - known.at < within
-
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:
         """Each base's latency estimate in seconds, for those measured."""
         found = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from ..facts.lifetimes import BASE_INDEX_KEY, Fact
-from .context import Context
+from .context import Stage
 from .probe import FAILED, FOUND, UNCHANGED
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template
@@ -46,17 +46,7 @@ class _Source:
     retry: Fact  # the source sent something unusable: not asked again for a while
 
 
-class MirrorLists:
-    def __init__(self, context: Context):
-        self.config = context.config
-        self.health = context.health
-        self.memo = context.memo
-        self.lifetimes = context.lifetimes
-        self.prober = context.prober
-        self.flights = context.flights
-        self.background = context.background
-        self.clock = context.clock
-
+class MirrorLists(Stage):
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
         """The repo's mirrors: the memoised list, refetched as described above; the last good

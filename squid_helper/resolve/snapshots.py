@@ -6,20 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from ..facts.lifetimes import Lifetimes
-from .context import Context
+from .context import Stage
 from .decide import PathFacts, Snapshot
 from .urls import RepoPath
 
 
-class FactReader:
-    def __init__(self, context: Context):
-        self.memo = context.memo
-        self.lifetimes: Lifetimes = context.lifetimes
-        self.health = context.health
-        self.flights = context.flights
-        self.clock = context.clock
-
+class FactReader(Stage):
     def read(self, request: RepoPath, front: bool = True, bases: Sequence[str] = (),
              refresh: bool = False, working: bool = False) -> Snapshot:
         """Read once what the decisions about `request` need: its memoised answer and miss,

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from .context import Context
+from .context import Context, Stage
 from .mirrorlists import MirrorLists
 from .probe import ERROR, FAILED, FOUND, MISSING, ProbeResult
 from .selection import (
@@ -109,20 +109,14 @@ class _Answers:
         then(results)
 
 
-class Surveys:
+class Surveys(Stage):
+    """The fetches run on the probe pool; a survey is completed, after it decided, on the
+    background threads."""
+
     def __init__(self, context: Context, mirror_lists: MirrorLists):
         """mirror_lists: to read a metalink again when the mirrors contradict it."""
-        self.config = context.config
-        self.memo = context.memo
-        self.lifetimes = context.lifetimes
-        self.prober = context.prober
-        self.flights = context.flights
-        self.health = context.health
+        super().__init__(context)
         self.mirror_lists = mirror_lists
-        self.pool = context.pool  # for the fetches
-        self.background = context.background  # for completing a survey after it decided
-        self.clock = context.clock
-        self.timer = context.timer
         self._runs = itertools.count()
         self._done: Dict[str, threading.Event] = {}  # this process's surveys still running
 

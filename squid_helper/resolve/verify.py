@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Dict, List, Optional, Tuple
 
 from . import decide
-from .context import Context
+from .context import Context, Stage
 from .decide import NOT_FOUND, OPTIMISTIC, VERIFIED, Resolution, Snapshot
 from .probe import FAILED, FOUND, MISSING, ProbeResult
 from .snapshots import FactReader
@@ -30,17 +30,10 @@ MAX_BACKGROUND_VERIFICATIONS = 64
 _PROBE_SLACK = 1.0
 
 
-class Verifier:
+class Verifier(Stage):
     def __init__(self, context: Context, reader: FactReader, surveys: Surveys,
                  keeper: WatchKeeper):
-        self.config = context.config
-        self.memo = context.memo
-        self.prober = context.prober
-        self.flights = context.flights
-        self.health = context.health
-        self._pool = context.pool
-        self._background = context.background
-        self.timer = context.timer
+        super().__init__(context)
         self.reader = reader
         self.surveys = surveys
         self.keeper = keeper  # told of every mirror answered with
@@ -78,7 +71,7 @@ class Verifier:
                                 lambda: self.published(request))
 
     def at_once(self, snapshot: Snapshot, candidates: List[str], trace: List[str],
-                        why: str) -> Resolution:
+                why: str) -> Resolution:
         """The first candidate, unprobed; the path is verified in the background."""
         request = snapshot.request
         self._verify_later(snapshot, candidates)
@@ -88,7 +81,7 @@ class Verifier:
         return Resolution(request.on(base), OPTIMISTIC, f"on {base} ({why})", trace, base=base)
 
     def publish(self, snapshot: Snapshot, base: str, trace: List[str],
-                 why: str) -> Resolution:
+                why: str) -> Resolution:
         """A verified answer: memoised for every process, and its mirror watched."""
         request = snapshot.request
         value = decide.answer_value(request, base)
@@ -128,7 +121,7 @@ class Verifier:
             return resolution
 
         self._count(+1)
-        self._background.submit(verify)
+        self.background.submit(verify)
 
     def _verify(self, snapshot: Snapshot, candidates: List[str],
                 trace: List[str]) -> Resolution:
@@ -154,7 +147,7 @@ class Verifier:
             base = self._root_holder(request, candidates, results, snapshot.survey, trace)
             if base is not None:
                 return self.publish(snapshot, base, trace, "holds the repo, and lists no "
-                                     "directory: the client gets the mirror's own answer")
+                                    "directory: the client gets the mirror's own answer")
         spent = decide.unprobed(request, candidates, results, trace)
         if spent is not None:
             return spent
@@ -224,7 +217,7 @@ class Verifier:
             may_hedge = (now - last_start >= self.config.hedge_delay
                          and len(running) < _MAX_PARALLEL_PROBES)
             if started < len(urls) and (started <= first_open or may_hedge):
-                running[self._pool.submit(self.prober.probe, urls[started])] = (started, now)
+                running[self.pool.submit(self.prober.probe, urls[started])] = (started, now)
                 started += 1
                 last_start = now
                 continue

@@ -19,8 +19,8 @@ import logging
 import threading
 from typing import Dict, List, Tuple
 
-from ..facts.lifetimes import WATCH, Lifetimes
-from .context import Context
+from ..facts.lifetimes import WATCH
+from .context import Context, Stage
 from .mirrorlists import MirrorLists
 from .probe import FOUND, UNCHANGED
 from .sources import SourceError, repomd_age_key
@@ -30,17 +30,12 @@ from .urls import REPOMD_PATH, RepoPath, join_under_base
 log = logging.getLogger("squid_helper.watch")
 
 
-class Watch:
+class Watch(Stage):
     """The mirrors in use and what they serve now. It only looks and tells: its keeper asks
     changes() every WATCH / 2 seconds and surveys again the repos it names."""
 
     def __init__(self, context: Context):
-        self.memo = context.memo
-        self.lifetimes: Lifetimes = context.lifetimes
-        self.health = context.health
-        self.prober = context.prober
-        self.pool = context.pool
-        self.timer = context.timer
+        super().__init__(context)
         self.in_use_for = context.config.path_ttl  # how long an answer given may be reused
         self._used: Dict[Tuple[str, str], float] = {}  # (base, triple) -> last answered with
         self._validators: Dict[str, tuple] = {}  # base -> its repomd.xml's, for a 304
