@@ -79,7 +79,7 @@ class Resolver:
                                               thread_name_prefix="background")
         # Long enough to cover a survey plus a probe round, so a live holder is never
         # overtaken; short enough that a crashed holder blocks others only briefly.
-        self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2)
+        self.flights = SingleFlight(memo, config.probe_timeout * 4 + 2, timer)
         self.probe_log = ProbeLog(memo, self.lifetimes, self._background, self.clock)
         self.health = MirrorHealth(memo, self.lifetimes, listener=self.probe_log.note,
                                    clock=self.clock)

@@ -130,13 +130,13 @@ class WatchKeeper:
                 for triple in self.watch.changes():
                     if self._stopped.is_set():
                         return
-                    self._resurvey(triple)
+                    self.resurvey(triple)
             except RuntimeError:  # the probe pool is closing (a reload, the exit)
                 return
             except Exception:  # a bug must not end the watch
                 log.exception("bug while keeping the watch")
 
-    def _resurvey(self, triple: str) -> None:
+    def resurvey(self, triple: str) -> None:
         """Survey a repo again now (the watch saw a mirror's snapshot change)."""
         request = RepoPath(*triple.split("/"), REPOMD_PATH)
         trace: List[str] = []

@@ -202,3 +202,16 @@ def test_a_no_cache_refresh_checks_the_repo_once_per_refresh_interval(make):
     assert len(prober.asked) == surveyed + 2  # both mirrors' repomd.xml again
     again = resolver.resolve(REPOMD, refresh=True)
     assert len(prober.asked) == surveyed + 2 and again.status == MEMO
+
+
+def test_the_watch_tells_which_repo_changed_and_its_keeper_surveys_it_again(make):
+    resolver, prober = make({A: holding(), B: holding()})
+    assert resolver.resolve(REPOMD).url == REPOMD.on(A)
+    watch = resolver.keeper.watch
+    assert watch.changes() == []  # A serves what the survey saw
+    prober.mirrors[A][REPOMD_PATH] = REPOMD_XML.replace(b"<revision>7", b"<revision>6")
+    resolver.memo.delete(resolver.lifetimes.watched(A).key)  # its next look is due
+    assert watch.changes() == ["r/9/x86_64"]
+    resolver.keeper.resurvey("r/9/x86_64")  # A rolled back: stale, its answer goes
+    moved = resolver.resolve(REPOMD)
+    assert (moved.url, moved.status) == (REPOMD.on(B), VERIFIED)
