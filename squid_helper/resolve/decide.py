@@ -60,7 +60,7 @@ class PathFacts:
 
     answer: Fact
     miss: Fact
-    refresh_check: Fact
+    refresh_check: Optional[Fact] = None  # read only when a client asked for a refresh
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,9 @@ def only_mirror(snapshot: Snapshot, bases: Sequence[str]) -> Optional[str]:
 def refresh_due(snapshot: Snapshot) -> bool:
     """A client's no-cache for repomd.xml checks the repo again, even while the memoised
     answer holds, unless the repo was checked so within refresh_interval."""
-    checked = snapshot.refresh_checked
-    return snapshot.refresh_asked and snapshot.request.is_metadata and (
-        checked is None or checked.fresh_for(snapshot.facts.refresh_check, snapshot.now) <= 0)
+    checked, fact = snapshot.refresh_checked, snapshot.facts.refresh_check
+    return snapshot.refresh_asked and snapshot.request.is_metadata and fact is not None and (
+        checked is None or checked.fresh_for(fact, snapshot.now) <= 0)
 
 
 def fallback(snapshot: Snapshot, trace: List[str], why: str) -> Resolution:

@@ -70,9 +70,10 @@ class MirrorHealth:
         self.listener = listener
         self.clock = clock
 
-    def states(self, bases: Iterable[str]) -> Dict[str, HostState]:
+    def states(self, bases: Iterable[str], heard: bool = True) -> Dict[str, HostState]:
         """Each base's host state, read once (in-process copies; a new mark reaches every
-        process through the memo's generation)."""
+        process through the memo's generation). heard: with when it last answered (one read
+        more a host; a memoised answer does not need it)."""
         now = self.clock()
         found = {}
         for base in bases:
@@ -80,15 +81,16 @@ class MirrorHealth:
             marked = self.lifetimes.unhealthy(host)
             mark = self.memo.last(marked, front=True)
             backoff = self.memo.fresh(self.lifetimes.backoff(host), front=True)
-            heard = self.memo.last(self.lifetimes.latency(host), front=True)
+            latency = self.memo.last(self.lifetimes.latency(host), front=True) if heard else None
             found[base] = host_state(mark, marked.fresh_for,
                                      backoff.value if backoff is not None else None,
-                                     heard.at if heard is not None else None, now)
+                                     latency.at if latency is not None else None, now)
         return found
 
     def unhealthy(self, bases: Iterable[str]) -> List[str]:
         """The bases whose host is currently marked unhealthy or asked us to back off."""
-        return [base for base, state in self.states(bases).items() if state.failing]
+        return [base for base, state in self.states(bases, heard=False).items()
+                if state.failing]
 
     def is_healthy(self, base: str) -> bool:
         return not self.unhealthy([base])

@@ -12,26 +12,26 @@ from .urls import RepoPath
 
 
 class FactReader(Stage):
-    def read(self, request: RepoPath, front: bool = True, bases: Sequence[str] = (),
-             refresh: bool = False, working: bool = False) -> Snapshot:
+    def read(self, request: RepoPath, front: bool = True, refresh: bool = False,
+             working: bool = False) -> Snapshot:
         """Read once what the decisions about `request` need: its memoised answer and miss,
-        the repo's survey, the mirrors shunned for it, the state of the hosts involved (the
-        answer's, and `bases`) and, when a client asked for fresh metadata (`refresh`), when
-        the repo was last checked again for one. front=False reads the answer from the shared
-        memo, for waiters that need another process's fresh answer. working: the answer may
-        have to be worked out: whether the path is being verified already (a memo read that
-        the hot path does without)."""
+        the repo's survey, the mirrors shunned for it, the state of the answer's host and,
+        when a client asked for fresh metadata (`refresh`), when the repo was last checked
+        again for one. front=False reads the answer from the shared memo, for waiters that
+        need another process's fresh answer. working: the answer may have to be worked out:
+        whether the path is being verified already (a memo read the hot path does without).
+        The state of other mirrors is added once they are known (with_hosts)."""
         facts = PathFacts(self.lifetimes.answer(request), self.lifetimes.miss(request),
-                          self.lifetimes.refresh_check(request.triple))
+                          self.lifetimes.refresh_check(request.triple) if refresh else None)
         answer = self.memo.last(facts.answer, front)
         survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
         shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
-        involved = list(bases) + ([answer.value["base"]] if answer is not None else [])
+        hosts = self.health.states([answer.value["base"]] if answer is not None else [],
+                                   heard=False)
         return Snapshot(request, self.clock(), facts, answer, self.memo.last(facts.miss, front),
-                        survey.value if survey is not None else None,
-                        self.health.states(involved),
-                        dict(shunned.value) if shunned is not None else {},
-                        refresh, self.memo.last(facts.refresh_check) if refresh else None,
+                        survey.value if survey is not None else None, hosts,
+                        dict(shunned.value) if shunned is not None else {}, refresh,
+                        self.memo.last(facts.refresh_check) if facts.refresh_check else None,
                         working and self.flights.busy(facts.answer.key))
 
     def with_hosts(self, snapshot: Snapshot, bases: Sequence[str], **changes) -> Snapshot:
