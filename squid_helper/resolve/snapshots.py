@@ -4,11 +4,19 @@ functions of what this returns."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Dict, Sequence
 
 from .context import Stage
 from .decide import PathFacts, Snapshot
 from .urls import RepoPath
+
+
+def shunned_bases(value: object) -> Dict[str, str]:
+    """The shunned fact's bases (base URL -> why); anything else stored there shuns none,
+    rather than stop the helper answering."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(base): str(why) for base, why in value.items()}
 
 
 class FactReader(Stage):
@@ -30,7 +38,7 @@ class FactReader(Stage):
                                    heard=False)
         return Snapshot(request, self.clock(), facts, answer, self.memo.last(facts.miss, front),
                         survey.value if survey is not None else None, hosts,
-                        dict(shunned.value) if shunned is not None else {}, refresh,
+                        shunned_bases(shunned.value if shunned is not None else None), refresh,
                         self.memo.last(facts.refresh_check) if facts.refresh_check else None,
                         working and self.flights.busy(facts.answer.key))
 

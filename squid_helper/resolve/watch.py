@@ -116,8 +116,10 @@ class WatchKeeper:
     def used(self, base: str, triple: str) -> None:
         """This process answered with base for the repo `triple` (Watch.used)."""
         self.watch.used(base, triple)
+        if self._thread.ident is not None:  # started (the hot path ends here)
+            return
         with self._lock:
-            if not self._thread.is_alive() and not self._stopped.is_set():
+            if self._thread.ident is None and not self._stopped.is_set():
                 self._thread.start()
 
     def stop(self) -> None:

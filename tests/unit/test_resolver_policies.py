@@ -215,3 +215,9 @@ def test_the_watch_tells_which_repo_changed_and_its_keeper_surveys_it_again(make
     resolver.keeper.resurvey("r/9/x86_64")  # A rolled back: stale, its answer goes
     moved = resolver.resolve(REPOMD)
     assert (moved.url, moved.status) == (REPOMD.on(B), VERIFIED)
+
+
+def test_a_malformed_shunned_fact_shuns_nobody_and_breaks_nothing(make):
+    resolver, prober = make({A: holding(TEXT.path)})
+    resolver.memo.put(resolver.lifetimes.shunned(TEXT), ["not", "a", "mapping"])
+    assert resolver.resolve(TEXT).url == TEXT.on(A)
