@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from ..facts.lifetimes import BASE_INDEX_KEY, Fact
+from ..facts.memo import Stored
 from .context import Stage
 from .probe import FAILED, FOUND, UNCHANGED
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
@@ -46,6 +47,25 @@ class _Source:
     retry: Fact  # the source sent something unusable: not asked again for a while
 
 
+# What to do with a repo's memoised mirror list (list_action).
+USE, REFETCH_LATER, FETCH = "use", "refetch later", "fetch"
+
+
+def list_action(known: Optional[Stored], fact: Fact, now: float, force: bool,
+                needs_current_hashes: bool) -> str:
+    """The freshness policy of mirror lists: a fresh list is used (unless forced); a list
+    past its time is used at once and refetched in the background, unless the request needs
+    the current hashes (a metalink, for repomd.xml) or the refetch is forced; without a list,
+    it is fetched."""
+    if known is None:
+        return FETCH
+    if not force and known.fresh_for(fact, now) > 0:
+        return USE
+    if not force and not needs_current_hashes:
+        return REFETCH_LATER
+    return FETCH
+
+
 class MirrorLists(Stage):
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
@@ -62,15 +82,16 @@ class MirrorLists(Stage):
                          self.lifetimes.mirror_list(request),
                          self.lifetimes.source_retry(request.triple))
         known = self.memo.last(source.fact)
-        if known is not None and not force and known.fresh_for(source.fact, self.clock()) > 0:
+        action = list_action(known, source.fact, self.clock(), force,
+                             needs_current_hashes=repo.kind == "metalink" and request.is_metadata)
+        if action == USE:
             return known.value.mirrors
         resting = self._resting(source)
         if resting:
             # The source failed a moment ago: one timeout is enough, whatever is asked next.
             trace.append(resting)
             return known.value.mirrors if known is not None else None
-        if known is not None and not force and not (repo.kind == "metalink"
-                                                    and request.is_metadata):
+        if action == REFETCH_LATER:
             self._refetch_later(source)
             return known.value.mirrors
 

@@ -205,10 +205,7 @@ class Surveys(Stage):
                trace: List[str]) -> Tuple[Survey, MirrorSet]:
         observations = {b: _observation(r, mirrors) for b, r in results.items()}
         use_digest = mirrors.expected is not None
-        suspect = use_digest and (newer_than_metalink(observations) or (
-            not digest_usable(observations)
-            and any(o.outcome == "ok" for o in observations.values())))
-        if suspect and self.memo.put_new(
+        if use_digest and push_suspected(observations) and self.memo.put_new(
                 self.lifetimes.push_check(request.triple), True):
             # A mirror newer than the metalink, or none matching it: our copy of the metalink
             # may predate a push. Read it again (at most once per refresh_interval).
@@ -287,6 +284,14 @@ class Surveys(Stage):
         if answer is not None and answer.value["base"] in demoted:
             self.memo.delete(fact.key)
             self.memo.bump_generation()
+
+
+def push_suspected(observations: Dict[str, Observation]) -> bool:
+    """The push policy: a mirror newer than the metalink, or answers none of which matches
+    it, mean that our copy of the metalink may predate a push (read it again)."""
+    return bool(newer_than_metalink(observations)) or (
+        not digest_usable(observations)
+        and any(o.outcome == "ok" for o in observations.values()))
 
 
 def _observation(result: ProbeResult, mirrors: MirrorSet) -> Observation:
