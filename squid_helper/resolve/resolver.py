@@ -2,15 +2,16 @@
 
 1. A fresh memoised answer on a healthy mirror is reused, whichever helper process found it.
 2. Otherwise: the repo's mirror list (mirrorlists), which of its mirrors hold the current
-   repodata (survey), the healthy ones in order, fastest fresh mirror first (choose), and the
-   answer:
+   repodata (survey), the healthy ones in order, fastest fresh mirror first, without those
+   shunned for the path (decide.candidates), and the answer:
    * repomd.xml: the first mirror that served the current one to the survey just now;
    * a package or checksum-named repodata: the same mirror at once, since it holds the snapshot
      whose repomd.xml it served; the path is verified in the background, and a request for it
      that arrives before the verification ends waits for it, so that dnf's retry after a
      half-synced mirror's 404 goes to a mirror that has the file;
    * the repo root (/<repo>/<releasever>/<arch>/): the base URL of a mirror holding the
-     current repodata, preferring one that answers for the base URL itself (see _root_holder);
+     current repodata, preferring one that answers for the base URL itself (see
+     verify.Verifier._root_holder);
    * anything else: probed on the mirrors in order (one process at a time, across processes).
 3. When nothing can be verified, the last-known answer is reused so that Squid can serve the
    copy it holds; only without one does the client get an error.
