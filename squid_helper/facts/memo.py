@@ -80,11 +80,14 @@ class Memo:
                    shared=config.memo)
 
     def __init__(self, directory: str, size_limit: int = 1 << 30,
-                 shared: Optional[str] = None, clock: Callable[[], float] = time.time):
+                 shared: Optional[str] = None, clock: Callable[[], float] = time.time,
+                 timer: Callable[[], float] = time.monotonic):
         """clock: the wall clock that dates facts and judges their freshness (a test's
-        fake one moves time on without sleeping)."""
+        fake one moves time on without sleeping); timer: this process's own pace (how long
+        an in-process copy is trusted, when a broken store is tried again)."""
         self.directory = directory
         self.clock = clock
+        self.timer = timer
         self.size_limit = size_limit
         self.shared = shared
         self._local = DiskStore(directory, size_limit)
@@ -113,7 +116,7 @@ class Memo:
         """The first store that works now, in order of preference; None: no memo at all."""
         for state in self._stores:
             if state.broken_since is not None and \
-                    time.monotonic() - state.broken_since < state.store.retry_after:
+                    self.timer() - state.broken_since < state.store.retry_after:
                 continue
             try:
                 ready = state.store.open()
@@ -138,7 +141,7 @@ class Memo:
         return None
 
     def _fail(self, state: _StoreState, exc: Exception) -> None:
-        now = time.monotonic()
+        now = self.timer()
         first = state.broken_since is None
         state.broken_since = now
         try:
@@ -215,7 +218,7 @@ class Memo:
         GENERATION_CHECK_SECONDS, or the shared store's interval): it changes when any process
         purges, finds a mirror failing or publishes a survey, and when the store that answers
         changes (Redis unreachable, or back)."""
-        self._check_generation(time.monotonic())
+        self._check_generation(self.timer())
         return self._generation
 
     def get_front(self, key: str) -> Any:
@@ -226,7 +229,7 @@ class Memo:
         disk read at all. The absence of a value is rechecked after FRONT_CACHE_SECONDS, since
         another process may publish one at any time. A caller that finds the copy outdated by
         its content (an answer past its TTL) asks refresh() for the stored value."""
-        now = time.monotonic()
+        now = self.timer()
         self._check_generation(now)
         cached = self._front.get(key)
         if cached is not None and (cached[1] is not None or now - cached[0] < FRONT_CACHE_SECONDS):
@@ -242,7 +245,7 @@ class Memo:
             for old_key in list(itertools.islice(front, _FRONT_CACHE_MAX // 4)):
                 front.pop(old_key, None)  # worker threads may have dropped it meanwhile
         front.pop(key, None)
-        front[key] = (time.monotonic(), value)
+        front[key] = (self.timer(), value)
         return value
 
     def bump_generation(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..config.settings import Config
@@ -31,7 +31,7 @@ class Context:
     pool: Executor  # probe threads: they only talk HTTP
     background: Executor  # work that waits on probes (verifications, survey completions)
     clock: Callable[[], float] = time.time  # wall clock: when facts were learnt
-    timer: Callable[[], float] = field(default=time.monotonic)  # for waits and durations
+    timer: Callable[[], float] = time.monotonic  # for waits and durations
 
 
 class Stage:
