@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable, List, Optional
 
 from ..config.settings import Config
@@ -170,8 +171,10 @@ class Resolver:
         snapshot = self.reader.with_hosts(snapshot, mirrors.bases)
         only = decide.only_mirror(snapshot, mirrors.bases)
         if only is not None and may_verify_later:
-            # Nothing to choose: no survey or probe stands between the client and the mirror.
-            return self.verifier.at_once(snapshot, [only], trace, "the repo's only mirror")
+            # Nothing to choose: no survey or probe stands between the client and the mirror,
+            # and its verification consults none (an old one's verdicts are not waited for).
+            return self.verifier.at_once(replace(snapshot, survey=None), [only], trace,
+                                         "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
         snapshot = self.reader.with_hosts(snapshot, survey.ranked, survey=survey)
         plan = decide.plan(snapshot, decide.candidates(snapshot, survey.ranked, trace),
