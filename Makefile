@@ -10,6 +10,8 @@ CONFIG     ?= repos.yaml
 DIR        ?= /var/tmp/squid-helper
 PORT       ?= 3128
 ACCEL_PORT ?= 5000
+# the address Squid listens on (serve --listen), e.g. LISTEN=10.1.0.2; empty: every address
+LISTEN     ?=
 PYTEST_ARGS ?=
 # the lab's networks allowed to use the proxy, e.g. ALLOW="10.1.2.0/24 10.1.3.0/24" (default:
 # every private network; localhost always)
@@ -31,7 +33,8 @@ SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/*/*
 # serve checks CONFIG itself, and runs the helpers on a private copy (memo and log under DIR)
 serve: system-deps install
 	$(VENV)/bin/squid-helper serve --config $(CONFIG) --dir $(DIR) --port $(PORT) \
-		--accel-port $(ACCEL_PORT) $(foreach net,$(ALLOW),--allow $(net))
+		--accel-port $(ACCEL_PORT) $(if $(LISTEN),--listen $(LISTEN)) \
+		$(foreach net,$(ALLOW),--allow $(net))
 
 test: system-deps install
 	$(VENV)/bin/ruff check .

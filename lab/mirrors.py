@@ -65,6 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head and body:
+            with self.server.owner.lock:
+                self.server.owner.body_bytes += len(body)
             self.wfile.write(body)
 
     def _drip(self, answer: bytes) -> None:
@@ -153,6 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         byte_range = self.headers.get("Range", "")
         if byte_range.startswith("bytes=") and "," not in byte_range:
             start_text, _, end_text = byte_range[6:].partition("-")
+            if not start_text and end_text.isdigit() and int(end_text) > 0:
+                start_text = str(max(0, len(document) - int(end_text)))  # the last N bytes
+                end_text = ""
             if start_text.isdigit():
                 start = int(start_text)
                 end = min(int(end_text) if end_text.isdigit() else len(document) - 1,
@@ -231,12 +236,13 @@ class MirrorServer:
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
     mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an
     https:// mirror; `handshake_failures` then records every client that gave up on the TLS
-    handshake, and why."""
+    handshake, and why. `host`: another address to listen on (one the test itself set up,
+    e.g. a lab.netns veth address: a service of the proxy host that is not on loopback)."""
 
     def __init__(self, root: Optional[Path] = None, behaviour: str = GOOD,
                  documents: Optional[Dict[str, bytes]] = None, port: int = 0,
                  delay: float = 0.0, listings: bool = False,
-                 tls: Optional[ssl.SSLContext] = None):
+                 tls: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1"):
         self.root = Path(root) if root else None
         self.tls = tls
         self.handshake_failures: List[str] = []
@@ -246,6 +252,7 @@ class MirrorServer:
         self.listings = listings
         self.documents: Dict[str, bytes] = dict(documents or {})
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
+        self.body_bytes = 0  # bytes of every answer's body it began to send
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
         # path fragment -> (status, headers): paths containing it get that answer instead
         self.fail_paths: Dict[str, Tuple[int, Dict[str, str]]] = {}
@@ -253,7 +260,8 @@ class MirrorServer:
         self.stopping = threading.Event()
         self.connections: set = set()
         self.started = time.time()
-        self._server = _MirrorHTTPServer(("127.0.0.1", port), _Handler)
+        self.host = host
+        self._server = _MirrorHTTPServer((host, port), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -264,7 +272,7 @@ class MirrorServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/"
 
     def start(self) -> MirrorServer:
         self._thread.start()

@@ -156,12 +156,18 @@ class SquidInstance:
                        else self.params.helper_command).encode()
 
     @property
+    def address(self) -> str:
+        """Where Squid listens: 127.0.0.1, or the listen_address override (e.g. the host end
+        of a lab.netns veth pair, for clients in a namespace)."""
+        return self.params.listen_address or "127.0.0.1"
+
+    @property
     def proxy(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -211,8 +217,10 @@ class SquidInstance:
                 raise RuntimeError(f"Squid exited with {self.process.returncode} at start:\n"
                                    f"{self.stderr_text()[-3000:]}")
             try:
-                status, _, _ = http_get("127.0.0.1", self.port, "/squid-internal-mgr/info",
-                                        {"Host": f"127.0.0.1:{self.port}"}, timeout=5)
+                # From 127.0.0.1 whatever the listen address: the manager answers localhost.
+                status, _, _ = http_get(self.address, self.port, "/squid-internal-mgr/info",
+                                        {"Host": f"{self.address}:{self.port}"}, timeout=5,
+                                        source="127.0.0.1")
                 if status == 200 and self._helpers_started():
                     return
                 problem = f"manager answered {status}"
@@ -349,7 +357,7 @@ class SquidInstance:
     def get(self, url: str, method: str = "GET", timeout: float = 30.0,
             source: Optional[str] = None) -> tuple:
         """A request through the forward proxy port."""
-        return http_get("127.0.0.1", self.port, url, {"Host": url.split("/")[2]},
+        return http_get(self.address, self.port, url, {"Host": url.split("/")[2]},
                         method=method, timeout=timeout, source=source)
 
 

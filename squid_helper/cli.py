@@ -12,12 +12,13 @@ from typing import Callable, List, Optional
 from . import __version__
 from .config.files import load_config
 from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
-from .config.settings import NUMERIC_SETTINGS, Config, ConfigError
+from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
 from .facts.stores import redacted
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
+from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
 from .resolve.probe import system_ca_file
 from .resolve.resolver import Resolver
@@ -119,35 +120,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+# check's "  label: value" lines, values in one column: wide enough for the longest setting.
+_LABEL_WIDTH = max(len(key) for key in (*NUMERIC_SETTINGS, "collapsed_forwarding")) + 2
+
+
+def _field(label: str, value: object) -> str:
+    return f"  {label + ':':<{_LABEL_WIDTH}}{value}"
+
+
 def _memo_lines(config: Config) -> List[str]:
-    lines = [f"  memo:          {redacted(config.memo)} (shared by the fleet; "
-             f"{config.cache_dir} while it is unreachable)" if config.memo
-             else f"  memo:          {config.cache_dir}"]
+    lines = [_field("memo", f"{redacted(config.memo)} (shared by the fleet; "
+                            f"{config.cache_dir} while it is unreachable)") if config.memo
+             else _field("memo", config.cache_dir)]
     if config.peers:
-        lines.append(f"  peers:         {', '.join(f'{h}:{p}' for h, p in config.peers)} "
-                     f"(HTCP port {config.htcp_port})")
+        lines.append(_field("peers", f"{', '.join(f'{h}:{p}' for h, p in config.peers)} "
+                                     f"(HTCP port {config.htcp_port})"))
+    return lines
+
+
+def _repo_lines(repo: Repo) -> List[str]:
+    only = [f"{key} {', '.join(values)} only" for key, values in
+            (("releasever", repo.releasevers), ("arch", repo.arches)) if values]
+    lines = [f"    {repo.name}: {repo.kind}" + (f" ({'; '.join(only)})" if only else "")]
+    lines.extend(f"      {template}" for template in repo.templates)
     return lines
 
 
 def _summary(config: Config, path: str) -> List[str]:
     system = f"the system's, {system_ca_file() or 'none found: certifi'}"
     lines = [f"{path}: OK",
-             f"  virtual hosts: {', '.join(sorted(config.virtual_hosts))}",
-             f"  accel ports:   {', '.join(map(str, sorted(config.accel_ports))) or 'none'}",
+             _field("virtual hosts", ", ".join(sorted(config.virtual_hosts))),
+             _field("accel ports", ", ".join(map(str, sorted(config.accel_ports))) or "none"),
              *_memo_lines(config),
-             f"  log file:      {config.log_file or 'stderr'}",
-             f"  CA file:       {config.ca_file or system}",
-             f"  upstream proxy: {config.upstream_proxy or 'none (mirrors directly)'}",
-             f"  collapsed_forwarding: {config.collapsed_forwarding}"
-             + (" (on with Squid 6.0.1 or later)" if config.collapsed_forwarding == "auto"
-                else "")]
+             _field("log file", config.log_file or "stderr"),
+             _field("CA file", config.ca_file or system),
+             _field("upstream proxy", config.upstream_proxy or "none (mirrors directly)"),
+             _field("collapsed_forwarding", config.collapsed_forwarding
+                    + (" (on with Squid 6.0.1 or later)"
+                       if config.collapsed_forwarding == "auto" else ""))]
     for key in NUMERIC_SETTINGS:
         value = getattr(config, key)
-        lines.append(f"  {key + ':':<16}{int(value) if value == int(value) else value}")
+        lines.append(_field(key, int(value) if value == int(value) else value))
     lines.append(f"  repos ({len(config.repos)}):")
     for repo in config.repos.values():
-        lines.append(f"    {repo.name}: {repo.kind}")
-        lines.extend(f"      {template}" for template in repo.templates)
+        lines.extend(_repo_lines(repo))
     return lines
 
 
@@ -160,7 +176,7 @@ def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
         if problem:
             problems.append(problem)
         else:
-            lines.append(f"  shared memo:   {redacted(config.memo)} answers")
+            lines.append(_field("shared memo", f"{redacted(config.memo)} answers"))
     try:
         user = detect_squid_user(args.squid_user, option="--squid-user").name
     except SquidUserError as exc:
@@ -242,7 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from .ops.metrics import exposition, serve_metrics
+    from .ops.metrics import exposition, listen_address, serve_metrics
     from .ops.status import collect
 
     config = _load(args.config)
@@ -251,13 +267,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         sys.stdout.write(exposition(collect(config, proxy)))
         sys.stdout.flush()
         return 0
-    address, _, port = args.listen.rpartition(":")
-    if not port.isdigit() or not address:
-        print(f"squid-helper metrics: --listen {args.listen!r} is not ADDRESS:PORT "
-              "(e.g. 127.0.0.1:9707)", file=sys.stderr)
+    listen = listen_address(args.listen)
+    if listen is None:
+        print(f"squid-helper metrics: --listen {args.listen!r} is not [ADDRESS:]PORT "
+              "(e.g. 9707 for 127.0.0.1:9707, or 10.1.2.3:9707)", file=sys.stderr)
         return 2
     try:
-        serve_metrics(lambda: collect(config, proxy), address.strip("[]"), int(port),
+        serve_metrics(lambda: collect(config, proxy), *listen,
                       ready=lambda url: print(f"serving {url}", flush=True))
     except OSError as exc:
         print(f"squid-helper metrics: cannot listen on {args.listen}: "
@@ -337,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "is always allowed)")
     p.add_argument("--cache-size", type=int, default=20000, metavar="MB",
                    help="Squid's disk cache size in MB (default: %(default)s)")
+    p.add_argument("--max-client-connections", type=int, metavar="N",
+                   default=SquidConfParams.max_client_connections,
+                   help="connections one client address may hold at once; raise it for a NAT "
+                   "in front of many slaves, or a fleet peer (default: %(default)s)")
     p.add_argument("--squid", metavar="PATH", help="the squid binary (default: from PATH, "
                    "else /usr/sbin/squid)")
     p.add_argument("--user", metavar="USER",
@@ -378,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="the status as a Prometheus text exposition")
     _add_config(p)
     _add_status_source(p)
-    p.add_argument("--listen", metavar="ADDRESS:PORT",
-                   help="serve /metrics there (until stopped) instead of printing once")
+    p.add_argument("--listen", metavar="[ADDRESS:]PORT",
+                   help="serve /metrics there (until stopped) instead of printing once; "
+                        "without ADDRESS on 127.0.0.1 only")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("warm", help="fetch a repo's metadata and packages through Squid, so "

@@ -95,6 +95,7 @@ def test_every_source_key_and_yum_style_base_url_lists():
         [several]
         baseurl = http://a.example/pub/{releasever}/{arch}/ http://b.example/{releasever}/{arch}
           http://c.example/%7Euser/%(x)s/{releasever}/{arch}/,http://d.example/{arch}/
+        releasevers = 9
         """)
     assert config.repos["ml"] == Repo(  # commas inside one mirrorlist URL stay
         "ml", "mirrorlist", ("http://m.example/list?repo=ml-{releasever}&country=us,ca",))
@@ -105,6 +106,8 @@ def test_every_source_key_and_yum_style_base_url_lists():
     assert config.repos["several"].templates == (
         "http://a.example/pub/{releasever}/{arch}/", "http://b.example/{releasever}/{arch}/",
         "http://c.example/%7Euser/%(x)s/{releasever}/{arch}/", "http://d.example/{arch}/")
+    # d.example has no {releasever}: the section says it serves that one release only
+    assert config.repos["several"].releasevers == ("9",)
     assert list(config.repos) == ["ml", "fedora", "one", "several"]
 
 
@@ -197,6 +200,7 @@ def test_the_equivalent_yaml_loads_to_the_same_config(tmp_path):
         metalink=https://mirrors.fedoraproject.org/metalink?repo=fedora-{releasever}&arch={arch}
         [static]
         baseurl=http://a.example/%7Ex/{releasever}/{arch} http://b.example:8080/{arch}/
+        releasevers = 40
         """)
     text = as_yaml(original)
     path = tmp_path / "repos.yaml"
@@ -219,7 +223,8 @@ def test_the_equivalent_yaml_of_any_config_keeps_every_setting():
         workers: 6
         repos:
           b: {mirrorurl: "http://l.example/?a={arch}"}
-          a: {mirrors: ["http://m.example/{releasever}/", "http://n.example/x y/"]}
+          a: {mirrors: ["http://m.example/{releasever}/", "http://n.example/x y/"],
+              releasevers: [9]}
         """).replace("x y", "x%20y"))
     assert same(parse_yaml_config(as_yaml(config)), config)
     assert "probe_timeout: 2.5" in as_yaml(config) and "path_ttl" not in as_yaml(config)

@@ -6,19 +6,22 @@ Real redis-server (lab.redis), real helper processes, real mirrors on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from lab.helper import HelperProcess, rewritten_url, write_config
+from lab.helper import HelperProcess, helper_command, rewritten_url, write_config
 from lab.mirrors import MirrorServer
 from lab.wait import wait_for
 from squid_helper.config.files import parse_config
-from squid_helper.facts.lifetimes import Fact
+from squid_helper.facts.lifetimes import BASE_INDEX_KEY, Fact
 from squid_helper.facts.memo import Memo
 from squid_helper.facts.stores import REDIS_PREFIX, redacted
 
@@ -43,10 +46,10 @@ def test_two_proxies_memos_share_facts_locks_and_the_generation(tmp_path, redis_
         budget = Fact("probes:mirror:1", 1.0, 2.0)
         assert [one.count(budget), two.count(budget), one.count(budget)] == [1, 2, 3]
         # The base index keeps the first value of each key, whoever adds later.
-        one.add_to_dict("base-index", {"http://a/": "test/9/x86_64"}, None)
-        two.add_to_dict("base-index", {"http://a/": "other", "http://b/": "test/9/x86_64"},
+        one.add_to_dict(BASE_INDEX_KEY, {"http://a/": "test/9/x86_64"}, None)
+        two.add_to_dict(BASE_INDEX_KEY, {"http://a/": "other", "http://b/": "test/9/x86_64"},
                         None)
-        assert one.get("base-index") == {"http://a/": "test/9/x86_64",
+        assert one.get(BASE_INDEX_KEY) == {"http://a/": "test/9/x86_64",
                                          "http://b/": "test/9/x86_64"}
         # Single flight: a lock with an owner token and an expiry.
         first = one.try_lock("probe:x", 0.3)
@@ -236,3 +239,59 @@ def test_both_proxies_keep_answering_while_redis_is_down_and_share_again_after(
         assert probed >= 1
         assert rewritten_url(second.ask(BASE + "images/third.iso"))
         assert probes(two_mirrors, "third.iso") == probed
+
+
+def test_status_and_metrics_show_what_the_fleets_helpers_share_in_redis(tmp_path, two_mirrors,
+                                                                         redis_server):
+    """`status` and `metrics` read the facts where the helpers keep them: with memo: redis://,
+    each proxy's operator sees the answers and mirrors of every proxy's helpers."""
+    one = helper_of_proxy(tmp_path, "proxy1", two_mirrors, redis_server.url)
+    two = helper_of_proxy(tmp_path, "proxy2", two_mirrors, redis_server.url)
+    with HelperProcess(one) as first, HelperProcess(two) as second:
+        assert rewritten_url(first.ask_settled(BASE + "images/boot.iso"))
+        assert rewritten_url(second.ask_settled(BASE + "images/second.iso"))
+        assert rewritten_url(second.ask_settled(BASE + "images/none.iso")) is None
+    # (stopped: what the helpers noted in the background, their last probes, is written)
+    hosts = {m.url[len("http://"):-1] for m in two_mirrors}
+    for config in (one, two):
+        result = subprocess.run([*helper_command(), "status", "--config", str(config), "--json",
+                                 "--no-squid"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["memo"]["state"] == "ok", status["memo"]
+        assert status["memo"]["store"] == redis_server.url
+        (repo,) = status["repos"]
+        (tree,) = repo["trees"]
+        assert (tree["releasever"], tree["arch"], tree["answers"], tree["not_found"]) == \
+            ("9", "x86_64", 2, 1)
+        assert [m["url"] for m in tree["mirrors"]] == [m.url for m in two_mirrors]
+        assert {m["host"] for m in tree["mirrors"]} == hosts
+        probed = [m for m in tree["mirrors"] if m["last_probe"] is not None]
+        assert probed and all(m["health"] == "healthy" for m in tree["mirrors"])
+
+        result = subprocess.run([*helper_command(), "metrics", "--config", str(config),
+                                 "--no-squid"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(result.stdout)
+                   for s in family.samples}
+        tree_labels = (("arch", "x86_64"), ("releasever", "9"), ("repo", "test"))
+        assert samples[("squid_helper_memo_answers", tree_labels)] == 2
+        assert samples[("squid_helper_memo_not_found", tree_labels)] == 1
+        for host in hosts:
+            assert samples[("squid_helper_mirror_health",
+                            (("host", host), ("state", "healthy")))] == 1
+    # Everything was in Redis: nothing in the proxies' own memo directories.
+    assert not (tmp_path / "proxy1" / "memo" / "cache.db").exists()
+    assert not (tmp_path / "proxy2" / "memo" / "cache.db").exists()
+
+
+def test_status_says_when_the_fleets_redis_does_not_answer(tmp_path, redis_server):
+    config = write_config(tmp_path, {"test": {"mirrors": ["http://127.0.0.1:1/"]}},
+                          memo=redis_server.url)
+    redis_server.stop()
+    result = subprocess.run([*helper_command(), "status", "--config", str(config), "--json",
+                             "--no-squid"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    memo = json.loads(result.stdout)["memo"]
+    assert memo["state"] == "unreadable" and redis_server.url in memo["problem"], memo

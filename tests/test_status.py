@@ -4,6 +4,7 @@ background."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
 from squid_helper.config.files import load_config
-from squid_helper.facts.lifetimes import Lifetimes
+from squid_helper.facts.lifetimes import ANSWERS, LATENCIES, MISSES, TREE_PARTS, Lifetimes
 from squid_helper.facts.memo import Memo, Stored
-from squid_helper.facts.memoview import MemoView
+from squid_helper.facts.stores import DiskReader
 from squid_helper.ops.metrics import exposition
 from squid_helper.ops.squidstats import (
     SquidCounters,
@@ -76,7 +77,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def config(tmp_path: Path):
     path = write_config(tmp_path, {
         "listed": {"mirrorlist": "http://list.example/ml?r={releasever}&a={arch}"},
-        "static": {"mirrors": [A.replace("9/x86_64", "{releasever}/{arch}"), B]},
+        "static": {"mirrors": [A.replace("9/x86_64", "{releasever}/{arch}"), B],
+                   "releasevers": ["9"], "arches": ["x86_64"]},  # B holds 9/x86_64 only
         "quiet": {"mirrors": ["http://q.example/{releasever}/"]}},
         unhealthy_ttl=120, mirrorlist_ttl=600)
     return load_config(str(path))
@@ -117,7 +119,7 @@ def files(directory: Path) -> Dict[str, tuple]:
 # -- the memo, read-only -------------------------------------------------------------------------
 def test_status_reads_what_the_helpers_know(config):
     populate(config)
-    facts = read_memo(config.cache_dir)
+    facts = read_memo(config)
     assert facts.state == OK
     status = build_status(config, facts, squid_section(None, None), time.time())
     repos = {r["name"]: r for r in status["repos"]}
@@ -145,7 +147,7 @@ def test_reading_the_memo_changes_no_file(config):
     populate(config)
     before = files(Path(config.cache_dir))
     assert "cache.db-wal" not in before  # nobody has it open: read without creating one
-    read_memo(config.cache_dir)
+    read_memo(config)
     assert files(Path(config.cache_dir)) == before
 
 
@@ -157,11 +159,15 @@ def test_reading_while_a_helper_writes(config):
     life = Lifetimes(config)
     try:
         writer.put(life.latency("b.example"), 0.5)
-        with MemoView(config.cache_dir) as view:
-            assert view.with_prefix("latency:")["latency:b.example"].value == 0.5
+        reader = Memo.reader(config)
+        try:
+            assert reader.facts(LATENCIES, time.time())["b.example"].value == 0.5
             for index in range(20):  # the reader's connection is open: writes still go through
-                assert writer.set(f"path:listed/9/x86_64/Packages/w{index}.rpm", {}, None)
-            assert view.groups("path:")[0].count == 25
+                assert writer.set(ANSWERS.key(f"listed/9/x86_64/Packages/w{index}.rpm"), {},
+                                  None)
+            assert reader.trees(ANSWERS, time.time())["listed/9/x86_64"] == 25
+        finally:
+            reader.close()
     finally:
         writer.close()
 
@@ -176,14 +182,17 @@ def test_memo_groups_skip_from_tree_to_tree_and_ignore_expired_keys(tmp_path):
     cache.set("miss:a/9/x86_64/none.rpm", 1)
     cache.close()
     time.sleep(0.05)
-    with MemoView(str(tmp_path)) as view:
-        groups = {g.triple: g.count for g in view.groups("path:")}
-        assert view.groups("miss:")[0].count == 1
+    view = DiskReader(str(tmp_path))
+    try:
+        groups = view.count_groups(ANSWERS.prefix, TREE_PARTS, time.time())
+        assert view.count_groups(MISSES.prefix, TREE_PARTS, time.time()) == {"a/9/x86_64": 1}
+    finally:
+        view.close()
     assert groups == {tree: number + 1 for number, tree in enumerate(trees)}
 
 
 def test_no_memo_yet_is_no_traffic_yet(config, tmp_path):
-    facts = read_memo(str(tmp_path / "nowhere"))
+    facts = read_memo(dataclasses.replace(config, cache_dir=str(tmp_path / "nowhere")))
     assert facts.state == NO_TRAFFIC
     assert not (tmp_path / "nowhere").exists()  # status creates nothing
     table = render_table(build_status(config, facts, squid_section(None, None), NOW))
@@ -196,13 +205,13 @@ def test_an_empty_memo_is_no_traffic_yet(config):
     memo = Memo.of(config)
     memo.get("anything")
     memo.close()
-    assert read_memo(config.cache_dir).state == NO_TRAFFIC
+    assert read_memo(config).state == NO_TRAFFIC
 
 
 def test_a_corrupt_memo_is_reported_not_raised(config):
     os.makedirs(config.cache_dir)
     Path(config.cache_dir, "cache.db").write_bytes(b"this is not a database" * 100)
-    facts = read_memo(config.cache_dir)
+    facts = read_memo(config)
     assert facts.state == UNREADABLE and "cache.db" in facts.problem
     result = run("status", "--config", config.path, "--no-squid")
     assert result.returncode == 0 and "Traceback" not in result.stderr
@@ -223,7 +232,7 @@ def test_host_health_states():
 def test_the_table_shows_health_sources_and_squid(config):
     now = time.time()  # the memo expires its entries by the clock
     populate(config, now=now)
-    facts = read_memo(config.cache_dir, now=now)
+    facts = read_memo(config, now=now)
     counters = parse_counters(COUNTERS_PAGE)
     table = render_table(build_status(config, facts, squid_section("127.0.0.1:3128", counters),
                                       now))
@@ -251,7 +260,7 @@ def test_squid_not_reachable_is_one_sentence(config):
 def test_the_exposition_carries_the_status_counters(config):
     now = time.time()
     populate(config, now=now)
-    status = build_status(config, read_memo(config.cache_dir, now=now),
+    status = build_status(config, read_memo(config, now=now),
                           squid_section("127.0.0.1:3128", parse_counters(COUNTERS_PAGE)), now)
     families = {f.name: f for f in text_string_to_metric_families(exposition(status))}
     assert all(name.startswith("squid_helper_") for name in families)
@@ -384,7 +393,7 @@ def test_a_source_that_failed_before_any_list_shows_under_no_traffic(config):
                                                "outcome": FAILED, "detail": "connection failed",
                                                "elapsed": 0.002}, at=now - 5)
     memo.close()
-    status = build_status(config, read_memo(config.cache_dir), squid_section(None, None), now)
+    status = build_status(config, read_memo(config), squid_section(None, None), now)
     listed = next(r for r in status["repos"] if r["name"] == "listed")
     assert listed["trees"] == []
     assert listed["source_host"]["host"] == "list.example"

@@ -26,6 +26,7 @@ import yaml
 
 from .settings import (
     NUMERIC_SETTINGS,
+    RESTRICTION_KEYS,
     Config,
     ConfigError,
     _parse_repo,
@@ -154,13 +155,18 @@ def _section_body(parser: configparser.ConfigParser, section: str,
     """One section's source, as a repos.yaml repo body ({key: URL} or {'baseurl': [URLs]})."""
     keys = ("repos", section)
     body: Dict[str, object] = {}
+    restrictions: Dict[str, object] = {}
     for key, value in parser.items(section):
+        if key in RESTRICTION_KEYS:  # releasevers = 9, arches = x86_64 aarch64
+            restrictions[key] = value.replace(",", " ").split()
+            continue
         if key not in INI_SOURCES:
             hint = (" (that is a yum .repo option: it belongs in the clients' .repo files, "
                     "not here)" if key in _YUM_KEYS else "")
             raise report.error((*keys, key), "unknown key" + hint + "; a repo section takes "
                                "exactly one of mirrorurl=, mirrorlist=, metalink= (one URL) "
-                               "or baseurl= (one or more base URLs)")
+                               "or baseurl= (one or more base URLs), and optionally "
+                               "releasevers= and arches=")
         if key == "baseurl":
             # yum reads baseurl as a list: whitespace, newlines or commas between URLs.
             urls = value.replace(",", " ").split()
@@ -181,7 +187,7 @@ def _section_body(parser: configparser.ConfigParser, section: str,
         found = ", ".join(f"{k}= (line {report.lines.get((*keys, k), '?')})" for k in body)
         raise report.error(keys, f"has {len(body)} sources: {found}; a repo takes exactly one:"
                            " keep one (several base URLs go in one baseurl=)")
-    return body
+    return {**body, **restrictions}
 
 
 def parse_ini_config(text: str, path: str = "<config>") -> Config:
@@ -218,7 +224,9 @@ def as_yaml(config: Config) -> str:
             data[key] = config.settings[key]
     data["repos"] = {
         repo.name: {repo.kind: list(repo.templates) if repo.kind == "mirrors"
-                    else repo.templates[0]}
+                    else repo.templates[0],
+                    **{key: list(values) for key, values in (("releasevers", repo.releasevers),
+                                                             ("arches", repo.arches)) if values}}
         for repo in config.repos.values()}
     # width: keep each URL on one line, where a reader looks for it.
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096)

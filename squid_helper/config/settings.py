@@ -6,6 +6,7 @@ would be accepted, because the people who edit this file read Squid's cache.log,
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -32,6 +33,11 @@ MEMO_SCHEMES = ("redis", "rediss")
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
 _REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A releasever or arch as it may appear in a client's URL (and so in a mirror URL and a memo
+# key): letters, digits and a few separators, nothing that could act as a placeholder or path.
+URL_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# A repo's keys besides its source: the only releasevers / arches it serves.
+RESTRICTION_KEYS = {"releasevers": "{releasever}", "arches": "{arch}"}
 
 
 class ConfigError(Exception):
@@ -43,6 +49,10 @@ class Repo:
     name: str
     kind: str  # one of SOURCE_KINDS
     templates: Tuple[str, ...]  # one URL for mirrorlist/metalink, base URLs for mirrors
+    # The only releasevers / arches the repo serves (releasevers:, arches: in repos.yaml);
+    # empty: any the client names.
+    releasevers: Tuple[str, ...] = ()
+    arches: Tuple[str, ...] = ()
 
 
 # Numeric settings: key -> (default, minimum, what it means). One table drives parsing, the
@@ -271,6 +281,72 @@ def _string_list(value: Any, keys: Tuple[str, ...], report: _Reporter) -> list:
     return value
 
 
+def did_you_mean(key: Any, known: Tuple[str, ...]) -> str:
+    """The hint " (did you mean 'metalink'?)" for a misspelt key; "" when nothing is close."""
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _restriction(value: Any, keys: Tuple[str, ...], report: _Reporter) -> Tuple[str, ...]:
+    """releasevers: [9] / arches: [x86_64, aarch64]: the values as the client's URL has them."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise report.error(keys, "must be a list of the values the repo serves, e.g. "
+                           "releasevers: [9] or arches: [x86_64]")
+    found = []
+    for index, item in enumerate(value):
+        if isinstance(item, float):
+            raise report.error((*keys, str(index)), f"YAML reads {item!r} as a number, which "
+                               "may not be what the URL says (8.10 becomes 8.1): quote it, "
+                               "e.g. '8.10'")
+        text = str(item) if isinstance(item, (str, int)) and not isinstance(item, bool) else ""
+        if not URL_VALUE_RE.match(text):
+            raise report.error((*keys, str(index)), f"{item!r} must be letters, digits, '.', "
+                               "'_', '+' or '-', as in a client's URL")
+        found.append(text)
+    return tuple(found)
+
+
+def _check_placeholders(name: str, source_key: str, templates: Tuple[str, ...],
+                        restrictions: Dict[str, Tuple[str, ...]], report: _Reporter) -> None:
+    """A URL without {releasever} (or {arch}) answers for every releasever (arch) a client
+    names. Beside URLs that have it, that is a mistake unless the repo says it serves one
+    release (architecture) only; without any, the repo serves one tree, and a restriction,
+    if given, can name only one value."""
+    keys = ("repos", name)
+    unsaid = []  # (restriction key, placeholder, first URL without it) the repo must settle
+    for restriction_key, placeholder in RESTRICTION_KEYS.items():
+        without = [index for index, template in enumerate(templates)
+                   if placeholder not in template]
+        allowed = restrictions.get(restriction_key, ())
+        if not without or len(allowed) == 1:
+            continue
+        if allowed:
+            raise report.error((*keys, restriction_key),
+                               f"names {len(allowed)} values, but "
+                               f"{templates[without[0]]!r} has no {placeholder}, so it would "
+                               f"serve all of them the same tree: keep one value, or write "
+                               f"{placeholder} into every URL of the repo")
+        if len(without) < len(templates):  # without any, one tree for all: the original's way
+            unsaid.append((restriction_key, placeholder, without[0]))
+    if not unsaid:
+        return
+    index = unsaid[0][2]
+    missing = [(key, placeholder) for key, placeholder, at in unsaid if at == index]
+    placeholders = " and ".join(placeholder for _, placeholder in missing)
+    what = " and ".join(placeholder[1:-1] for _, placeholder in missing)
+    say = ", ".join(f"'{key}: [{'9' if key == 'releasevers' else 'x86_64'}]'"
+                    for key, _ in missing)
+    # Only a list of mirrors has several URLs to disagree.
+    raise report.error((*keys, source_key, str(index)),
+                       f"{templates[index]!r} has no {placeholders} while the repo's other "
+                       f"URLs have {'them' if len(missing) > 1 else 'it'}, so it would be used "
+                       f"for every {what} a client asks for. "
+                       f"Write {placeholders} into it, or, if the repo serves one {what} "
+                       f"only, say which under repos.{name}: {say}")
+
+
 def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
     keys = ("repos", str(name))
     if not isinstance(name, str):
@@ -279,15 +355,30 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
     if not _REPO_NAME_RE.match(name):
         raise report.error(keys, "repo names may use letters, digits, '.', '_' and '-' only, "
                            "start with a letter or digit, and be at most 64 characters")
+    if name in TOP_LEVEL_KEYS and not _looks_like_a_repo(body):
+        raise report.error(keys, f"'{name}' is a top-level setting, not a repo: it belongs "
+                           "at the top level of the file (unindent it so that it starts in "
+                           "the first column, outside 'repos:')")
     if not isinstance(body, dict):
         raise report.error(keys, "must be a mapping with one of: " + ", ".join(SOURCE_KINDS))
     sources = []
+    restrictions: Dict[str, Tuple[str, ...]] = {}
     for key in body:
+        if key in RESTRICTION_KEYS:
+            restrictions[key] = _restriction(body[key], (*keys, key), report)
+            continue
         canonical = SOURCE_ALIASES.get(key, key)
         if canonical not in SOURCE_KINDS:
-            raise report.error((*keys, str(key)), "unknown key; a repo takes exactly one of "
-                               + ", ".join(SOURCE_KINDS) + " (or the original repoproxy's "
-                               "names 'mirrorurl' for mirrorlist, 'baseurl' for mirrors)")
+            if key in TOP_LEVEL_KEYS:
+                raise report.error((*keys, str(key)), f"'{key}' is a top-level setting: it "
+                                   "belongs at the top level of the file, not under a repo "
+                                   "(unindent it to the first column)")
+            raise report.error((*keys, str(key)), "unknown key"
+                               + did_you_mean(key, (*SOURCE_KINDS, *RESTRICTION_KEYS))
+                               + "; a repo takes exactly one of " + ", ".join(SOURCE_KINDS)
+                               + " (or the original repoproxy's names 'mirrorurl' for "
+                               "mirrorlist, 'baseurl' for mirrors), and optionally "
+                               "releasevers: and arches:")
         sources.append((key, canonical))
     if len(sources) != 1:
         found = ", ".join(k for k, _ in sources) or "none"
@@ -307,13 +398,20 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
                 raise report.error((*keys, key, str(index)),
                                    f"{template!r}: a mirror base URL cannot have '?' or '#'")
             cleaned.append(template if template.endswith("/") else template + "/")
-        return Repo(name, kind, tuple(cleaned))
-    if not isinstance(value, str):
-        raise report.error((*keys, key), f"must be one URL template string (got {value!r})")
-    problem = validate_template(value)
-    if problem:
-        raise report.error((*keys, key), f"{value!r} {problem}")
-    return Repo(name, kind, (value,))
+    else:
+        if not isinstance(value, str):
+            raise report.error((*keys, key), f"must be one URL template string (got {value!r})")
+        problem = validate_template(value)
+        if problem:
+            raise report.error((*keys, key), f"{value!r} {problem}")
+        cleaned = [value]
+    _check_placeholders(name, key, tuple(cleaned), restrictions, report)
+    return Repo(name, kind, tuple(cleaned), restrictions.get("releasevers", ()),
+                restrictions.get("arches", ()))
+
+
+def _looks_like_a_repo(body: Any) -> bool:
+    return isinstance(body, dict) and any(k in body for k in (*SOURCE_KINDS, *SOURCE_ALIASES))
 
 
 TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
@@ -411,10 +509,10 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
                           + _ini_hint(text))
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            looks_like_a_repo = isinstance(data[key], dict) and any(
-                k in data[key] for k in (*SOURCE_KINDS, *SOURCE_ALIASES))
-            raise report.error((str(key),), "unknown key; known keys are "
-                               + ", ".join(TOP_LEVEL_KEYS) + (
+            looks_like_a_repo = _looks_like_a_repo(data[key])
+            raise report.error((str(key),), "unknown key"
+                               + ("" if looks_like_a_repo else did_you_mean(key, TOP_LEVEL_KEYS))
+                               + "; known keys are " + ", ".join(TOP_LEVEL_KEYS) + (
                                    "; this looks like a repo, and repos go under 'repos:' (the "
                                    "original repoproxy's repos.yaml had them at the top level: "
                                    "indent them below a 'repos:' line)"

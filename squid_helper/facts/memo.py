@@ -6,6 +6,9 @@ read-only, corrupt, full) degrades every operation to "no memo": the problem is 
 minute, and the directory is reopened a few seconds later so that the memo comes back by itself
 once it is fixed. An unreachable Redis hands over to the local directory: the switch is logged
 once, and Redis is used again as soon as it answers.
+
+Operators read the same facts through Memo.reader(): Redis when the config names one, else the
+directory read-only (stores.DiskReader); a store that cannot be read is said, not degraded.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..config.settings import Config
-from .lifetimes import Fact
-from .stores import GENERATION_FILE, DiskStore, RedisStore, Store, redacted
+from .lifetimes import LOCKS, TREE_PARTS, Fact, Kind, lock
+from .stores import (
+    GENERATION_FILE,
+    DiskReader,
+    DiskStore,
+    MemoUnreadable,
+    RedisStore,
+    Store,
+    redacted,
+)
 
 log = logging.getLogger("squid_helper.memo")
 T = TypeVar("T")
@@ -34,7 +45,7 @@ FRONT_CACHE_SECONDS = 0.5
 # most; Redis's costs a round trip and is checked less often (RedisStore.generation_interval).
 GENERATION_CHECK_SECONDS = DiskStore.generation_interval
 __all__ = ["FRONT_CACHE_SECONDS", "GENERATION_CHECK_SECONDS", "GENERATION_FILE", "Memo",
-           "Stored"]
+           "MemoUnreadable", "Stored"]
 _FRONT_CACHE_MAX = 2048
 _TOKENS = itertools.count()
 # Lock tokens name the host too: with a shared memo, holders on two proxies may have one pid.
@@ -216,8 +227,8 @@ class Memo:
     def generation(self) -> Any:
         """The memo's generation as this process last saw it (rechecked at most every
         GENERATION_CHECK_SECONDS, or the shared store's interval): it changes when any process
-        purges, finds a mirror failing or publishes a survey, and when the store that answers
-        changes (Redis unreachable, or back)."""
+        purges, finds a mirror failing, publishes a survey or adds mirrors to the base index,
+        and when the store that answers changes (Redis unreachable, or back)."""
         self._check_generation(self.timer())
         return self._generation
 
@@ -326,7 +337,8 @@ class Memo:
         nobody."""
         token = f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{next(_TOKENS)}"
         busy = object()
-        taken = self._do(lambda store: store.add(f"lock:{name}", token, hold_for), None,
+        held = lock(name, hold_for)
+        taken = self._do(lambda store: store.add(held.key, token, held.keep_for), None,
                          on_busy=busy)
         if taken is busy:
             return None
@@ -334,7 +346,88 @@ class Memo:
 
     def locked(self, name: str) -> bool:
         """Whether some process holds the named lock now."""
-        return self.get(f"lock:{name}") is not None
+        return self.get(LOCKS.key(name)) is not None
 
     def unlock(self, name: str, token: str) -> None:
-        self._do(lambda store: store.delete_if(f"lock:{name}", token), None)
+        self._do(lambda store: store.delete_if(LOCKS.key(name), token), None)
+
+    # -- the base index (store_id) ------------------------------------------------------------
+    def add_to_index(self, index: Fact, version: Fact, entries: Dict[str, Any]) -> bool:
+        """add_to_dict() for an index that other processes keep a copy of: when any key was
+        new, a new token is stored as `version` and the generation is bumped, so that every
+        reader notices within a generation check and reads the index once, not for every
+        lookup. True when any key was new."""
+        added: List[bool] = []
+
+        def merge(current: Any) -> Any:
+            current = current if isinstance(current, dict) else {}
+            new = {k: v for k, v in entries.items() if k not in current}
+            added[:] = [bool(new)]  # the last run is the one that was stored
+            return {**current, **new} if new else current
+        if self._do(lambda store: store.update(index.key, merge, index.keep_for), None) is None \
+                or not added or not added[0]:
+            return False
+        self.set(version.key, f"{_HOST}:{os.getpid()}:{next(_TOKENS)}:{time.time()}",
+                 version.keep_for)
+        self.bump_generation()
+        return True
+
+    # -- purging ------------------------------------------------------------------------------
+    def forget(self, *facts: Fact) -> int:
+        """Drop facts in every process (`squid-helper purge`): deleted, and the generation
+        bumped so that no process goes on using its copy. How many were there."""
+        dropped = sum(self.delete(fact.key) for fact in facts)
+        self.bump_generation()
+        return dropped
+
+    # -- reading for operators (status, metrics) ----------------------------------------------
+    @classmethod
+    def reader(cls, config: Config) -> Memo:
+        """The facts as the helpers of `config` share them, for reading only: the fleet's Redis
+        when `memo:` names one, else the memo directory opened read-only (DiskReader: no file
+        is created or changed, whoever runs it). Close it after use."""
+        memo = cls(config.cache_dir, size_limit=int(config.memo_size_mb) << 20)
+        memo._local = DiskReader(config.cache_dir)
+        store: Store = memo._local
+        if config.memo:
+            try:
+                store = RedisStore(config.memo)
+            except Exception as exc:  # no redis client, a URL it refuses
+                raise MemoUnreadable(f"{redacted(config.memo)}: {type(exc).__name__}: "
+                                     f"{exc}") from None
+        memo._stores = [_StoreState(store, shared=False)]
+        return memo
+
+    @property
+    def store_name(self) -> str:
+        """Where the facts are read from: the directory, or the Redis URL (no password)."""
+        return self._stores[0].store.name
+
+    def _listing(self, operation: Callable[[Store], T]) -> T:
+        """operation() on the memo the config names (its Redis, if any), for an operator:
+        failures are raised (MemoUnreadable), not answered by another store."""
+        store = self._stores[0].store
+        try:
+            if not store.open():
+                raise MemoUnreadable(f"{store.name}: not answering (reconnecting)")
+            return operation(store)
+        except MemoUnreadable:
+            raise
+        except Exception as exc:
+            raise MemoUnreadable(f"{store.name}: {type(exc).__name__}: {exc}") from None
+
+    def facts(self, kind: Kind, now: float) -> Dict[str, Stored]:
+        """Every live fact of one kind, by name (a host, a repo tree ...; see lifetimes).
+        Raises MemoUnreadable; a memo not written yet has none."""
+        found = self._listing(lambda store: store.items(kind.prefix, now))
+        named = {}
+        for key, value in found.items():
+            name = kind.name_of(key)
+            if name is not None and isinstance(value, Stored):
+                named[name] = value
+        return named
+
+    def trees(self, kind: Kind, now: float) -> Dict[str, int]:
+        """How many live facts of a per-path kind (answers, misses) each repo tree
+        (`repo/releasever/arch`) has. Raises MemoUnreadable."""
+        return self._listing(lambda store: store.count_groups(kind.prefix, TREE_PARTS, now))

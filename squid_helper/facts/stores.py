@@ -10,7 +10,11 @@ The operations are those that a diskcache transaction and a Redis command (or a 
 transaction, or a short Lua script) both do atomically across processes and hosts:
 get, set, add (set if absent), delete, update (read-modify-write), delete_if (compare and
 delete, for lock owners) and a generation counter that tells every process to drop its
-in-process copies.
+in-process copies. Two more, for operators (`squid-helper status`), list what the store holds:
+items (every live key with a prefix) and count_groups (how many keys per repo tree).
+
+The memo directory has a read-only form too, DiskReader: what `status` and `metrics` read it
+through, since the helpers' DiskStore writes when it opens.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import io
 import logging
 import os
 import pickle
+import sqlite3
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from collections import Counter
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import diskcache
 
@@ -44,6 +50,8 @@ REDIS_RECONNECT_SECONDS = 1.0
 # A read-modify-write that keeps losing the race to other writers gives up after this many
 # tries (it is then answered as if the memo were busy).
 _WATCH_TRIES = 20
+# Listing (status): keys asked for per SCAN step, and values per MGET.
+_SCAN_BATCH = 1000
 # Compare-and-delete, atomically in Redis: a lock holder whose lock expired and was taken by
 # another must not delete the new holder's lock.
 _DELETE_IF_LUA = """
@@ -56,6 +64,15 @@ return 0
 
 class StoreBusy(Exception):
     """The store is fine but could not do this operation now (contention)."""
+
+
+class MemoUnreadable(Exception):
+    """The memo exists but cannot be read (permissions, corruption, an unreachable Redis),
+    worded for the operator who asked."""
+
+
+class ReadOnlyStore(Exception):
+    """A write to a store opened for reading only (a program error, not the store's)."""
 
 
 class Store:
@@ -104,6 +121,18 @@ class Store:
     def bump_generation(self) -> None:
         raise NotImplementedError
 
+    def items(self, prefix: str, now: float) -> Dict[str, Any]:
+        """key -> value of every key starting with prefix that is live at `now` (for the few
+        facts per host or repo tree: mirror lists, surveys, health)."""
+        raise NotImplementedError
+
+    def count_groups(self, prefix: str, parts: int, now: float) -> Dict[str, int]:
+        """How many keys live at `now` each group has, a group being the first `parts`
+        '/'-separated parts of what follows prefix (memoised answers per repo tree: there may
+        be millions of keys, for a handful of groups). Keys of `parts` parts or fewer are
+        not counted. Nothing is decoded."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -135,6 +164,7 @@ class DiskStore(Store):
         self.name = directory
         self.size_limit = size_limit
         self._cache: Optional[diskcache.Cache] = None
+        self._listing: Optional[_Database] = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
 
@@ -209,11 +239,7 @@ class DiskStore(Store):
                 cache.delete(key)
 
     def generation(self) -> Any:
-        try:
-            stat = os.stat(os.path.join(self.directory, GENERATION_FILE))
-            return (stat.st_ino, stat.st_mtime_ns)
-        except OSError:
-            return None
+        return _generation_of(self.directory)
 
     def bump_generation(self) -> None:
         target = os.path.join(self.directory, GENERATION_FILE)
@@ -226,11 +252,194 @@ class DiskStore(Store):
         except OSError:
             pass  # no memo directory: no other process to tell either
 
+    def items(self, prefix: str, now: float) -> Dict[str, Any]:
+        return self._database().items(prefix, now)
+
+    def count_groups(self, prefix: str, parts: int, now: float) -> Dict[str, int]:
+        return self._database().count_groups(prefix, parts, now)
+
+    def _database(self) -> _Database:
+        """A read-only connection beside diskcache's, for listing (diskcache has no prefix
+        query); opened on first use."""
+        with self._lock:
+            if self._listing is None:
+                self._listing = _Database(self.directory)
+            return self._listing
+
     def close(self) -> None:
         with self._lock:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
+            if self._listing is not None:
+                self._listing.close()
+                self._listing = None
+
+
+def _generation_of(directory: str) -> Any:
+    try:
+        stat = os.stat(os.path.join(directory, GENERATION_FILE))
+        return (stat.st_ino, stat.st_mtime_ns)
+    except OSError:
+        return None
+
+
+# -- the memo directory, read-only ------------------------------------------------------------
+DATABASE = diskcache.core.DBNAME  # "cache.db"
+# diskcache stores a str key as it is, with raw=1 (a key of any other type is pickled).
+_LIVE = "raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
+
+
+class _Database:
+    """The memo directory's SQLite database, read with SQLite directly.
+
+    Opening a diskcache.Cache writes its settings and creates tables, and a root process would
+    leave database files the helpers (Squid's `proxy` user) cannot write. So:
+
+    * `mode=ro` when the helpers have it open (its -wal file exists): a WAL reader takes no
+      lock that a writer waits for, and every query here is its own short read transaction;
+    * `immutable=1` when nobody has it open (no -wal): nothing to coordinate with, and no -wal
+      or -shm file is created. A helper that starts writing meanwhile writes to a new -wal,
+      which this read ignores: at worst the figures are a moment old.
+
+    Values are decoded the way diskcache stores them (diskcache.Disk.fetch: pickles inline or
+    in files). Whatever root created in the directory anyway (a race with a helper closing
+    the database) is handed back to the directory's owner when it is closed."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, DATABASE)
+        self._connection: Optional[sqlite3.Connection] = None
+        self._disk = diskcache.Disk(directory)  # decoding only: its __init__ writes nothing
+        self._lock = threading.Lock()
+
+    @property
+    def exists(self) -> bool:
+        """Whether the helpers ever wrote a memo here."""
+        return os.path.isfile(self.path)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            if not os.access(self.path, os.R_OK):
+                raise MemoUnreadable(f"{self.path}: permission denied (run as root or as the "
+                                     "helpers' user)")
+            shared = os.path.exists(self.path + "-wal")
+            uri = f"file:{quote(self.path)}?mode=ro" + ("" if shared else "&immutable=1")
+            try:
+                # isolation_level=None: no transaction outlives one query.
+                self._connection = sqlite3.connect(uri, uri=True, timeout=2.0,
+                                                   isolation_level=None,
+                                                   check_same_thread=False)
+                self._connection.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as exc:
+                raise MemoUnreadable(f"{self.path}: {exc}") from None
+        return self._connection
+
+    def _query(self, sql: str, *args: Any) -> List[tuple]:
+        if not self.exists:
+            return []  # no helper wrote yet: nothing to read, and nothing created
+        with self._lock:
+            try:
+                return self._db().execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise MemoUnreadable(f"{self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+                if os.geteuid() == 0:
+                    try:
+                        give_files_to_directory_owner(self.directory)
+                    except OSError:
+                        pass
+
+    def _decode(self, mode: int, filename: Optional[str], value: Any) -> Any:
+        try:
+            return self._disk.fetch(mode, filename, value, False)
+        except Exception:  # a value being replaced (its file gone) or of an older version
+            return None
+
+    def get(self, key: str, now: float) -> Any:
+        rows = self._query(f"SELECT mode, filename, value FROM Cache WHERE key = ? AND {_LIVE}",
+                           key, now)
+        return self._decode(*rows[0]) if rows else None
+
+    def items(self, prefix: str, now: float) -> Dict[str, Any]:
+        rows = self._query(f"SELECT key, mode, filename, value FROM Cache WHERE key >= ? AND "
+                           f"key < ? AND {_LIVE}", prefix, _after(prefix), now)
+        found = {}
+        for key, mode, filename, value in rows:
+            decoded = self._decode(mode, filename, value)
+            if decoded is not None:
+                found[key] = decoded
+        return found
+
+    def count_groups(self, prefix: str, parts: int, now: float) -> Dict[str, int]:
+        """Skips from one group to the next through the key index, and counts each group's
+        range there, so that no query reads more than one group's keys."""
+        found: Dict[str, int] = {}
+        start, end = prefix, _after(prefix)
+        while True:
+            rows = self._query("SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key "
+                               "LIMIT 1", start, end)
+            if not rows:
+                return found
+            split = rows[0][0][len(prefix):].split("/")
+            if len(split) <= parts:  # not a key of a group: step past it
+                start = rows[0][0] + "\0"
+                continue
+            group = "/".join(split[:parts])
+            first = prefix + group + "/"
+            count = self._query(f"SELECT count(*) FROM Cache WHERE key >= ? AND key < ? "
+                                f"AND {_LIVE}", first, _after(first), now)[0][0]
+            if count:
+                found[group] = count
+            start = _after(first)
+
+
+def _after(prefix: str) -> str:
+    """The smallest string greater than every string starting with prefix."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class DiskReader(Store):
+    """The memo directory for a reader that must change nothing in it (`squid-helper status`
+    and `metrics`, run as root or as the helpers' user): no directory, database, -wal or -shm
+    file is created, and no lock a helper waits for is taken. A directory the helpers never
+    wrote to reads as empty. Writes raise ReadOnlyStore."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.name = directory
+        self._database = _Database(directory)
+
+    def open(self) -> bool:
+        return True  # opened at the first read; a memo not there yet reads as empty
+
+    def get(self, key: str) -> Any:
+        return self._database.get(key, time.time())
+
+    def _refuse(self, *_: Any) -> Any:
+        raise ReadOnlyStore(f"{self.directory}: opened read-only")
+
+    set = add = delete = update = delete_if = _refuse
+
+    def generation(self) -> Any:
+        return _generation_of(self.directory)
+
+    def bump_generation(self) -> None:
+        self._refuse()
+
+    def items(self, prefix: str, now: float) -> Dict[str, Any]:
+        return self._database.items(prefix, now)
+
+    def count_groups(self, prefix: str, parts: int, now: float) -> Dict[str, int]:
+        return self._database.count_groups(prefix, parts, now)
+
+    def close(self) -> None:
+        self._database.close()
 
 
 # -- a fleet: Redis ---------------------------------------------------------------------------
@@ -271,6 +480,11 @@ def decode(raw: Optional[bytes]) -> Any:
         log.warning("ignoring an unreadable value in the shared memo: %s: %s",
                     type(exc).__name__, exc)
         return None
+
+
+def _glob_escaped(text: str) -> str:
+    """text as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 def _milliseconds(expire: Optional[float]) -> Optional[int]:
@@ -384,6 +598,33 @@ class RedisStore(Store):
 
     def bump_generation(self) -> None:
         self._client.incr(REDIS_GENERATION_KEY)
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        """Our keys starting with prefix (without REDIS_PREFIX), by SCAN: no command that
+        blocks Redis for the other clients however many keys there are."""
+        pattern = _glob_escaped(REDIS_PREFIX + prefix) + "*"
+        for raw in self._client.scan_iter(match=pattern, count=_SCAN_BATCH):
+            yield raw.decode("utf-8", "replace")[len(REDIS_PREFIX):]
+
+    def items(self, prefix: str, now: float) -> Dict[str, Any]:
+        keys = list(self._keys(prefix))  # Redis expires keys itself: every one is live
+        found = {}
+        for start in range(0, len(keys), _SCAN_BATCH):
+            batch = keys[start:start + _SCAN_BATCH]
+            values = self._client.mget([REDIS_PREFIX + key for key in batch])
+            for key, raw in zip(batch, values):
+                value = decode(raw)
+                if value is not None:
+                    found[key] = value
+        return found
+
+    def count_groups(self, prefix: str, parts: int, now: float) -> Dict[str, int]:
+        counts: Counter = Counter()
+        for key in self._keys(prefix):
+            split = key[len(prefix):].split("/")
+            if len(split) > parts:
+                counts["/".join(split[:parts])] += 1
+        return dict(counts)
 
     def close(self) -> None:
         self._closed.set()

@@ -139,6 +139,20 @@ def exposition(status: Dict[str, Any]) -> str:
     return generate_latest(registry_for(lambda: status)).decode("utf-8")
 
 
+# Where --listen PORT (or :PORT) serves: this host only. /metrics names the lab's repos, mirrors
+# and their troubles; another address only when --listen names it.
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
+
+
+def listen_address(text: str) -> Optional[Tuple[str, int]]:
+    """(address, port) of --listen: ADDRESS:PORT, or PORT or :PORT on DEFAULT_LISTEN_ADDRESS;
+    None when it is none of these."""
+    address, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return (address.strip("[]") or DEFAULT_LISTEN_ADDRESS), int(port)
+
+
 def serve_metrics(take_status: Callable[[], Dict[str, Any]], address: str, port: int,
                   ready: Optional[Callable[[str], None]] = None) -> None:
     """Serve /metrics on address:port until SIGTERM or SIGINT (OSError: cannot listen)."""

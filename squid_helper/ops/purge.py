@@ -8,8 +8,8 @@ from typing import List
 import requests
 
 from ..config.settings import Config
+from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
-from ..resolve.resolver import Resolver
 from ..resolve.urls import NotOurs, Refused, map_url
 
 
@@ -45,7 +45,9 @@ def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
 
 def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) -> List[PurgeResult]:
     results = []
-    resolver = Resolver(config, Memo.of(config))
+    # The helpers' memo as they use it (the fleet's Redis, else the directory): what a purge
+    # forgets there, every helper of every proxy forgets.
+    memo, lifetimes = Memo.of(config), Lifetimes(config)
     try:
         for url in urls:
             mapped = map_url(url, {}, config)
@@ -58,10 +60,10 @@ def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) ->
                 continue
             # Squid first: its PURGE is rewritten through the memo's answer for this path.
             squid = purge_from_squid(url, proxy, timeout)
-            forgotten = resolver.forget(mapped)
+            forgotten = memo.forget(*lifetimes.purged(mapped))
             results.append(PurgeResult(url, squid.ok, f"{squid.message}; memo: "
                                        f"{forgotten} entr{'y' if forgotten == 1 else 'ies'} "
                                        "dropped"))
     finally:
-        resolver.close()
+        memo.close()
     return results

@@ -14,6 +14,7 @@ exits 0; with systemd's NOTIFY_SOCKET set, serve says READY=1 once Squid listens
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import pwd
 import re
@@ -32,6 +33,7 @@ from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
 from ..facts.stores import redacted
+from .hostaddresses import this_host_addresses
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
@@ -42,6 +44,7 @@ from .squidconf import (
     unique_hostname_for,
 )
 from .squiduser import SquidUserError, detect_squid_user
+from .supervision import RestartBudget
 
 START_TIMEOUT = 60.0
 SHUTDOWN_LIFETIME = 2  # seconds Squid waits for open transfers when told to stop
@@ -53,6 +56,45 @@ SQUID_SERVICE_NAME = "squidhelper"
 
 class ServeError(Exception):
     """Something that stops serve, worded for the person who ran it."""
+
+
+LOCK_NAME = "serve.lock"
+
+
+class DirectoryLock:
+    """serve's claim on its --dir: an flock on DIR/serve.lock, held while serve lives and gone
+    with the process however it ends (the kernel drops it). A second serve on the same DIR
+    would run `squid -z` on the live cache, overwrite squid.conf and delete the first one's
+    pid file; it is refused instead, told who holds the directory (the holder writes its pid
+    and ports into the file)."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self, description: str) -> None:
+        """Take the lock and record description in it; ServeError naming the holder if another
+        process has it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ServeError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "an unknown one"
+            os.close(fd)
+            raise ServeError(f"another squid-helper serve is running on {self.path.parent} "
+                             f"({holder}); stop it first, or give this one its own --dir "
+                             "(make serve DIR=...)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, description.encode("utf-8"))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the file stays: removing it would race a serve starting now
+            self._fd = None
 
 
 def _say(message: str) -> None:
@@ -372,10 +414,22 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def max_client_connections(args: argparse.Namespace) -> int:
+    """--max-client-connections, checked (Squid's client_ip_max_connections)."""
+    value = getattr(args, "max_client_connections", None)
+    if value is None:
+        return SquidConfParams.max_client_connections
+    if value < 1:
+        raise ServeError(f"--max-client-connections must be 1 or more (got {value}): the "
+                         "connections one client address may hold at once")
+    return value
+
+
 def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directory: Path,
                 log_dir: Path, user_name: str) -> str:
     """squid.conf for this serve, from the private repos.yaml (its virtual hosts go into the
-    repo_virtual acl, so a reload renders it again)."""
+    repo_virtual acl, so a reload renders it again) and this host's addresses as they are now
+    (the to_this_host acl: an address added since the last start is covered from a reload)."""
     config = load_config(str(config_path))
     params = SquidConfParams(
         forward_port=args.port, accel_port=args.accel_port,
@@ -384,7 +438,8 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
-        coredump_dir=str(directory / "cache"),
+        coredump_dir=str(directory / "cache"), host_addresses=this_host_addresses(),
+        max_client_connections=max_client_connections(args),
         lab_networks=tuple(args.allow or DEFAULT_LAB_NETWORKS), effective_user=user_name,
         peers=fleet_peers(config.peers, args.listen, args.port), htcp_port=config.htcp_port,
         unique_hostname=unique_hostname_for(VISIBLE_HOSTNAME, socket.gethostname(), args.listen,
@@ -397,6 +452,51 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         generated_by=f"written by squid-helper serve for {directory}; it is rewritten on "
                      "every start and reload")
     return render(params)
+
+
+def _died_how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit {returncode}"
+
+
+def _restart_after_death(dead: subprocess.Popen, restarts: RestartBudget, pending: dict,
+                         start_squid, args: argparse.Namespace,
+                         log_dir: Path) -> Optional[subprocess.Popen]:
+    """Squid exited without being told to: start it again after a pause (same squid.conf;
+    its cache and the memo are kept), or give up when it keeps dying. Returns the new Squid
+    once it listens, or None when serve should end (given up, or told to stop)."""
+    cache_log = log_dir / "cache.log"
+    while True:
+        how = _died_how(dead.returncode)
+        delay = restarts.next_delay(time.monotonic())
+        if delay is None:
+            _say(f"squid-helper serve: Squid died {restarts.limit + 1} times within "
+                 f"{restarts.window:g} s ({how} last); giving up. Find out why in "
+                 f"{cache_log}:\n{_tail(cache_log)}")
+            return None
+        _say(f"squid-helper serve: Squid exited by itself ({how}); starting it again in "
+             f"{delay:g} s, with its cache (restart {restarts.recent(time.monotonic())} of at "
+             f"most {restarts.limit} within {restarts.window:g} s). The end of "
+             f"{cache_log}:\n{_tail(cache_log)}")
+        sd_notify(f"STATUS=Squid died ({how}); restarting in {delay:g} s")
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and pending["stop"] is None:
+            time.sleep(0.1)  # signals only set flags; look at them often
+        if pending["stop"] is not None:
+            return None
+        dead = start_squid()
+        if _wait_listening(dead, args.listen, args.port, START_TIMEOUT):
+            _say(f"squid-helper serve: Squid is serving again (pid {dead.pid})")
+            sd_notify(f"STATUS=serving on ports {args.port} and {args.accel_port}")
+            return dead
+        if pending["stop"] is not None:
+            _stop(dead)
+            return None
+        _stop(dead)  # not listening after START_TIMEOUT: counts as one more death
 
 
 def reload_squid(args: argparse.Namespace, squid: str, build: str, conf: Path, directory: Path,
@@ -433,22 +533,39 @@ def reload_squid(args: argparse.Namespace, squid: str, build: str, conf: Path, d
 def _serve(args: argparse.Namespace) -> int:
     if args.port == args.accel_port:
         raise ServeError(f"--port and --accel-port are both {args.port}; pick two ports")
+    max_client_connections(args)  # a bad value is refused before anything starts
     config = load_config(args.config)
     squid = find_squid(getattr(args, "squid", None))
     build = squid_build(squid)  # its version and TLS library decide parts of squid.conf
     root = _is_root()
     user = squid_user(args, squid, root)
-    for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
-        check_port_free(args.listen, port, what)
-    peers = fleet_peers(config.peers, args.listen, args.port)
-    if peers:
-        check_udp_port_free(args.listen, config.htcp_port)
-
     directory = Path(args.dir).resolve()
     log_dir = Path(args.log_dir).resolve() if getattr(args, "log_dir", None) else (
         directory / "logs")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"cannot create the directory {exc.filename or directory}: "
+                         f"{exc.strerror}") from None
+    lock = DirectoryLock(directory)
+    # Before anything in the directory changes, and before the port checks, whose message
+    # ("is another Squid running?") would not say which one.
+    lock.acquire(f"pid {os.getpid()}, ports {args.port} and {args.accel_port} on "
+                 f"{args.listen or '*'}")
+    try:
+        return _serve_locked(args, config, squid, build, root, user, directory, log_dir)
+    finally:
+        lock.release()
+
+
+def _serve_locked(args: argparse.Namespace, config: Config, squid: str, build: str, root: bool,
+                  user: pwd.struct_passwd, directory: Path, log_dir: Path) -> int:
+    for port, what in ((args.port, "forward port"), (args.accel_port, "accel port")):
+        check_port_free(args.listen, port, what)
+    peers = fleet_peers(config.peers, args.listen, args.port)
+    if peers:
+        check_udp_port_free(args.listen, config.htcp_port)
+    try:
         directory.chmod(0o755)
         for sub in ("cache", "memo", "run"):
             (directory / sub).mkdir(exist_ok=True)
@@ -496,18 +613,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
-    try:
-        process = subprocess.Popen([squid, "-n", SQUID_SERVICE_NAME, "-N", "-d1", "-f",
+
+    def start_squid() -> subprocess.Popen:
+        if pid_file.exists():
+            pid_file.unlink()  # a Squid that died leaves its pid file; none of ours runs now
+        started = subprocess.Popen([squid, "-n", SQUID_SERVICE_NAME, "-N", "-d1", "-f",
                                     str(conf)],
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    env=squid_environment())
+        running[:] = [started]
+        if pending["stop"] is not None:  # a stop that came while it was being started
+            started.send_signal(signal.SIGTERM)
+        return started
+
+    try:
+        process = start_squid()
     except BaseException:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         raise
-    running.append(process)
-    if pending["stop"] is not None:
-        process.send_signal(signal.SIGTERM)
+    restarts = RestartBudget()
     try:
         started = _wait_listening(process, args.listen, args.port, START_TIMEOUT)
         if not started and pending["stop"] is None:
@@ -517,22 +642,25 @@ def _serve(args: argparse.Namespace) -> int:
         if pending["stop"] is None:
             _say(_instructions(args, build, config_path, directory, log_dir))
             sd_notify(f"READY=1\nSTATUS=serving on ports {args.port} and {args.accel_port}")
-        while process.poll() is None:
-            if pending["reload"] and pending["stop"] is None:
-                pending["reload"] = False
-                reload_squid(args, squid, build, conf, directory, log_dir, user.pw_name)
-            try:
-                process.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-        if pending["stop"] is not None:
-            code = _stop(process)
-            _say(f"squid-helper serve: Squid stopped (exit {code})")
-            return 0
-        _say(f"squid-helper serve: Squid exited by itself (exit {process.returncode}); see "
-             f"{log_dir / 'cache.log'}:\n{_tail(log_dir / 'cache.log')}")
-        return 1
+        while True:
+            while process.poll() is None:
+                if pending["reload"] and pending["stop"] is None:
+                    pending["reload"] = False
+                    reload_squid(args, squid, build, conf, directory, log_dir, user.pw_name)
+                try:
+                    process.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    continue
+            if pending["stop"] is not None:
+                code = _stop(process)
+                _say(f"squid-helper serve: Squid stopped (exit {code})")
+                return 0
+            process = _restart_after_death(process, restarts, pending, start_squid, args,
+                                           log_dir)
+            if process is None:
+                return 0 if pending["stop"] is not None else 1
     finally:
-        _stop(process)
+        for child in running:  # the Squid started last, whichever that is
+            _stop(child)
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -10,6 +10,7 @@ Pure: render() reads the template and returns text; it writes nothing.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import sys
@@ -31,25 +32,40 @@ DEFAULT_LAB_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 # squid.conf needs nothing of the helpers).
 STORE_ID_HOST = "squid-helper.invalid"
 LOCAL_GUARD = """\
-# No client reaches this host's own services, or link-local ones (cloud metadata), through the
-# proxy. Repo URLs are exempt, and checked first so that no DNS lookup happens for them: the
-# virtual host never resolves, and an accel request is addressed to this host until the helper
-# rewrites it to a mirror.
+# No client reaches this host's own services, on any of its addresses, or link-local ones (cloud
+# metadata), through the proxy, CONNECT included. Repo URLs are exempt, and checked first so
+# that no DNS lookup happens for them: the virtual host never resolves, and an accel request is
+# addressed to this host until the helper rewrites it to a mirror.
+@THIS_HOST_ACL@
 acl to_linklocal dst 169.254.0.0/16 fe80::/10
 http_access deny !repo_virtual !repo_accel to_localhost
+http_access deny !repo_virtual !repo_accel to_this_host
 http_access deny !repo_virtual !repo_accel to_linklocal"""
 # With peers, a peer's fetch of what it found here (HTCP) names a mirror URL: on a lab whose
 # mirrors live on loopback (a test), the guard would refuse it.
 LOCAL_GUARD_FLEET = """\
-# No client reaches this host's own services, or link-local ones (cloud metadata), through the
-# proxy. Repo URLs are exempt, and checked first so that no DNS lookup happens for them: the
-# virtual host never resolves, and an accel request is addressed to this host until the helper
-# rewrites it to a mirror. So are requests with only-if-cached (a peer fetching what it found
-# here over HTCP): Squid answers them from its cache or with a 504, never contacting the host.
+# No client reaches this host's own services, on any of its addresses, or link-local ones (cloud
+# metadata), through the proxy, CONNECT included. Repo URLs are exempt, and checked first so
+# that no DNS lookup happens for them: the virtual host never resolves, and an accel request is
+# addressed to this host until the helper rewrites it to a mirror. So are requests with
+# only-if-cached (a peer fetching what it found here over HTCP): Squid answers them from its
+# cache or with a 504, never contacting the host.
+@THIS_HOST_ACL@
 acl to_linklocal dst 169.254.0.0/16 fe80::/10
 acl cache_only req_header Cache-Control -i only-if-cached
 http_access deny !repo_virtual !repo_accel !cache_only to_localhost
+http_access deny !repo_virtual !repo_accel !cache_only to_this_host
 http_access deny !repo_virtual !repo_accel !cache_only to_linklocal"""
+# to_this_host: Squid's to_localhost is loopback only. serve lists the host's addresses (every
+# interface, read again at each start and reload); the example cannot know them.
+THIS_HOST_LISTED = """\
+# This host's addresses when squid.conf was rendered (serve renders it again at every start and
+# reload, so that an address added since is covered after a reload).
+acl to_this_host dst @ADDRESSES@"""
+THIS_HOST_TO_EDIT = """\
+# EDIT THIS: every address of this host (ip -brief address), so that a client cannot reach its
+# services through the proxy by naming its LAN address. serve fills them in by itself.
+acl to_this_host dst 127.0.0.1"""
 LOCAL_UNGUARDED = """\
 # guard_local_destinations is off: clients may reach this host's own services through the
 # proxy (a test lab whose origin servers live on loopback; never in production)."""
@@ -161,6 +177,12 @@ class SquidConfParams:
     # Refuse client URLs to this host's own addresses and link-local ones. Off only for a lab
     # whose origin servers themselves live on loopback (tests, benchmarks).
     guard_local_destinations: bool = True
+    # This host's addresses for the to_this_host acl (hostaddresses.this_host_addresses(), which
+    # serve reads at every render). None: not known here (the example), the admin lists them.
+    host_addresses: Optional[Tuple[str, ...]] = None
+    # Connections one client address may hold open at once (client_ip_max_connections): one
+    # client cannot take every descriptor, or fill the rewrite helpers' queue, for itself.
+    max_client_connections: int = 64
     effective_user: str = "proxy"
     visible_hostname: str = VISIBLE_HOSTNAME
     # This proxy's own name among its peers (Via, loop detection); serve gives
@@ -269,6 +291,31 @@ def fleet_lines(params: SquidConfParams, listen: str) -> Dict[str, str]:
     return {"FLEET": fleet, "FLEET_ACCESS": access, "ACCEL_ALLOW_DIRECT": " allow-direct"}
 
 
+def this_host_acl(addresses: Optional[Tuple[str, ...]]) -> str:
+    """The to_this_host acl line and its comment: the listed addresses, validated, or a line
+    for the admin to edit when they are not known."""
+    if addresses is None:
+        return THIS_HOST_TO_EDIT
+    checked = []
+    for address in addresses:
+        try:
+            checked.append(str(ipaddress.ip_network(address, strict=False)) if "/" in address
+                           else str(ipaddress.ip_address(address)))
+        except ValueError:
+            raise SquidConfError(f"host_addresses: {address!r} is not an IP address or "
+                                 "network") from None
+    # A host with loopback alone still needs a valid acl line (to_localhost covers it).
+    return THIS_HOST_LISTED.replace("@ADDRESSES@", " ".join(checked) or "127.0.0.1")
+
+
+def local_destinations(params: SquidConfParams) -> str:
+    """The guard that keeps clients off this host's services, or the note that it is off."""
+    if not params.guard_local_destinations:
+        return LOCAL_UNGUARDED
+    guard = LOCAL_GUARD_FLEET if params.peers else LOCAL_GUARD
+    return guard.replace("@THIS_HOST_ACL@", this_host_acl(params.host_addresses))
+
+
 def substitutions(params: SquidConfParams) -> Dict[str, str]:
     """Each template placeholder's text, validated: nothing can add a line to squid.conf."""
     p = params
@@ -326,8 +373,7 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "LAB_NETWORKS": " ".join(_token("lab_networks", n) for n in p.lab_networks),
         "VIRTUAL_HOSTS": " ".join(_token("virtual_hosts", h) for h in p.virtual_hosts),
         "STORE_ID_HOST": STORE_ID_HOST,
-        "LOCAL_DESTINATIONS": (LOCAL_UNGUARDED if not p.guard_local_destinations
-                               else LOCAL_GUARD_FLEET if p.peers else LOCAL_GUARD),
+        "LOCAL_DESTINATIONS": local_destinations(p),
         "FORWARDING": forwarding,
         "TLS_OUTGOING": tls,
         "COLLAPSED_FORWARDING": "on" if p.collapsed_forwarding is True else "off",
@@ -337,6 +383,10 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "REWRITE_STARTUP": _count("rewrite_startup", p.rewrite_startup),
         "REWRITE_IDLE": _count("rewrite_idle", p.rewrite_idle, 1),
         "REWRITE_CONCURRENCY": _count("rewrite_concurrency", p.rewrite_concurrency),
+        # As many waiting as the helpers take at once: past that the queue counts as overloaded.
+        "REWRITE_QUEUE_SIZE": str(p.rewrite_children * max(1, p.rewrite_concurrency)),
+        "MAX_CLIENT_CONNECTIONS": _count("max_client_connections", p.max_client_connections,
+                                         1),
         "STOREID_CHILDREN": _count("storeid_children", p.storeid_children, 1),
         "STOREID_STARTUP": _count("storeid_startup", p.storeid_startup),
         "STOREID_IDLE": _count("storeid_idle", p.storeid_idle, 1),

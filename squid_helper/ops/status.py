@@ -9,7 +9,9 @@ Schema (version 1; fields are only ever added):
     schema        1
     time          when the status was taken (Unix seconds)
     config        the repos.yaml read
-    memo          {directory, state: "ok" | "no traffic yet" | "unreadable", problem}
+    memo          {directory, store, state: "ok" | "no traffic yet" | "unreadable", problem}
+      store       where the facts were read: the directory, or the fleet's Redis (memo:
+                  redis://..., password left out)
     squid         {proxy, reachable, problem, requests, hits, hit_ratio, bytes_sent,
                    hit_bytes_sent, byte_hit_ratio}   (counts since Squid started; null when
                    not reachable; hit_ratio null before the first request)
@@ -39,9 +41,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Union
 
 from ..config.settings import Config
-from ..facts.lifetimes import Lifetimes
-from ..facts.memo import Stored
-from ..facts.memoview import MemoUnreadable, MemoView
+from ..facts.lifetimes import (
+    ANSWERS,
+    BACKOFFS,
+    LAST_PROBES,
+    LATENCIES,
+    MIRROR_LISTS,
+    MISSES,
+    SOURCE_RETRIES,
+    SURVEYS,
+    UNHEALTHY_MARKS,
+    Lifetimes,
+)
+from ..facts.memo import Memo, MemoUnreadable, Stored
 from ..resolve.health import host_of
 from ..resolve.urls import RepoPath, expand_template
 from .squidstats import SquidCounters, SquidUnreachable, fetch_counters
@@ -50,10 +62,10 @@ SCHEMA = 1
 HEALTHY, UNHEALTHY, PROBATION, BACKOFF = "healthy", "unhealthy", "probation", "backoff"
 HEALTH_STATES = (HEALTHY, UNHEALTHY, PROBATION, BACKOFF)
 OK, NO_TRAFFIC, UNREADABLE = "ok", "no traffic yet", "unreadable"
-# The memo keys read here, by prefix (lifetimes.py makes them).
-_PREFIXES = {"lists": "mirrors:", "retries": "mirrors-retry:", "surveys": "survey:",
-             "unhealthy": "health:", "backoff": "backoff:", "latency": "latency:",
-             "last_probe": "last-probe:"}
+# The kinds of facts read here (lifetimes.py makes their keys), by MemoFacts field.
+_KINDS = {"lists": MIRROR_LISTS, "retries": SOURCE_RETRIES, "surveys": SURVEYS,
+          "unhealthy": UNHEALTHY_MARKS, "backoff": BACKOFFS, "latency": LATENCIES,
+          "last_probe": LAST_PROBES}
 
 
 @dataclass
@@ -62,6 +74,7 @@ class MemoFacts:
 
     directory: str
     state: str = OK
+    store: Optional[str] = None  # what was read: the directory, or the fleet's Redis
     problem: Optional[str] = None
     lists: Dict[str, Stored] = field(default_factory=dict)
     retries: Dict[str, Stored] = field(default_factory=dict)
@@ -74,27 +87,28 @@ class MemoFacts:
     not_found: Dict[str, int] = field(default_factory=dict)
 
 
-def read_memo(directory: str, now: Optional[float] = None) -> MemoFacts:
-    """Everything status needs from the memo, read-only; never raises for a missing, empty or
+def read_memo(config: Config, now: Optional[float] = None) -> MemoFacts:
+    """Everything status needs from the memo the helpers of `config` share (Memo.reader: the
+    fleet's Redis, or the directory read-only); never raises for a missing, empty or
     unreadable memo (the state says which)."""
-    facts = MemoFacts(directory)
-    view = MemoView(directory)
-    if not view.exists:
-        facts.state = NO_TRAFFIC
-        return facts
+    facts = MemoFacts(config.cache_dir)
     now = time.time() if now is None else now
     try:
-        with view:
-            for name, prefix in _PREFIXES.items():
-                found = {key[len(prefix):]: value
-                         for key, value in view.with_prefix(prefix, now).items()
-                         if isinstance(value, Stored)}
-                setattr(facts, name, found)
-            facts.answers = {g.triple: g.count for g in view.groups("path:", now)}
-            facts.not_found = {g.triple: g.count for g in view.groups("miss:", now)}
+        memo = Memo.reader(config)
     except MemoUnreadable as exc:
         facts.state, facts.problem = UNREADABLE, str(exc)
         return facts
+    facts.store = memo.store_name
+    try:
+        for name, kind in _KINDS.items():
+            setattr(facts, name, memo.facts(kind, now))
+        facts.answers = memo.trees(ANSWERS, now)
+        facts.not_found = memo.trees(MISSES, now)
+    except MemoUnreadable as exc:
+        facts.state, facts.problem = UNREADABLE, str(exc)
+        return facts
+    finally:
+        memo.close()
     if not (facts.lists or facts.surveys or facts.answers or facts.not_found
             or facts.latency or facts.unhealthy):
         facts.state = NO_TRAFFIC
@@ -220,8 +234,8 @@ def build_status(config: Config, facts: MemoFacts, squid: Dict[str, Any],
         repos.append({"name": name, "kind": repo.kind, "trees": trees,
                       "source_host": source_host})
     return {"schema": SCHEMA, "time": now, "config": config.path,
-            "memo": {"directory": facts.directory, "state": facts.state,
-                     "problem": facts.problem},
+            "memo": {"directory": facts.directory, "store": facts.store or facts.directory,
+                     "state": facts.state, "problem": facts.problem},
             "squid": squid, "repos": repos}
 
 
@@ -235,8 +249,7 @@ def collect(config: Config, proxy: Optional[str], now: Optional[float] = None,
             counters = fetch_counters(proxy, timeout)
         except SquidUnreachable as exc:
             counters = str(exc)
-    return build_status(config, read_memo(config.cache_dir, now), squid_section(proxy, counters),
-                        now)
+    return build_status(config, read_memo(config, now), squid_section(proxy, counters), now)
 
 
 # -- pure: the table -----------------------------------------------------------------------------
@@ -301,7 +314,7 @@ def render_table(status: Dict[str, Any]) -> str:
     now = status["time"]
     memo = status["memo"]
     lines = [f"squid-helper status at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}"
-             f" (config {status['config']}, memo {memo['directory']})", ""]
+             f" (config {status['config']}, memo {memo['store']})", ""]
     squid = status["squid"]
     if squid["proxy"] is None:
         pass

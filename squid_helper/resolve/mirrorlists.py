@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..facts.lifetimes import BASE_INDEX_KEY, Fact
+from ..facts.lifetimes import Fact
 from ..facts.memo import Stored
 from .context import Stage
 from .probe import FAILED, FOUND, UNCHANGED
@@ -141,9 +141,9 @@ class MirrorLists(Stage):
                 problem = str(exc)
             else:
                 self.memo.put(fact, SourceDocument(mirrors, result.validators))
-                self.memo.add_to_dict(BASE_INDEX_KEY,
-                                      dict.fromkeys(mirrors.bases, source.triple),
-                                      expire=self.config.last_known_ttl)
+                self.memo.add_to_index(self.lifetimes.base_index(),
+                                       self.lifetimes.base_index_version(),
+                                       dict.fromkeys(mirrors.bases, source.triple))
                 trace.append(f"{kind} {url}: {len(mirrors.bases)} mirrors")
                 if mirrors.skipped:
                     log.warning("%s %s: skipped %d unusable entr%s: %s", kind, url,

@@ -117,10 +117,7 @@ class Resolver:
 
     def forget(self, request: RepoPath) -> int:
         """Drop what the memo knows about one path (used by purge), in every process."""
-        dropped = sum(self.memo.delete(fact.key) for fact in (
-            self.lifetimes.answer(request), self.lifetimes.miss(request)))
-        self.memo.bump_generation()
-        return dropped
+        return self.memo.forget(*self.lifetimes.purged(request))
 
     # -- the pipeline -------------------------------------------------------------------------
     def resolve(self, request: RepoPath, settle: bool = False,

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 from urllib.parse import quote, unquote, urlsplit
 
-from ..config.settings import Config
+from ..config.settings import URL_VALUE_RE, Config
 
 MAX_URL_LENGTH = 8192
 # releasever, arch and repo end up inside mirror URLs and memo keys: letters, digits and a few
 # separators only, so no placeholder ({...}), percent-escape or slash can ride along.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_NAME_RE = URL_VALUE_RE
 # RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ':' / '@'; and '^', which RFC 3986
 # wants escaped but curl sends as it is: Fedora's snapshot versions hold it
 # (foo-1.0^20230101git1234abc). It means nothing to a server, and is escaped on its way on.
@@ -192,6 +192,13 @@ def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     if repo not in config.repos:
         known = ", ".join(sorted(config.repos)) or "none"
         return Refused(f"unknown repo {repo!r}; configured repos: {known}")
+    served = config.repos[repo]
+    for label, value, only, key in (("releasever", releasever, served.releasevers,
+                                     "releasevers"), ("arch", arch, served.arches, "arches")):
+        if only and value not in only:
+            # Its mirror URLs may name one tree: another releasever/arch would get that one.
+            return Refused(f"repo {repo!r} serves {label} {', '.join(only)} only, not "
+                           f"{value!r} ({key}: in repos.yaml)")
     return RepoPath(repo, releasever, arch, canonical_path("/".join(segments[3:])))
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 from ..config.settings import Config
-from ..facts.lifetimes import BASE_INDEX_KEY
+from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
 from ..resolve.urls import RepoPath, canonical_path, relative_path_problem, template_pattern
 from .helperloop import SlowAnswer
@@ -35,11 +34,7 @@ log = logging.getLogger("squid_helper.storeid")
 STORE_ID_HOST = "squid-helper.invalid"  # squid.conf refuses it to clients (squidconf)
 # A URL's store key never changes while the config stays; a new config clears the loop's cache.
 KEY_REUSE_SECONDS = 3600.0
-# How often the list of known mirror bases is re-read from the memo at most, when a URL matches
-# no known base. Zero: the rewrite helper publishes a new list's bases before it answers with a
-# URL under one of them, so re-reading at once is what keeps the first objects fetched from a
-# new mirror list from being stored under their raw URLs (a key that no later request uses).
-_INDEX_REFRESH = 0.0
+_UNSEEN = object()
 
 
 def store_key(repo: str, releasever: str, arch: str, path: str) -> str:
@@ -52,29 +47,53 @@ def key_for(request: RepoPath) -> str:
 
 class StoreIdMapper:
     """Maps URLs to store keys. Static mirrors come from the config; mirrors named by
-    mirrorlists and metalinks come from the base index the rewrite helpers keep in the memo."""
+    mirrorlists and metalinks come from the base index the rewrite helpers keep in the memo.
+
+    The index (some 30,000 bases for 300 releases of 100 mirrors) is copied into this process
+    and read again only when it changed: the rewrite helper that adds bases stores a new
+    version token and bumps the memo's generation (Memo.add_to_index) before it answers with a
+    URL under one of them, and a URL that matches no known base looks at the generation
+    (Memo.generation: every GENERATION_CHECK_SECONDS at most, 50 ms with Redis), then at the
+    token only when the generation moved. A URL of any other site costs a few dictionary
+    lookups, however many mirrors are known."""
 
     def __init__(self, config: Config, memo: Memo):
         self.config = config
         self.memo = memo
+        self.lifetimes = Lifetimes(config)
         self._static = [(name, template_pattern(t)) for name, repo in config.repos.items()
                         if repo.kind == "mirrors" for t in repo.templates]
-        self._bases: List[Tuple[str, str]] = []  # (base, triple), longest base first
-        self._loaded_at = float("-inf")
+        self._bases: Dict[str, str] = {}  # base URL (ending in '/') -> triple
+        self._generation: Any = _UNSEEN
+        self._version: Any = _UNSEEN
         self._lock = threading.Lock()
 
-    def _refresh(self, force: bool) -> None:
-        now = time.monotonic()
-        if now - self._loaded_at < (_INDEX_REFRESH if force else 30.0):
+    def _refresh(self) -> None:
+        """Copy the index again if another process added to it since it was last copied."""
+        generation = self.memo.generation()
+        if generation == self._generation:
             return
         with self._lock:
-            self._loaded_at = now
-            index: Dict[str, str] = self.memo.get(BASE_INDEX_KEY) or {}
-            self._bases = sorted(index.items(), key=lambda item: -len(item[0]))
+            if generation == self._generation:
+                return
+            version = self.memo.get(self.lifetimes.base_index_version().key)
+            # No token: an index of an older version's, or none; read it at each new
+            # generation (not for each URL) until a token comes with it.
+            if version is None or version != self._version:
+                index = self.memo.get(self.lifetimes.base_index().key)
+                if isinstance(index, dict):
+                    self._bases, self._version = dict(index), version
+                elif version is not None:
+                    # There is an index, but it could not be read now (a busy memo): keep
+                    # the copy (keys never change) and try again with the next URL.
+                    return
+            self._generation = generation
 
     def _from_bases(self, url: str) -> Optional[str]:
-        for base, triple in self._bases:
-            if url.startswith(base):
+        bases = self._bases
+        for base in _bases_of(url):  # the longest first
+            triple = bases.get(base)
+            if triple is not None:
                 path = url[len(base):]
                 if relative_path_problem(path) is None:
                     return f"http://{STORE_ID_HOST}/{triple}/{canonical_path(path)}"
@@ -95,12 +114,19 @@ class StoreIdMapper:
             return None  # a query (S3's ?acl, ?list ...) asks the mirror for another body
         found = self._from_templates(url)
         if found is None:
-            self._refresh(force=False)
-            found = self._from_bases(url)
-        if found is None:
-            self._refresh(force=True)  # a mirror list fetched since we last looked
+            self._refresh()
             found = self._from_bases(url)
         return found
+
+
+def _bases_of(url: str) -> Iterator[str]:
+    """Every prefix of url that ends in '/' after its host (a mirror base could be), longest
+    first: a base index lookup is one dictionary lookup per path segment."""
+    start = url.find("/", url.find("://") + 3)
+    end = url.rfind("/")
+    while start != -1 and end >= start:
+        yield url[:end + 1]
+        end = url.rfind("/", start, end)
 
 
 class StoreIdHandler:
