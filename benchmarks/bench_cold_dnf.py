@@ -242,7 +242,7 @@ def one_run(tmp: Path, index: int, round_no: int, case: str, mirrors: Dict[str, 
     squid = SquidInstance(run_dir / "squid", config, accel_port=accel, helpers=case != PLAIN,
                           guard_local_destinations=False, **HELPER_PARAMS)
     timing_log = squid.log_dir / "timing.log"
-    squid.extra_lines += [TIMING_FORMAT, f"access_log daemon:{timing_log} benchtiming"]
+    squid.extra_lines += [TIMING_FORMAT, f"access_log stdio:{timing_log} benchtiming"]
     client = DnfClient(run_dir, "dnf")
     baseurl = VIRTUAL_BASE if case != PLAIN else f"{near.url}pub/{RELEASEVER}/{arch}/"
     with squid:

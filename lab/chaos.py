@@ -1068,7 +1068,7 @@ def run_chaos(seconds: float = 120.0, seed: Optional[int] = None, clients: int =
                 config = helper_config(tmp / "helper", list_host.url, accel, settings)
                 tail = LogTail(tmp / "helper" / "helper.log")
                 extra = [TIMED_FORMAT,
-                         f"access_log daemon:{tmp / 'squid' / 'logs' / 'timed.log'} chaostimed",
+                         f"access_log stdio:{tmp / 'squid' / 'logs' / 'timed.log'} chaostimed",
                          f"dns_nameservers {dns.address}"]
                 if not squid_cache:
                     extra.append("cache deny all")

@@ -1,9 +1,9 @@
 """HTTP mirrors on 127.0.0.1 and the fake repositories they serve.
 
 A MirrorServer is a real HTTP server in a thread: it serves a directory tree and in-memory
-documents, or misbehaves (hangs, answers 500, refuses HEAD), optionally after a fixed delay (a
-far mirror), and records every request. stop() cuts it off like a dead machine. Given an
-ssl.SSLContext (lab.tls makes them) it serves https:// instead.
+documents, or misbehaves (hangs, answers 500, refuses HEAD, corrupts packages), optionally
+after a fixed delay (a far mirror), and records every request. stop() cuts it off like a dead
+machine. Given an ssl.SSLContext (lab.tls makes them) it serves https:// instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote
 
-GOOD, HANG, ERROR, NO_HEAD, DRIP = "good", "hang", "error", "nohead", "drip"
+GOOD, HANG, ERROR, NO_HEAD, DRIP, CORRUPT = "good", "hang", "error", "nohead", "drip", "corrupt"
 # A dripping mirror sends its answer one byte at a time, this often: each read gets a byte
 # well within any read timeout, and the whole answer takes minutes.
 DRIP_INTERVAL = 0.2
@@ -28,6 +28,8 @@ DRIP_INTERVAL = 0.2
 HANG_LIMIT = 60.0
 # A TLS client that neither completes nor abandons its handshake is cut off after this long.
 HANDSHAKE_LIMIT = 10.0
+# A slow mirror (bytes_per_second) sends its bodies in slices this big.
+_SLICE = 16 * 1024
 
 
 def free_port() -> int:
@@ -67,7 +69,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and body:
             with self.server.owner.lock:
                 self.server.owner.body_bytes += len(body)
-            self.wfile.write(body)
+            rate = self.server.owner.bytes_per_second
+            if not rate:
+                self.wfile.write(body)
+                return
+            # A slow mirror: the body in slices, each after as long as it takes at `rate`.
+            for start in range(0, len(body), _SLICE):
+                if self.server.owner.stopping.wait(_SLICE / rate):
+                    return
+                self.wfile.write(body[start:start + _SLICE])
 
     def _drip(self, answer: bytes) -> None:
         """Send answer a byte at a time (at most HANG_LIMIT long), then close."""
@@ -108,6 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fragment in self.path:
                 self._send(status, b"failing on purpose\n", headers, head=head)
                 return
+        for fragment, status in list(owner.fail_gets.items()):
+            if fragment in self.path and not head:
+                self._send(status, b"failing GETs on purpose\n")
+                return
         if owner.behaviour == NO_HEAD and head:
             self._send(405, b"", {"Allow": "GET"}, head=True)
             return
@@ -131,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         if document is None:
             self._send(404, b"not found\n", head=head)
             return
+        if owner.behaviour == CORRUPT and path.endswith(".rpm"):
+            document = corrupted(document)
         last_modified = email.utils.formatdate(mtime, usegmt=True)
         headers = {"Last-Modified": last_modified, "Content-Type": "application/octet-stream"}
         if path in owner.documents:
@@ -173,6 +189,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
+
+
+def corrupted(document: bytes) -> bytes:
+    """The document with one byte flipped in its middle: the same length, other bytes (what a
+    mirror with a bad disk or a broken sync serves, with a 200)."""
+    middle = len(document) // 2
+    return document[:middle] + bytes([document[middle] ^ 0x01]) + document[middle + 1:]
 
 
 def _listing(path: str, directory: Path) -> bytes:
@@ -231,7 +254,9 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
 class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
     `documents`), or hangs, or answers 500, or refuses HEAD, or drips its answer a byte at a
-    time (DRIP). Records every request. `delay`:
+    time (DRIP), or serves every .rpm with one byte flipped (CORRUPT: 200, the right
+    length); `fail_gets` makes GETs of some paths fail while HEADs succeed, and
+    `bytes_per_second` slows its bodies down. Records every request. `delay`:
     seconds added before every answer (a far mirror). `listings`: directories under `root`
     (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
     mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an
@@ -256,6 +281,11 @@ class MirrorServer:
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
         # path fragment -> (status, headers): paths containing it get that answer instead
         self.fail_paths: Dict[str, Tuple[int, Dict[str, str]]] = {}
+        # path fragment -> status: GETs of paths containing it get that answer, while HEADs
+        # answer as usual (what the helpers' probes see is fine, Squid's fetches fail)
+        self.fail_gets: Dict[str, int] = {}
+        # bytes/s at which bodies are sent (None: as fast as the socket takes them)
+        self.bytes_per_second: Optional[float] = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.connections: set = set()

@@ -25,7 +25,12 @@ from lab.helper import helper_command
 from lab.httpclient import http_get
 from lab.mirrors import free_port
 from lab.procfs import descendants, wait_gone
-from squid_helper.ops.squidconf import SquidConfParams, installed_error_directory, render
+from squid_helper.ops.squidconf import (
+    FETCHLOG_SUFFIX,
+    SquidConfParams,
+    installed_error_directory,
+    render,
+)
 from squid_helper.ops.squiduser import SquidUserError, detect_squid_user
 
 
@@ -253,8 +258,10 @@ class SquidInstance:
         for pid in descendants(self.process.pid):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    if self.marker in cmdline.read():
-                        found.append(pid)
+                    argv = cmdline.read()
+                # The fetch log daemon (squid-helper-fetchlog) is no helper.
+                if self.marker in argv and FETCHLOG_SUFFIX.encode() + b"\0" not in argv:
+                    found.append(pid)
             except OSError:
                 continue
         return found
@@ -371,7 +378,7 @@ class ParentSquid(SquidInstance):
     anything, CONNECT to any port included (the helpers tunnel their https:// probes), and
     fetches https:// URLs itself over TLS 1.2 (a Squid 5.7 built with GnuTLS reads nothing
     back over TLS 1.3). Its access log ends each line with the request's User-Agent, so that a
-    test tells the helpers' requests (squid-helper/...) from Squid's fetches (the client's)."""
+    test tells the helpers' requests (squid-helper) from Squid's fetches (the client's)."""
 
     def __init__(self, directory: Path):
         super().__init__(directory, Path(directory) / "no-helpers", helpers=False,

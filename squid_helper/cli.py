@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -14,19 +15,21 @@ from .config.files import load_config
 from .config.iniconfig import ORIGINAL_ACCEL_PORT, as_yaml, looks_like_ini
 from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
-from .facts.stores import redacted
+from .httpclient import system_ca_file
 from .logsetup import setup_logging
 from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
 from .ops.purge import purge
 from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
-from .resolve.probe import system_ca_file
+from .redaction import redacted, redacted_text
 from .resolve.resolver import Resolver
 from .resolve.urls import NotOurs, Refused, map_url
+from .squid.fetchdaemon import FetchLearner, FetchLogDaemon, drain
 from .squid.helperloop import Handler, HelperLoop
 from .squid.protocol import HelperRequest, Reply, err
 from .squid.rewrite import RewriteHandler
 from .squid.storeid import StoreIdHandler, StoreIdMapper
+from .verify.checker import IntegrityChecker
 
 log = logging.getLogger("squid_helper.cli")
 
@@ -101,6 +104,46 @@ def cmd_storeid(args: argparse.Namespace) -> int:
         StoreIdMapper(config, Memo.of(config))))
 
 
+def cmd_fetchlog(args: argparse.Namespace) -> int:
+    """Squid's logfile_daemon for its squid-helper access_log line (squid/fetchdaemon.py)."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        setup_logging(None, "fetchlog")  # stderr: Squid's cache.log
+        log.error("%s; not learning from Squid's fetches until the config is fixed (then "
+                  "squid -k reconfigure)", exc)
+        return drain(sys.stdin.buffer)
+    setup_logging(config.log_file, "fetchlog", logging.DEBUG if args.debug else logging.INFO)
+    # Squid ends the daemon with SIGTERM (shutdown, reconfigure): the counters of the last
+    # second still reach the memo.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        memo = Memo.of(config)
+        host, port = config.squid_proxy
+        # Each repo file Squid fetched and stored is checked against the repo's checksums.
+        checker = IntegrityChecker(config, memo, f"{host}:{port}")
+        learner = FetchLearner(config, memo, consider=checker.consider)
+    except Exception:  # a bug: Squid must still find its pipe read (a dead daemon stops it)
+        log.exception("cannot learn from Squid's fetches")
+        return drain(sys.stdin.buffer)
+    log.info("fetch log daemon %s started with %s", __version__, args.config)
+    try:
+        return FetchLogDaemon(learner).run(sys.stdin.buffer)
+    finally:
+        checker.close(finish=False, timeout=5.0)
+        memo.close()
+
+
+def fetchlog_daemon() -> int:
+    """The `squid-helper-fetchlog` program, squid.conf's logfile_daemon: Squid starts it with
+    one argument, the path of `access_log daemon:PATH`, which is the helpers' repos.yaml."""
+    if len(sys.argv) != 2:
+        print("usage: squid-helper-fetchlog CONFIG (Squid's logfile_daemon; see "
+              "`squid-helper fetchlog --help`)", file=sys.stderr)
+        return 2
+    return main(["fetchlog", "--config", sys.argv[1]])
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(None, "purge", logging.WARNING)
@@ -142,7 +185,7 @@ def _repo_lines(repo: Repo) -> List[str]:
     only = [f"{key} {', '.join(values)} only" for key, values in
             (("releasever", repo.releasevers), ("arch", repo.arches)) if values]
     lines = [f"    {repo.name}: {repo.kind}" + (f" ({'; '.join(only)})" if only else "")]
-    lines.extend(f"      {template}" for template in repo.templates)
+    lines.extend(f"      {redacted(template)}" for template in repo.templates)
     return lines
 
 
@@ -230,10 +273,10 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         resolver.close(finish=False)
     print(f"repo {mapped.repo}, releasever {mapped.releasever}, arch {mapped.arch}, "
           f"path {mapped.path or '(the repo root)'}")
-    for step in resolution.trace:
-        print(f"  {step}")
+    for step in resolution.trace:  # a mirror list's URL among them: printed redacted
+        print(f"  {redacted_text(step)}")
     print(f"answer: {resolution.url or 'ERR'} [{resolution.status}, {resolution.elapsed:.3f}s]"
-          f" {resolution.reason}")
+          f" {redacted_text(resolution.reason)}")
     return 0 if resolution.url else 2
 
 
@@ -248,11 +291,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     status = collect(config, _status_proxy(args))
-    if args.json:
-        json.dump(status, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.writelines(render_table(status).splitlines(keepends=True))
+    # Redacted whole: a mirror list's URL, and the details that quote one, lose its password
+    # and query wherever status shows them.
+    text = (json.dumps(status, indent=2, sort_keys=True) + "\n" if args.json
+            else render_table(status))
+    sys.stdout.writelines(redacted_text(text).splitlines(keepends=True))
     sys.stdout.flush()
     return 0
 
@@ -327,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_storeid)
+
+    p = sub.add_parser("fetchlog", help="learn from Squid's own fetches: its access log on "
+                       "stdin, as Squid's logfile_daemon writes it (squid.conf starts it as "
+                       "squid-helper-fetchlog)")
+    _add_config(p)
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_fetchlog)
 
     p = sub.add_parser("purge", help="purge repo URLs from Squid and from the memo together")
     _add_config(p)

@@ -7,7 +7,17 @@ import logging.handlers
 import sys
 from typing import Optional
 
+from .redaction import redacted_text
+
 _FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with every URL redacted (redaction.py): a mirror list's token or password,
+    wherever a message or a traceback quotes its URL, never reaches a log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redacted_text(super().format(record))
 
 
 def setup_logging(log_file: Optional[str], role: str, level: int = logging.INFO) -> str:
@@ -29,7 +39,7 @@ def setup_logging(log_file: Optional[str], role: str, level: int = logging.INFO)
             problem = f"cannot write log file {log_file} ({exc.strerror}); logging to stderr"
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT.replace("%(name)s", f"{role} %(name)s"),
+    handler.setFormatter(RedactingFormatter(_FORMAT.replace("%(name)s", f"{role} %(name)s"),
                                            "%Y-%m-%dT%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level)

@@ -14,6 +14,7 @@ from lab.squid import WorldReadableDir
 from lab.tls import LabCA
 from squid_helper.config.files import load_config, parse_config
 from squid_helper.config.settings import ConfigError, parse_upstream_proxy
+from squid_helper.redaction import redacted
 
 from conftest import require
 
@@ -136,8 +137,9 @@ def test_an_http_proxy_with_a_port_is_accepted(value, expected):
 ])
 def test_a_bad_upstream_proxy_is_refused_naming_key_and_value(value, problem):
     message = config_error(f"virtual_hosts: [repoproxy]\nupstream_proxy: '{value}'\n{REPOS}")
-    assert message.startswith(f"{PATH}:2: upstream_proxy: {value!r}"), message
-    assert problem in message, message
+    shown = redacted(value) if "secret@" in value else value  # a password is never printed
+    assert message.startswith(f"{PATH}:2: upstream_proxy: {shown!r}"), message
+    assert problem in message and "secret" not in message, message
 
 
 @pytest.mark.parametrize("value", ["3128", "[http://p:1]", "null_but_not"])

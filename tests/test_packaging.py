@@ -134,6 +134,8 @@ def test_the_rpms_files_owners_and_config_files(rpm_package):
     assert {entry[1] for path, entry in table.items()
             if path not in (f"{SERVICE_DIR}/memo", LOG_DIR)} == {"root"}
     assert table["/usr/bin/squid-helper"][0] == "-rwxr-xr-x"
+    # Squid's logfile_daemon, which squid.conf names beside squid-helper
+    assert table["/usr/bin/squid-helper-fetchlog"][0] == "-rwxr-xr-x"
     assert table["/usr/lib/systemd/system/squid-helper.service"][0] == "-rw-r--r--"
     # every module and template, in the package's private module directory
     packaged = sorted(p[len("/usr/share/squid-helper/"):] for p, entry in table.items()

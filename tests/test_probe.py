@@ -55,7 +55,7 @@ def test_network_failures_are_the_mirrors(snapshots):
         url = server.url
     with Prober(timeout=1.0) as prober:
         result = prober.probe(url + "Packages/common-1.0.rpm")  # nothing listens any more
-    assert result.outcome == FAILED and result.detail == "connection failed"
+    assert result.outcome == FAILED and result.detail == "connection failed (refused)"
 
 
 @pytest.mark.parametrize("call", ["probe", "fetch"])

@@ -23,7 +23,8 @@ from lab.wait import wait_for
 from squid_helper.config.files import parse_config
 from squid_helper.facts.lifetimes import BASE_INDEX_KEY, Fact
 from squid_helper.facts.memo import Memo
-from squid_helper.facts.stores import REDIS_PREFIX, redacted
+from squid_helper.facts.stores import REDIS_PREFIX
+from squid_helper.redaction import redacted
 
 BASE = "http://repoproxy/test/9/x86_64/"
 

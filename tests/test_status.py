@@ -250,7 +250,7 @@ def test_the_table_shows_health_sources_and_squid(config):
 
 
 def test_squid_not_reachable_is_one_sentence(config):
-    problem = "Squid is not reachable at 127.0.0.1:1 (connection refused); is it running?"
+    problem = "Squid at 127.0.0.1:1: connection failed (refused); is it running?"
     status = build_status(config, MemoFacts(config.cache_dir, NO_TRAFFIC),
                           squid_section("127.0.0.1:1", problem), NOW)
     assert f"Squid: {problem}" in render_table(status)
@@ -312,8 +312,8 @@ def test_proxy_addresses():
 
 
 def test_squid_not_running_is_a_clear_message():
-    with pytest.raises(SquidUnreachable, match=r"not reachable at 127\.0\.0\.1:\d+ "
-                                               r"\(connection refused\)"):
+    with pytest.raises(SquidUnreachable, match=r"^Squid at 127\.0\.0\.1:\d+: connection "
+                                               r"failed \(refused\); is it running\?"):
         fetch_counters(f"127.0.0.1:{free_port()}", timeout=2)
 
 
@@ -347,7 +347,7 @@ def test_status_json_and_metrics_commands(config):
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["schema"] == 1 and status["squid"]["reachable"] is False
-    assert "connection refused" in status["squid"]["problem"]
+    assert "connection failed (refused)" in status["squid"]["problem"]
     assert {r["name"]: len(r["trees"]) for r in status["repos"]} == \
         {"listed": 1, "static": 1, "quiet": 0}
     metrics = run("metrics", "--config", config.path, "--no-squid")

@@ -18,7 +18,15 @@ from squid_helper.config.settings import Config
 from squid_helper.facts.lifetimes import BASE_INDEX_KEY, Lifetimes
 from squid_helper.facts.memo import Memo
 from squid_helper.facts.stores import DiskStore, RedisStore
-from squid_helper.squid.storeid import STORE_ID_HOST, StoreIdMapper
+from squid_helper.ops.squidconf import SquidConfParams, render
+from squid_helper.squid.protocol import parse_request
+from squid_helper.squid.storeid import (
+    STORE_ID_EXTRAS,
+    STORE_ID_HOST,
+    StoreIdHandler,
+    StoreIdMapper,
+    may_share,
+)
 
 CONFIG = """\
 virtual_hosts: [repoproxy]
@@ -232,3 +240,35 @@ def test_a_mirror_another_process_publishes_has_its_key_after_one_generation_che
             f"http://{STORE_ID_HOST}/listed/2/x86_64/repodata/x.xml"
     finally:
         mapper.memo.close()
+
+
+# -- which requests may use the key (store_id_extras: rewritten=, cache-control=) ---------------
+@pytest.mark.parametrize("extras, shared", [
+    ({"rewritten": "ok", "cache-control": "-"}, True),  # the rewrite helper chose the mirror
+    ({"rewritten": "ok", "cache-control": "no-cache"}, True),
+    ({"rewritten": "-", "cache-control": "only-if-cached"}, True),  # a sibling's fetch
+    ({"rewritten": "-", "cache-control": "max-age=0, Only-If-Cached"}, True),
+    # a client asking for a mirror's own URL: whatever that mirror sends is not the repo's
+    ({"rewritten": "-", "cache-control": "-"}, False),
+    ({"rewritten": "-", "cache-control": "no-cache"}, False),
+    ({"rewritten": "okay", "cache-control": "x-only-if-cached"}, False),
+    ({"myport": "3128"}, False),  # an old squid.conf that sends neither
+])
+def test_only_rewritten_or_cache_only_requests_may_use_the_key(extras, shared):
+    assert may_share(extras) is shared
+
+
+def test_a_mirrors_own_url_gets_no_key_unless_squid_will_not_fetch_it(mapper):
+    handler = StoreIdHandler(mapper)
+    url = "http://mirror-a.example/pub/9/x86_64/Packages/a.rpm"
+    line = f"{url} myport=3128 rewritten=- cache-control=-"
+    assert handler.answer(parse_request(line)[1]).result == "ERR"
+    sibling = f"{url} myport=3128 rewritten=- cache-control=only-if-cached"
+    assert handler.answer(parse_request(sibling)[1]).pairs == (("store-id", KEY),)
+    rewritten = f"{url} myport=3128 rewritten=ok cache-control=-"
+    assert handler.answer(parse_request(rewritten)[1]).pairs == (("store-id", KEY),)
+
+
+def test_squid_conf_sends_what_the_store_id_helper_reads():
+    template = render(SquidConfParams())
+    assert f'store_id_extras "{STORE_ID_EXTRAS}"' in template.splitlines()

@@ -13,15 +13,8 @@ import pytest
 from lab.helper import HelperProcess, rewritten_url, write_config
 from lab.mirrors import MirrorServer, dead_url, make_snapshot
 from lab.tls import LabCA
-from squid_helper.resolve.probe import (
-    ERROR,
-    FAILED,
-    FOUND,
-    MAX_TLS_VERSION,
-    MISSING,
-    Prober,
-    system_ca_file,
-)
+from squid_helper.httpclient import MAX_TLS_VERSION, system_ca_file
+from squid_helper.resolve.probe import ERROR, FAILED, FOUND, MISSING, Prober
 
 PACKAGE = "Packages/a-1.0.rpm"
 
@@ -130,7 +123,7 @@ def test_probes_and_fetches_go_through_upstream_proxy_only(root, monkeypatch):
     assert probed.outcome == FOUND, probed
     assert [(m, p) for m, p, _ in proxy.requests] == [("GET", url), ("HEAD", url)]
     assert elsewhere.count() == 0
-    assert unproxied.outcome == FAILED and unproxied.detail == "connection failed"
+    assert (unproxied.outcome, unproxied.detail) == (FAILED, "connection failed (name not known)")
 
 
 @pytest.mark.parametrize("status, squid_error", [
@@ -180,7 +173,7 @@ def test_an_unreachable_upstream_proxy_is_named(root, ca):
         secure = prober.probe("https://mirror.invalid/pub/Packages/a.rpm")
     for result in (plain, secure):
         assert result.outcome == FAILED, result
-        assert result.detail.startswith(f"upstream proxy {proxy} failed"), result
+        assert result.detail == f"upstream proxy {proxy}: connection failed (refused)", result
 
 
 # -- the rewrite helper ------------------------------------------------------------------------

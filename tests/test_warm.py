@@ -16,17 +16,6 @@ import zstandard
 
 from lab.helper import helper_command, write_config
 from lab.mirrors import free_port
-from squid_helper.ops.repodata import (
-    Package,
-    RepodataError,
-    RepoFile,
-    choose_packages,
-    open_decompressed,
-    parse_primary,
-    parse_repomd,
-    primary_of,
-    rpmvercmp,
-)
 from squid_helper.ops.warm import (
     FAILED,
     HIT,
@@ -37,6 +26,17 @@ from squid_helper.ops.warm import (
     format_outcome,
     format_summary,
     summarize,
+)
+from squid_helper.verify.repodata import (
+    Package,
+    RepodataError,
+    RepoFile,
+    choose_packages,
+    open_decompressed,
+    parse_primary,
+    parse_repomd,
+    primary_of,
+    rpmvercmp,
 )
 
 from conftest import require
@@ -273,7 +273,8 @@ def test_proxy_unreachable_is_one_sentence(tmp_path):
     port = free_port()
     result = run("--config", str(config), "--proxy", f"127.0.0.1:{port}", "t/9/x86_64", "--all")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"cannot reach the proxy at 127.0.0.1:{port} (connection refused)" in result.stderr
+    assert f"through 127.0.0.1:{port}: proxy 127.0.0.1:{port}: connection failed (refused)" \
+        in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

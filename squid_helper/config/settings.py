@@ -17,7 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from ..facts.stores import redacted
+from ..redaction import redacted
 
 SOURCE_KINDS = ("mirrorlist", "metalink", "mirrors")
 # The original repoproxy's names: its documentation spelled the mirrorlist key 'mirrorurl', and
@@ -109,6 +109,9 @@ class Config:
     # Squid's collapsed_forwarding: "auto" (on where Squid is 6.0.1 or later, see
     # serve.collapsed_forwarding_for), "on" or "off".
     collapsed_forwarding: str = "auto"
+    # Squid's forward proxy as the helpers reach it (host, port): the integrity checker reads
+    # Squid's copies through it (serve sets its own; a hand-written squid.conf: 3128 here).
+    squid_proxy: Tuple[str, int] = ("127.0.0.1", DEFAULT_PEER_PORT)
 
     def __getattr__(self, name: str) -> float:
         # Numeric settings read as attributes (config.probe_timeout) without a field each.
@@ -168,8 +171,10 @@ class _Reporter:
         return ConfigError(f"{self.where(keys)}: {dotted}: {message}")
 
 
-def validate_template(url: str) -> Optional[str]:
-    """Return why a mirror/mirrorlist URL template is unusable, or None when it is fine."""
+def validate_template(url: str, credentials: bool = False) -> Optional[str]:
+    """Return why a mirror/mirrorlist URL template is unusable, or None when it is fine.
+    credentials: whether user:password@ may be in it (a mirror list's or metalink's, which only
+    the helpers fetch; never a mirror's, which Squid would be sent to and log)."""
     if not isinstance(url, str) or not url:
         return "must be a non-empty URL string such as 'https://mirrors.example.org/pub/'"
     if any(ch in url for ch in "\r\n\t \x00\\"):
@@ -190,7 +195,7 @@ def validate_template(url: str) -> Optional[str]:
         return f"must start with http:// or https:// (got scheme {parts.scheme!r})"
     if not parts.hostname:
         return "has no host name"
-    if parts.username or parts.password:
+    if (parts.username or parts.password) and not credentials:
         return "must not carry a user name or password"
     if "{" in urlsplit(url).netloc:
         return "must not put placeholders in the host part"
@@ -240,7 +245,7 @@ def parse_upstream_proxy(value: Any) -> Tuple[str, int]:
         raise ValueError(f"{value!r}: only http:// proxies are supported (Squid and the helper "
                          f"talk plain HTTP to the proxy, and tunnel TLS through it), {example}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{value!r}: a user name or password in the proxy URL is not "
+        raise ValueError(f"{redacted(value)!r}: a user name or password in the proxy URL is not "
                          "supported")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{value!r}: a proxy URL has a host and a port only, {example}")
@@ -392,18 +397,19 @@ def _parse_repo(name: Any, body: Any, report: _Reporter) -> Repo:
         for index, template in enumerate(templates):
             problem = validate_template(template)
             if problem:
-                raise report.error((*keys, key, str(index)), f"{template!r} {problem}")
+                raise report.error((*keys, key, str(index)), f"{redacted(template)!r} {problem}")
             parts = urlsplit(template)
             if parts.query or parts.fragment:
                 raise report.error((*keys, key, str(index)),
-                                   f"{template!r}: a mirror base URL cannot have '?' or '#'")
+                                   f"{redacted(template)!r}: a mirror base URL cannot have "
+                                   "'?' or '#'")
             cleaned.append(template if template.endswith("/") else template + "/")
     else:
         if not isinstance(value, str):
             raise report.error((*keys, key), f"must be one URL template string (got {value!r})")
-        problem = validate_template(value)
+        problem = validate_template(value, credentials=True)
         if problem:
-            raise report.error((*keys, key), f"{value!r} {problem}")
+            raise report.error((*keys, key), f"{redacted(value)!r} {problem}")
         cleaned = [value]
     _check_placeholders(name, key, tuple(cleaned), restrictions, report)
     return Repo(name, kind, tuple(cleaned), restrictions.get("releasevers", ()),
@@ -416,7 +422,7 @@ def _looks_like_a_repo(body: Any) -> bool:
 
 TOP_LEVEL_KEYS = ("virtual_hosts", "accel_ports", "cache_dir", "log_file", "ca_file",
                   "upstream_proxy", "repos", *NUMERIC_SETTINGS, "peers", "htcp_port", "memo",
-                  "collapsed_forwarding")
+                  "collapsed_forwarding", "squid_proxy")
 COLLAPSED_FORWARDING = ("auto", "on", "off")
 
 
@@ -445,17 +451,21 @@ def _parse_peers(value: Any, report: _Reporter) -> Tuple[Tuple[str, int], ...]:
     peers = []
     for index, entry in enumerate(value):
         keys = ("peers", str(index))
-        if not isinstance(entry, str) or not _HOST_RE.match(entry):
-            raise report.error(keys, f"{entry!r} is not 'host:port' (a host name or IPv4 "
-                               "address of letters, digits, '.', '-', then optionally ':' "
-                               "and the proxy's HTTP port)")
-        host, _, port_text = entry.partition(":")
-        port = _port(int(port_text) if port_text else DEFAULT_PEER_PORT, keys, report)
-        peer = (host.lower(), port)
+        peer = _proxy_address(entry, keys, report)
         if peer in peers:
             raise report.error(keys, f"{entry!r} is listed twice")
         peers.append(peer)
     return tuple(peers)
+
+
+def _proxy_address(entry: Any, keys: Tuple[str, ...], report: _Reporter) -> Tuple[str, int]:
+    """A proxy's 'host:port' (port DEFAULT_PEER_PORT when left out) as (host, port)."""
+    if not isinstance(entry, str) or not _HOST_RE.match(entry):
+        raise report.error(keys, f"{entry!r} is not 'host:port' (a host name or IPv4 "
+                           "address of letters, digits, '.', '-', then optionally ':' "
+                           "and the proxy's HTTP port)")
+    host, _, port_text = entry.partition(":")
+    return host.lower(), _port(int(port_text) if port_text else DEFAULT_PEER_PORT, keys, report)
 
 
 def _parse_memo(value: Any, report: _Reporter) -> Optional[str]:
@@ -574,6 +584,8 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
     peers = _parse_peers(data.get("peers", []), report)
     htcp_port = _port(data.get("htcp_port", DEFAULT_HTCP_PORT), ("htcp_port",), report)
     memo = _parse_memo(data.get("memo"), report)
+    squid_proxy = _proxy_address(data.get("squid_proxy", f"127.0.0.1:{DEFAULT_PEER_PORT}"),
+                                 ("squid_proxy",), report)
     collapsed_forwarding = _collapsed_forwarding(data.get("collapsed_forwarding", "auto"),
                                                  report)
 
@@ -600,6 +612,7 @@ def parse_yaml_config(text: str, path: str = "<config>") -> Config:
         htcp_port=htcp_port,
         memo=memo,
         collapsed_forwarding=collapsed_forwarding,
+        squid_proxy=squid_proxy,
     )
 
 

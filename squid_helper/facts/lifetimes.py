@@ -152,6 +152,33 @@ class Lifetimes:
         return Fact(BASE_INDEX_VERSION_KEY, self.config.last_known_ttl,
                     self.config.last_known_ttl)
 
+    # -- what Squid's copies showed (verify/) -------------------------------------------------
+    def integrity_failures(self, host: str) -> Fact:
+        """Files from this host whose bytes disagreed with the repo's checksums, for status and
+        metrics: {"count", "path" (the latest), "reason"}; kept as long as a last-known
+        answer. (Whether the host is still used is health's to judge: see verify/checker.)"""
+        return Fact(INTEGRITY_FAILURES.key(host), self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
+    # -- what Squid's own fetches showed (squid/fetchlog.py) -----------------------------------
+    def throughput(self, host: str) -> Fact:
+        """How fast Squid's downloads from the host went lately, in bytes/s: {"rate": the
+        recent moving average, "usual": a slow one, "samples": how many}. Kept as long as
+        its latency."""
+        return Fact(THROUGHPUTS.key(host), self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
+    def fetch_failures(self, host: str) -> Fact:
+        """Squid's failed fetches from the host: {"count", "last" (why), "at"}, for status;
+        forgotten a while after the last one."""
+        return Fact(FETCH_FAILURES.key(host), self.config.last_known_ttl,
+                    self.config.last_known_ttl)
+
+    def traffic(self, repo: str) -> Fact:
+        """What Squid did for the repo's clients: {"hits", "misses", "bytes_from_cache",
+        "bytes_fetched"} since the memo last lost it (counters, added to by every proxy)."""
+        return Fact(TRAFFIC.key(repo), self.config.last_known_ttl, None)
+
 
 def lock(name: str, hold_for: float) -> Fact:
     """A cross-process lock (memo.Memo.try_lock): held for hold_for seconds at most, so that a
@@ -195,6 +222,11 @@ BACKOFFS = Kind("backoff:")
 WATCHED = Kind("watched:")
 LATENCIES = Kind("latency:")
 LAST_PROBES = Kind("last-probe:")
+INTEGRITY_FAILURES = Kind("integrity:")
+THROUGHPUTS = Kind("throughput:")
+FETCH_FAILURES = Kind("fetch-failures:")
+# Per repo (the name: the repo)
+TRAFFIC = Kind("traffic:")
 # Named cross-process locks (lock() above)
 LOCKS = Kind("lock:")
 # The base index's version token (Lifetimes.base_index_version)

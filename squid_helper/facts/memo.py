@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..config.settings import Config
+from ..redaction import redacted
 from .lifetimes import LOCKS, TREE_PARTS, Fact, Kind, lock
 from .stores import (
     GENERATION_FILE,
@@ -31,7 +32,6 @@ from .stores import (
     MemoUnreadable,
     RedisStore,
     Store,
-    redacted,
 )
 
 log = logging.getLogger("squid_helper.memo")

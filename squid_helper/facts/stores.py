@@ -28,9 +28,11 @@ import threading
 import time
 from collections import Counter
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import diskcache
+
+from ..redaction import redacted
 
 log = logging.getLogger("squid_helper.memo")
 
@@ -443,17 +445,6 @@ class DiskReader(Store):
 
 
 # -- a fleet: Redis ---------------------------------------------------------------------------
-def redacted(url: str) -> str:
-    """A Redis URL fit for logs: the password replaced by ***."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    credentials, _, place = parts.netloc.rpartition("@")
-    user = credentials.partition(":")[0] if ":" in credentials else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{place}", parts.path, parts.query,
-                       parts.fragment))
-
-
 class _MemoUnpickler(pickle.Unpickler):
     """Only squid-helper's own classes (and plain data) come out of the shared memo: whoever
     can write to the Redis database must not be able to run code in the helpers by it."""

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .fetchstats import fetch_metric_families
 from .status import HEALTH_STATES, UNREADABLE
 
 TREE = ["repo", "releasever", "arch"]
@@ -86,7 +87,8 @@ def metric_families(status: Dict[str, Any]) -> List[Metric]:
 
     squid = status["squid"]
     families: List[Metric] = [memo, answers, not_found, list_age, source_failing, verdict,
-                              health, until, latency, probe_at, probe_ok]
+                              health, until, latency, probe_at, probe_ok,
+                              integrity_family(status.get("integrity", []))]
     if squid["proxy"] is not None:
         up = GaugeMetricFamily("squid_helper_squid_up",
                                "1 when Squid's cache manager answered", labels=["proxy"])
@@ -112,7 +114,19 @@ def metric_families(status: Dict[str, Any]) -> List[Metric]:
                                       labels=["proxy"])
             ratio.add_metric([squid["proxy"]], squid["hit_ratio"])
             families.append(ratio)
+    if "fetches" in status:
+        families.extend(fetch_metric_families(status["fetches"]))
     return families
+
+
+def integrity_family(integrity: List[Dict[str, Any]]) -> Metric:
+    """Integrity failures per mirror host (status' integrity[])."""
+    family = CounterMetricFamily("squid_helper_mirror_integrity_failures",
+                                 "Files from the mirror host whose bytes disagreed with the "
+                                 "repo's metadata (purged from Squid)", labels=["host"])
+    for entry in integrity:
+        family.add_metric([entry["host"]], entry["failures"])
+    return family
 
 
 class StatusCollector:

@@ -80,7 +80,8 @@ def squid_user_problems(config: Config, config_path: str,
 
 def shared_memo_problem(url: str) -> Optional[str]:
     """Why the helpers could not use the shared memo at `url` now (one PING), or None."""
-    from ..facts.stores import RedisStore, redacted
+    from ..facts.stores import RedisStore
+    from ..redaction import redacted
 
     store = None
     try:

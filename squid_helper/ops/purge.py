@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import List
-
-import requests
 
 from ..config.settings import Config
 from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
+from ..httpclient import FAILURES, describe_failure, new_session
 from ..resolve.urls import NotOurs, Refused, map_url
 
 
@@ -24,15 +24,14 @@ def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
     """Send `PURGE url` through the proxy, as `squidclient -m PURGE url` does. Squid passes the
     request through the rewrite and store_id helpers, so the cached copy is found whichever
     mirror it came from."""
-    session = requests.Session()
-    session.trust_env = False
-    try:
-        response = session.request("PURGE", url, proxies={"http": f"http://{proxy}"},
-                                   timeout=timeout, allow_redirects=False)
-    except requests.RequestException as exc:
-        return PurgeResult(url, False, f"proxy {proxy} unreachable: {type(exc).__name__}")
-    finally:
-        session.close()
+    started = time.monotonic()
+    with new_session(timeout, proxy=f"http://{proxy}", pool_size=1) as session:
+        try:
+            response = session.request("PURGE", url, allow_redirects=False)
+            response.close()
+        except FAILURES as exc:
+            return PurgeResult(url, False, describe_failure(
+                exc, url, time.monotonic() - started, proxy, proxy_role="proxy"))
     if response.status_code == 200:
         return PurgeResult(url, True, "purged from Squid")
     if response.status_code == 404:

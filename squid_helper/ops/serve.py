@@ -32,13 +32,14 @@ import yaml
 from ..config.files import load_config
 from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
-from ..facts.stores import redacted
+from ..redaction import redacted
 from .hostaddresses import this_host_addresses
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
     SquidConfError,
     SquidConfParams,
+    fetchlog_command_for,
     installed_error_directory,
     render,
     unique_hostname_for,
@@ -267,9 +268,10 @@ def _write_atomically(target: Path, text: str) -> None:
 
 
 def write_private_config(source: str, directory: Path, accel_port: int,
-                         log_dir: Optional[Path] = None) -> Path:
+                         log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
+                         ) -> Path:
     """A copy of repos.yaml whose memo, log file and accel port belong to this directory (the
-    log file to log_dir, if given)."""
+    log file to log_dir, if given), and whose squid_proxy is this Squid (HOST:PORT)."""
     original = load_config(source)  # report the user's own file and line numbers first
     text = Path(source).read_text(encoding="utf-8")
     # The original repoproxy's INI form becomes its equivalent YAML.
@@ -277,6 +279,8 @@ def write_private_config(source: str, directory: Path, accel_port: int,
     data["cache_dir"] = str(directory / "memo")
     data["log_file"] = str((log_dir or directory / "logs") / "helper.log")
     data["accel_ports"] = [accel_port]
+    if squid_proxy:
+        data["squid_proxy"] = squid_proxy
     if original.ca_file:
         data["ca_file"] = original.ca_file  # absolute: a relative one was relative to source
     target = directory / "repos.yaml"
@@ -285,6 +289,13 @@ def write_private_config(source: str, directory: Path, accel_port: int,
                               + yaml.safe_dump(data, sort_keys=False))
     load_config(str(target))
     return target
+
+
+def helpers_proxy(args: argparse.Namespace) -> str:
+    """Where the helpers reach this Squid's forward port (squid_proxy): loopback when it
+    listens on every address, else the one address it listens on."""
+    wildcard = args.listen in ("", "*", "0.0.0.0", "::") or ":" in args.listen
+    return f"{'127.0.0.1' if wildcard else args.listen}:{args.port}"
 
 
 def sd_notify(message: str) -> bool:
@@ -435,6 +446,9 @@ def _squid_conf(args: argparse.Namespace, build: str, config_path: Path, directo
         forward_port=args.port, accel_port=args.accel_port,
         listen_address=None if args.listen in ("", "*") else args.listen,
         helper_command=helper_executable(), helper_config=str(config_path),
+        # beside the real executable: a squid-helper found as a symlink on PATH has no
+        # squid-helper-fetchlog beside it
+        fetchlog_command=fetchlog_command_for(os.path.realpath(helper_executable())),
         error_directory=installed_error_directory(),
         cache_dir=str(directory / "cache"), cache_size_mb=args.cache_size,
         log_dir=str(log_dir), pid_file=str(directory / "run" / "squid.pid"),
@@ -505,7 +519,8 @@ def reload_squid(args: argparse.Namespace, squid: str, build: str, conf: Path, d
     have Squid reconfigure, which restarts the helpers with the new config (the memo stays).
     An invalid repos.yaml is refused and everything keeps running as it was."""
     try:
-        config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
+        config_path = write_private_config(args.config, directory, args.accel_port, log_dir,
+                                           helpers_proxy(args))
         _write_atomically(conf, _squid_conf(args, build, config_path, directory, log_dir,
                                             user_name))
         repos = len(load_config(str(config_path)).repos)
@@ -573,7 +588,8 @@ def _serve_locked(args: argparse.Namespace, config: Config, squid: str, build: s
     except OSError as exc:
         raise ServeError(f"cannot create the directory {exc.filename or directory}: "
                          f"{exc.strerror}") from None
-    config_path = write_private_config(args.config, directory, args.accel_port, log_dir)
+    config_path = write_private_config(args.config, directory, args.accel_port, log_dir,
+                                       helpers_proxy(args))
     helper = helper_executable()
     conf = directory / "squid.conf"
     _write_atomically(conf, _squid_conf(args, build, config_path, directory, log_dir,

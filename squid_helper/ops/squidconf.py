@@ -21,6 +21,8 @@ from typing import Dict, Optional, Tuple
 TEMPLATE = "squid.conf.in"
 DEFAULT_HELPER = "/opt/squid-helper/venv/bin/squid-helper"
 DEFAULT_CONFIG = "/etc/squid-helper/repos.yaml"
+# squid-helper-fetchlog, Squid's logfile_daemon, sits beside squid-helper
+FETCHLOG_SUFFIX = "-fetchlog"
 # Where `pip install` puts the error pages (setup.cfg data_files), under the venv's prefix.
 ERROR_PAGES_UNDER_PREFIX = ("share", "squid-helper", "errors")
 DEFAULT_ERROR_DIRECTORY = "/opt/squid-helper/venv/" + "/".join(ERROR_PAGES_UNDER_PREFIX)
@@ -157,6 +159,8 @@ class SquidConfParams:
     accel_port: int = 5000
     listen_address: Optional[str] = None  # None: all addresses
     helper_command: str = DEFAULT_HELPER  # the squid-helper executable (one path)
+    # Squid's logfile_daemon (squid-helper-fetchlog); None: the one beside helper_command
+    fetchlog_command: Optional[str] = None
     helper_config: str = DEFAULT_CONFIG  # repos.yaml as the helpers read it
     # squid-helper's error pages (ERR_REPO...), installed with the helper's venv
     error_directory: str = DEFAULT_ERROR_DIRECTORY
@@ -212,6 +216,12 @@ class SquidConfParams:
     # starting their own. Off by default: Squid up to 5.9 can be crashed through it
     # (CVE-2023-49288); serve turns it on for Squid 6.0.1 or later.
     collapsed_forwarding: bool = False
+
+
+def fetchlog_command_for(helper_command: str) -> str:
+    """The fetch log daemon installed beside the squid-helper executable (setup.cfg's
+    console_scripts)."""
+    return helper_command + FETCHLOG_SUFFIX
 
 
 def installed_error_directory() -> str:
@@ -359,6 +369,8 @@ def substitutions(params: SquidConfParams) -> Dict[str, str]:
         "LISTEN_PREFIX": f"{listen}:" if listen else "",
         "HELPER_COMMAND": _token("helper_command", p.helper_command),
         "HELPER_CONFIG": _token("helper_config", p.helper_config),
+        "FETCHLOG_COMMAND": _token("fetchlog_command", p.fetchlog_command
+                                   or fetchlog_command_for(p.helper_command)),
         "ERROR_DIRECTORY": _token("error_directory", p.error_directory),
         "CACHE_DIR": _token("cache_dir", p.cache_dir),
         "CACHE_DIR_TYPE": _token("cache_dir_type", p.cache_dir_type),

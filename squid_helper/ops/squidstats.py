@@ -7,15 +7,22 @@ count every client request (the generic proxy too), and start from zero when Squ
 
 The request is `GET cache_object://HOST/counters`, as `squidclient mgr:counters` sends it (no
 squidclient needed). Not `/squid-internal-mgr/counters`: Squid 5.7 caches that page and
-answered a second request with the first one's figures. squid.conf allows the cache manager
-from localhost only, so this works on the proxy host.
+answered a second request with the first one's figures. requests will not send a request
+target that is no http:// URL, so it goes through httpclient.get_target (urllib3, the same
+timeouts, User-Agent and wording of failures as every other request). squid.conf allows the
+cache manager from localhost only, so this works on the proxy host.
 """
 
 from __future__ import annotations
 
-import socket
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+from ..httpclient import FAILURES, TooLarge, describe_failure, get_target
+
+# More than a counters page can be (it is about 4 kB): whatever sent it is no Squid.
+MAX_PAGE_BYTES = 1 << 20
 
 
 class SquidUnreachable(Exception):
@@ -76,46 +83,22 @@ def split_proxy(proxy: str, default_port: int = 3128) -> Tuple[str, int]:
     return host, int(port)
 
 
-def http_response(raw: bytes) -> Tuple[int, bytes]:
-    """(status, body) of a whole HTTP/1.x response."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
-    return int(parts[1]), body
-
-
 def fetch_counters(proxy: str, timeout: float = 5.0) -> SquidCounters:
-    """Ask the Squid at proxy (HOST:PORT) for its counters."""
+    """Ask the Squid at proxy (HOST:PORT) for its counters, within timeout in all."""
     try:
         host, port = split_proxy(proxy)
     except ValueError as exc:
         raise SquidUnreachable(str(exc)) from None
-    request = (f"GET cache_object://{host}/counters HTTP/1.0\r\nHost: {host}\r\n"
-               "User-Agent: squid-helper-status\r\nAccept: */*\r\nConnection: close\r\n\r\n")
-    chunks = []
+    target = f"cache_object://{host}/counters"
+    started = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(request.encode("latin-1"))
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-                if sum(map(len, chunks)) > 1 << 20:
-                    raise SquidUnreachable(f"Squid at {proxy} sent more than 1 MB for its "
-                                           "counters")
-    except socket.timeout:
-        raise SquidUnreachable(f"Squid at {proxy} did not answer within {timeout:g}s") from None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SquidUnreachable(f"Squid is not reachable at {proxy} ({reason.lower()}); is it "
-                               "running? (name its port with --proxy)") from None
-    try:
-        status, body = http_response(b"".join(chunks))
-    except ValueError as exc:
-        raise SquidUnreachable(f"{proxy} did not answer like Squid: {exc}") from None
+        status, body = get_target(host, port, target, timeout, MAX_PAGE_BYTES)
+    except TooLarge as exc:
+        raise SquidUnreachable(f"Squid at {proxy} sent {exc} for its counters") from None
+    except FAILURES as exc:
+        problem = describe_failure(exc, f"http://{proxy}/", time.monotonic() - started)
+        raise SquidUnreachable(f"Squid at {proxy}: {problem}; is it running? (name its port "
+                               "with --proxy)") from None
     if status == 403:
         raise SquidUnreachable(f"Squid at {proxy} refused the cache manager (403): it answers "
                                "localhost only; run status on the proxy host")

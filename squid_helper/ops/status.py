@@ -32,6 +32,9 @@ Schema (version 1; fields are only ever added):
                   latency_seconds (moving average, null when never measured),
                   last_probe {at, age_seconds, outcome: "found" | "missing" | "unchanged" |
                   "error" | "failed", detail, seconds, url} | null}
+    integrity[]   per mirror host whose bytes disagreed with a repo's metadata (verify/):
+                  {host, failures, at (the latest), path (repo/releasever/arch/path), reason}
+    fetches       what Squid's own fetches showed (fetchstats.py has its schema)
 """
 
 from __future__ import annotations
@@ -44,18 +47,23 @@ from ..config.settings import Config
 from ..facts.lifetimes import (
     ANSWERS,
     BACKOFFS,
+    FETCH_FAILURES,
+    INTEGRITY_FAILURES,
     LAST_PROBES,
     LATENCIES,
     MIRROR_LISTS,
     MISSES,
     SOURCE_RETRIES,
     SURVEYS,
+    THROUGHPUTS,
+    TRAFFIC,
     UNHEALTHY_MARKS,
     Lifetimes,
 )
 from ..facts.memo import Memo, MemoUnreadable, Stored
 from ..resolve.health import host_of
 from ..resolve.urls import RepoPath, expand_template
+from .fetchstats import fetch_lines, fetch_section
 from .squidstats import SquidCounters, SquidUnreachable, fetch_counters
 
 SCHEMA = 1
@@ -65,7 +73,8 @@ OK, NO_TRAFFIC, UNREADABLE = "ok", "no traffic yet", "unreadable"
 # The kinds of facts read here (lifetimes.py makes their keys), by MemoFacts field.
 _KINDS = {"lists": MIRROR_LISTS, "retries": SOURCE_RETRIES, "surveys": SURVEYS,
           "unhealthy": UNHEALTHY_MARKS, "backoff": BACKOFFS, "latency": LATENCIES,
-          "last_probe": LAST_PROBES}
+          "last_probe": LAST_PROBES, "integrity": INTEGRITY_FAILURES,
+          "traffic": TRAFFIC, "throughput": THROUGHPUTS, "fetch_failures": FETCH_FAILURES}
 
 
 @dataclass
@@ -83,6 +92,10 @@ class MemoFacts:
     backoff: Dict[str, Stored] = field(default_factory=dict)
     latency: Dict[str, Stored] = field(default_factory=dict)
     last_probe: Dict[str, Stored] = field(default_factory=dict)
+    integrity: Dict[str, Stored] = field(default_factory=dict)
+    traffic: Dict[str, Stored] = field(default_factory=dict)
+    throughput: Dict[str, Stored] = field(default_factory=dict)
+    fetch_failures: Dict[str, Stored] = field(default_factory=dict)
     answers: Dict[str, int] = field(default_factory=dict)
     not_found: Dict[str, int] = field(default_factory=dict)
 
@@ -236,7 +249,32 @@ def build_status(config: Config, facts: MemoFacts, squid: Dict[str, Any],
     return {"schema": SCHEMA, "time": now, "config": config.path,
             "memo": {"directory": facts.directory, "store": facts.store or facts.directory,
                      "state": facts.state, "problem": facts.problem},
-            "squid": squid, "repos": repos}
+            "squid": squid, "repos": repos, "integrity": integrity_section(facts.integrity),
+            "fetches": fetch_section(facts.traffic, facts.throughput, facts.fetch_failures)}
+
+
+def integrity_section(failures: Dict[str, Stored]) -> List[Dict[str, Any]]:
+    """The integrity failures per mirror host (the document's integrity[]), most first."""
+    found = []
+    for host, stored in failures.items():
+        if isinstance(stored.value, dict) and isinstance(stored.value.get("count"), int):
+            found.append({"host": host, "failures": stored.value["count"], "at": stored.at,
+                          "path": stored.value.get("path"), "reason": stored.value.get("reason")})
+    return sorted(found, key=lambda entry: (-entry["failures"], entry["host"]))
+
+
+def integrity_lines(integrity: List[Dict[str, Any]], now: float) -> List[str]:
+    """The integrity failures as the table shows them: a block of their own, none when no
+    mirror's bytes ever disagreed."""
+    if not integrity:
+        return []
+    lines = ["", "Integrity failures (Squid's copy disagreed with the repo's metadata, and was "
+             "purged):"]
+    for entry in integrity:
+        count = entry["failures"]
+        lines.append(f"  {entry['host']}: {count} integrity failure{'s' if count != 1 else ''}, "
+                     f"latest {_ago(now - entry['at'])}: {entry['path']} ({entry['reason']})")
+    return lines
 
 
 def collect(config: Config, proxy: Optional[str], now: Optional[float] = None,
@@ -364,6 +402,7 @@ def render_table(status: Dict[str, Any]) -> str:
                                  "-" if latency is None else f"{latency * 1000:.0f} ms",
                                  _last_probe_text(mirror["last_probe"])])
                 lines.extend(_columns(rows, "  "))
+    lines.extend(integrity_lines(status.get("integrity", []), now))
     quiet = [r for r in status["repos"] if not r["trees"]]
     if quiet:
         lines.append("")
@@ -375,4 +414,6 @@ def render_table(status: Dict[str, Any]) -> str:
                 lines.append(f"  {repo['name']}: its {repo['kind']} host {source['host']} is "
                              f"{_health_text(source, now)}; last answer "
                              f"{_last_probe_text(source['last_probe'])}")
+    if "fetches" in status:
+        lines.extend(fetch_lines(status["fetches"], human_bytes))
     return "\n".join(lines) + "\n"

@@ -31,10 +31,10 @@ from typing import Callable, List, Optional, Protocol, Sequence, TextIO, Tuple
 
 import requests
 
-from .. import __version__
 from ..config.settings import Config
-from ..resolve.urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url
-from .repodata import (
+from ..httpclient import FAILURES, describe_failure, new_session
+from ..resolve.urls import REPOMD_PATH, NotOurs, Refused, RepoPath, map_url, virtual_host
+from ..verify.repodata import (
     RepodataError,
     RepoFile,
     choose_packages,
@@ -183,34 +183,36 @@ class BarProgress:
 
 # -- HTTP through the proxy ----------------------------------------------------------------------
 class Fetcher:
-    """Requests through Squid for the virtual URLs of one repo tree; one Session a thread."""
+    """Requests through Squid for the virtual URLs of one repo tree; one Session a thread,
+    all closed by close()."""
 
     def __init__(self, proxy: str, base_url: str, timeout: float):
         self.proxy = proxy
         self.base_url = base_url
         self.timeout = timeout
         self._local = threading.local()
+        self._sessions: List[requests.Session] = []
+        self._lock = threading.Lock()
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.trust_env = False  # this proxy, whatever http_proxy says
-            session.proxies = {"http": f"http://{self.proxy}"}
-            session.headers["User-Agent"] = f"squid-helper-warm/{__version__}"
-            self._local.session = session
+            # A connection within 10 s, and no wait longer than timeout for the next bytes.
+            session = self._local.session = new_session(
+                (10, self.timeout), proxy=f"http://{self.proxy}", pool_size=1)
+            with self._lock:
+                self._sessions.append(session)
         return session
 
-    def _problem(self, exc: requests.RequestException) -> str:
-        if isinstance(exc, requests.Timeout):
-            return f"no answer through {self.proxy} within {self.timeout:g}s"
-        if isinstance(exc, (requests.exceptions.ProxyError, requests.ConnectionError)):
-            text = str(exc)
-            reason = ("connection refused" if "refused" in text.lower() else
-                      "name not known" if "resolve" in text.lower() or "Name or service" in text
-                      else text.split(":")[-1].strip(" )'\"") or type(exc).__name__)
-            return f"cannot reach the proxy at {self.proxy} ({reason})"
-        return f"{type(exc).__name__}: {exc}"
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def _problem(self, exc: BaseException, path: str, started: float) -> str:
+        return describe_failure(exc, self.base_url + path, time.monotonic() - started,
+                                self.proxy, proxy_role="proxy")
 
     @staticmethod
     def _refusal(response: requests.Response) -> str:
@@ -222,8 +224,8 @@ class Fetcher:
         try:
             response = self._session().head(
                 self.base_url + path, headers={"Cache-Control": "only-if-cached"},
-                timeout=(10, self.timeout), allow_redirects=False)
-        except requests.RequestException:
+                allow_redirects=False)
+        except FAILURES:
             return False  # the GET that follows says what is wrong
         return response.status_code == 200
 
@@ -242,7 +244,6 @@ class Fetcher:
 
         try:
             with self._session().get(self.base_url + file.path, stream=True,
-                                     timeout=(10, self.timeout),
                                      allow_redirects=False) as response:
                 if response.status_code != 200:
                     return failed(self._refusal(response))
@@ -254,8 +255,8 @@ class Fetcher:
                         digest.update(chunk)
                     if keep:
                         kept.append(chunk)
-        except requests.RequestException as exc:
-            return failed(self._problem(exc))
+        except FAILURES as exc:
+            return failed(self._problem(exc, file.path, started))
         if file.size is not None and fetched != file.size:
             return failed(f"got {fetched} bytes, the metadata says {file.size}: Squid's copy "
                           "or the mirror's may be damaged (squid-helper purge the URL)")
@@ -280,8 +281,7 @@ def tree_url(config: Config, tree: str) -> Tuple[RepoPath, str]:
     parts = tree.strip("/").split("/")
     if len(parts) != 3:
         raise WarmError(f"{tree!r} is not REPO/RELEASEVER/ARCH (e.g. fedora/40/x86_64)")
-    host = "repoproxy" if "repoproxy" in config.virtual_hosts else sorted(config.virtual_hosts)[0]
-    base = f"http://{host}/{'/'.join(parts)}/"
+    base = f"http://{virtual_host(config)}/{'/'.join(parts)}/"
     mapped = map_url(base + REPOMD_PATH, {}, config)
     if isinstance(mapped, Refused):
         raise WarmError(f"{tree}: {mapped.reason}")
@@ -306,6 +306,15 @@ def warm(config: Config, proxy: str, tree: str, names: Sequence[str], everything
     WarmError when the metadata cannot be had (nothing else can be done then)."""
     _, base = tree_url(config, tree)
     fetcher = Fetcher(proxy, base, timeout)
+    try:
+        return _warm(fetcher, names, everything, workers, progress)
+    finally:
+        fetcher.close()
+
+
+def _warm(fetcher: Fetcher, names: Sequence[str], everything: bool, workers: int,
+          progress: Progress) -> Tuple[List[Outcome], List[str]]:
+    base, proxy = fetcher.base_url, fetcher.proxy
     progress.start(1, 0)
     repomd, content = fetcher.fetch(RepoFile(REPOMD_PATH), progress.transferred, keep=True)
     progress.finished(repomd)

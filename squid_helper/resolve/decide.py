@@ -23,6 +23,7 @@ The policies:
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -30,6 +31,7 @@ from ..facts.lifetimes import Fact
 from ..facts.memo import Stored
 from .health import UNKNOWN_HOST, HostState
 from .probe import ERROR, FAILED, MISSING
+from .selection import DownloadSpeed, by_downloads
 from .survey import Survey
 from .urls import RepoPath
 
@@ -74,6 +76,7 @@ class Snapshot:
     miss: Optional[Stored] = None  # every mirror answered 404 (a reason)
     survey: Optional[Survey] = None  # the repo's latest survey, fresh or not
     hosts: Mapping[str, HostState] = field(default_factory=dict)  # by base URL
+    speeds: Mapping[str, DownloadSpeed] = field(default_factory=dict)  # Squid's, by base URL
     shunned: Mapping[str, str] = field(default_factory=dict)  # base -> why, for this path
     # a client asked for fresh metadata (no-cache), and when the repo was last checked again
     # for one (facts.refresh_check)
@@ -116,17 +119,22 @@ def memo_answer(snapshot: Snapshot) -> Optional[Resolution]:
     return None
 
 
-def candidates(snapshot: Snapshot, ranked: Sequence[str], trace: List[str]) -> List[str]:
-    """Failover order: the ranked mirrors without the failing ones and those shunned for the
-    path (said in the trace)."""
+def candidates(snapshot: Snapshot, ranked: Sequence[str], trace: List[str],
+               draw: random.Random) -> List[str]:
+    """Failover order: the ranked mirrors without the failing ones, the fresh ones among
+    them ordered by Squid's downloads (selection.by_downloads; `draw` picks which of the
+    equally fast leads), without those shunned for the path (said in the trace)."""
     failing = [b for b in ranked if snapshot.host(b).failing]
     if failing:
         trace.append("skipped unhealthy: " + ", ".join(failing))
-    shunned = [b for b in ranked if not allowed(snapshot, b)]
+    fresh = snapshot.survey.fresh if snapshot.survey is not None else frozenset()
+    ordered = by_downloads([b for b in ranked if b not in failing], fresh,
+                           dict(snapshot.speeds), draw)
+    shunned = [b for b in ordered if not allowed(snapshot, b)]
     if shunned:
-        trace.append("skipped for this path: " + ", ".join(
+        trace.append("shunned for this path: " + ", ".join(
             f"{b} ({snapshot.shunned[b]})" for b in shunned))
-    return [b for b in ranked if b not in failing and b not in shunned]
+    return [b for b in ordered if b not in shunned]
 
 
 def may_answer_at_once(snapshot: Snapshot, base: str) -> bool:

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
 from ..facts.memo import Memo, Stored
+from ..redaction import host_of  # hosts are keyed and named without credentials
 from .probe import ERROR, FAILED, ProbeResult
+from .selection import DownloadSpeed
 
 log = logging.getLogger("squid_helper.health")
 
@@ -25,8 +27,14 @@ log = logging.getLogger("squid_helper.health")
 _NEWEST_WEIGHT = 0.3
 
 
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
+# The weight of a download in a host's usual speed: slow, so that a mirror that slows down
+# shows as slower than it used to be for a dozen downloads or so (selection.SLOWED_DOWN).
+_USUAL_WEIGHT = 0.05
+
+
+def moving_average(known: Optional[float], sample: float, weight: float) -> float:
+    """The estimate after one more sample (the sample itself when there was none)."""
+    return sample if known is None else known * (1 - weight) + sample * weight
 
 
 @dataclass(frozen=True)
@@ -116,9 +124,8 @@ class MirrorHealth:
             log.warning("mirror %s answers again: %s", host, result.detail)
         fact = self.lifetimes.latency(host)
         known = self.memo.last(fact)
-        estimate = result.elapsed if known is None else (
-            known.value * (1 - _NEWEST_WEIGHT) + result.elapsed * _NEWEST_WEIGHT)
-        self.memo.put(fact, estimate)
+        self.memo.put(fact, moving_average(None if known is None else known.value,
+                                           result.elapsed, _NEWEST_WEIGHT))
 
     def _mark(self, host: str, detail: str) -> None:
         self.memo.put(self.lifetimes.unhealthy(host), detail)
@@ -161,4 +168,30 @@ class MirrorHealth:
             known = self.memo.last(self.lifetimes.latency(host_of(base)))
             if known is not None:
                 found[base] = known.value
+        return found
+
+    def record_downloads(self, host: str, rates: Iterable[float]) -> None:
+        """Learn from Squid's complete downloads from a host (bytes/s each, oldest first):
+        the moving averages every process ranks fresh mirrors by (selection.by_downloads)."""
+        samples = list(rates)
+
+        def add(known: Optional[Dict[str, float]]) -> Dict[str, float]:
+            rate, usual, count = (None, None, 0) if not known else (
+                known["rate"], known["usual"], known["samples"])
+            for sample in samples:
+                rate = moving_average(rate, sample, _NEWEST_WEIGHT)
+                usual = moving_average(usual, sample, _USUAL_WEIGHT)
+            return {"rate": rate, "usual": usual, "samples": count + len(samples)}
+
+        if samples:
+            self.memo.update(self.lifetimes.throughput(host), add, None)
+
+    def download_speeds(self, bases: Iterable[str]) -> Dict[str, DownloadSpeed]:
+        """Each base's download speed, for those Squid has downloaded from (the shared memo:
+        every proxy's daemon adds to it, and no generation change announces a new sample)."""
+        found = {}
+        for base in bases:
+            known = self.memo.last(self.lifetimes.throughput(host_of(base)))
+            if known is not None and isinstance(known.value, dict):
+                found[base] = DownloadSpeed(known.value["rate"], known.value["usual"])
         return found

@@ -24,6 +24,7 @@ changed; its keeper surveys them again (watch.WatchKeeper).
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -91,7 +92,8 @@ class Resolver:
         self.mirror_lists = MirrorLists(context)
         self.surveys = Surveys(context, self.mirror_lists)
         self.keeper = WatchKeeper(Watch(context), self.mirror_lists, self.surveys)
-        self.verifier = Verifier(context, self.reader, self.surveys, self.keeper)
+        self._draw = random.Random()  # which of the equally fast mirrors leads (by_downloads)
+        self.verifier = Verifier(context, self.reader, self.surveys, self.keeper, self._draw)
 
     def close(self, finish: bool = True) -> None:
         """Release threads and connections (the helper loop calls this when no request of this
@@ -173,9 +175,9 @@ class Resolver:
             return self.verifier.at_once(replace(snapshot, survey=None), [only], trace,
                                          "the repo's only mirror")
         survey = self.surveys.current(request, mirrors, trace, force=request.is_metadata)
-        snapshot = self.reader.with_hosts(snapshot, survey.ranked, survey=survey)
-        plan = decide.plan(snapshot, decide.candidates(snapshot, survey.ranked, trace),
-                           may_verify_later)
+        snapshot = self.reader.with_hosts(snapshot, survey.ranked, speeds=True, survey=survey)
+        plan = decide.plan(snapshot, decide.candidates(snapshot, survey.ranked, trace,
+                                                       self._draw), may_verify_later)
         if plan.action == PUBLISH:
             return self.verifier.publish(snapshot, plan.candidates[0], trace, plan.why)
         if plan.action == AT_ONCE:

@@ -8,8 +8,9 @@ the current snapshot.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .sources import MirrorSet, SourceError, repomd_age_key
 
@@ -156,3 +157,46 @@ def order_by_speed(ranked: Sequence[str], verdict: Dict[str, Optional[str]],
             ordered.remove(current)
             ordered.insert(ordered.index(rivals[0]), current)
     return ordered
+
+
+# -- Squid's own downloads -----------------------------------------------------------------------
+# Fresh mirrors whose downloads run within this fraction of the fastest one's share new fetches
+# at random: a fleet of proxies (and one proxy's many paths) does not pile onto one mirror.
+NEAR_BEST = 0.10
+# A mirror whose recent downloads run below this fraction of its usual speed has slowed down:
+# fresh mirrors not measured yet are tried before it (else they would never be measured).
+SLOWED_DOWN = 0.5
+
+
+@dataclass(frozen=True)
+class DownloadSpeed:
+    """A mirror host's speed as Squid's downloads from it showed (bytes/s)."""
+
+    rate: float  # moving average that follows the latest downloads
+    usual: float  # a slow one: what the mirror was like before
+
+
+def by_downloads(candidates: Sequence[str], fresh: Collection[str],
+                 speeds: Dict[str, DownloadSpeed], rng: random.Random) -> List[str]:
+    """candidates (as the survey ranked them: best verdict first, by latency within one) with
+    the fresh mirrors among them reordered by Squid's downloads; the others keep their places.
+
+    Measured fresh mirrors go fastest first, one of those within NEAR_BEST of the fastest
+    drawn at random to lead; mirrors without downloads yet keep their latency order after
+    them, or before them when the fastest measured one has SLOWED_DOWN."""
+    slots = [i for i, base in enumerate(candidates) if base in fresh]
+    ours = [candidates[i] for i in slots]
+    measured = sorted((b for b in ours if b in speeds), key=lambda b: -speeds[b].rate)
+    if not measured:
+        return list(candidates)
+    unmeasured = [b for b in ours if b not in speeds]
+    fastest = speeds[measured[0]]
+    near = [b for b in measured if speeds[b].rate >= fastest.rate * (1 - NEAR_BEST)]
+    lead = rng.choice(near)
+    measured = [lead] + [b for b in measured if b != lead]
+    slowed = fastest.rate < fastest.usual * SLOWED_DOWN
+    order = unmeasured + measured if slowed else measured + unmeasured
+    result = list(candidates)
+    for slot, base in zip(slots, order):
+        result[slot] = base
+    return result

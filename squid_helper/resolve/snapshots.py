@@ -36,15 +36,22 @@ class FactReader(Stage):
         shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
         hosts = self.health.states([answer.value["base"]] if answer is not None else [],
                                    heard=False)
-        return Snapshot(request, self.clock(), facts, answer, self.memo.last(facts.miss, front),
-                        survey.value if survey is not None else None, hosts,
-                        shunned_bases(shunned.value if shunned is not None else None), refresh,
-                        self.memo.last(facts.refresh_check) if facts.refresh_check else None,
-                        working and self.flights.busy(facts.answer.key))
+        return Snapshot(
+            request, self.clock(), facts, answer=answer,
+            miss=self.memo.last(facts.miss, front),
+            survey=survey.value if survey is not None else None, hosts=hosts,
+            shunned=shunned_bases(shunned.value if shunned is not None else None),
+            refresh_asked=refresh,
+            refresh_checked=self.memo.last(facts.refresh_check) if facts.refresh_check else None,
+            verifying=working and self.flights.busy(facts.answer.key))
 
-    def with_hosts(self, snapshot: Snapshot, bases: Sequence[str], **changes) -> Snapshot:
+    def with_hosts(self, snapshot: Snapshot, bases: Sequence[str], speeds: bool = False,
+                   **changes) -> Snapshot:
         """The snapshot with the current state of `bases` (after a survey or probes, which
-        judge hosts), and any other fields replaced."""
+        judge hosts) and, with `speeds`, how fast Squid downloaded from them (the shared
+        memo: one read a base), and any other fields replaced."""
+        if speeds:
+            changes["speeds"] = {**snapshot.speeds, **self.health.download_speeds(bases)}
         return replace(snapshot, hosts={**snapshot.hosts, **self.health.states(bases)},
                        now=self.clock(), **changes)
 

@@ -202,6 +202,12 @@ def map_url(url: str, extras: Mapping[str, str], config: Config) -> Mapping_:
     return RepoPath(repo, releasever, arch, canonical_path("/".join(segments[3:])))
 
 
+def virtual_host(config: Config) -> str:
+    """The virtual host this proxy's own tools name repo URLs with (warm, the integrity
+    check): repoproxy when configured, as clients mostly use it."""
+    return "repoproxy" if "repoproxy" in config.virtual_hosts else sorted(config.virtual_hosts)[0]
+
+
 def expand_template(template: str, releasever: str, arch: str) -> str:
     """Substitute {releasever} and {arch}. The values must already match _NAME_RE."""
     if not (_NAME_RE.match(releasever) and _NAME_RE.match(arch)):

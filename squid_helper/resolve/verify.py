@@ -10,6 +10,7 @@ it is answered instead, rather than growing a queue of background work without b
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Dict, List, Optional, Tuple
@@ -32,8 +33,10 @@ _PROBE_SLACK = 1.0
 
 class Verifier(Stage):
     def __init__(self, context: Context, reader: FactReader, surveys: Surveys,
-                 keeper: WatchKeeper):
+                 keeper: WatchKeeper, draw: random.Random):
+        """draw: which of the equally fast mirrors leads (decide.candidates)."""
         super().__init__(context)
+        self.draw = draw
         self.reader = reader
         self.surveys = surveys
         self.keeper = keeper  # told of every mirror answered with
@@ -132,8 +135,9 @@ class Verifier(Stage):
             # Mirrors still being surveyed may have it (a push that the fastest mirror has not
             # synced yet): hear their verdicts before saying that nobody has it.
             complete = self.surveys.completed(request, survey, self.config.probe_timeout + 1)
-            snapshot = self.reader.with_hosts(snapshot, complete.ranked, survey=complete)
-            later = [b for b in decide.candidates(snapshot, complete.ranked, trace)
+            snapshot = self.reader.with_hosts(snapshot, complete.ranked, speeds=True,
+                                              survey=complete)
+            later = [b for b in decide.candidates(snapshot, complete.ranked, trace, self.draw)
                      if b not in candidates]
             if later:
                 candidates = candidates + later

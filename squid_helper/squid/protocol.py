@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote
 
+from ..redaction import redacted_text
+
 # Squid's own request line buffer is 32 KiB; a longer line is not from Squid.
 MAX_LINE_BYTES = 32 * 1024
 MAX_CHANNEL_DIGITS = 10
@@ -67,8 +69,10 @@ MAX_MESSAGE_CHARS = 400
 
 
 def client_safe(message: str) -> str:
-    """message with every character that HTML text or a header could read as markup or a line
-    end (< > & " \\, controls, non-ASCII) percent-encoded, cut to MAX_MESSAGE_CHARS."""
+    """message with its URLs redacted (no mirror list's password or query: redaction.py), and
+    every character that HTML text or a header could read as markup or a line end (< > & "
+    \\, controls, non-ASCII) percent-encoded, cut to MAX_MESSAGE_CHARS."""
+    message = redacted_text(message)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS - 3] + "..."
     return _UNSAFE_FOR_CLIENTS.sub(
@@ -76,7 +80,7 @@ def client_safe(message: str) -> str:
 
 
 def bh(message: str) -> Reply:
-    return Reply("BH", (("message", message),))
+    return Reply("BH", (("message", redacted_text(message)),))
 
 
 def split_channel(line: str) -> Tuple[Optional[str], str]:
@@ -120,6 +124,13 @@ def asks_for_fresh(extras: Mapping[str, str]) -> bool:
     directives = {d.strip().lower() for d in extras.get(CACHE_CONTROL_EXTRA, "").split(",")}
     pragma = {d.strip().lower() for d in extras.get(PRAGMA_EXTRA, "").split(",")}
     return bool({"no-cache", "max-age=0"} & directives) or "no-cache" in pragma
+
+
+def cache_only(extras: Mapping[str, str]) -> bool:
+    """Whether the client forbids a fetch (Cache-Control: only-if-cached), as a sibling proxy
+    does: Squid answers it from its cache or with a 504, never from the origin."""
+    directives = {d.strip().lower() for d in extras.get(CACHE_CONTROL_EXTRA, "").split(",")}
+    return "only-if-cached" in directives
 
 
 def reuse_key(rest: bytes) -> bytes:

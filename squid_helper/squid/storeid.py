@@ -14,20 +14,28 @@ host, accel-port URLs and unknown hosts never do: if Squid ever fetched one of t
 is (a rewrite helper that died), whatever came back must not land under the key every client
 reads. The key's host cannot resolve (.invalid, RFC 6761), and squid.conf refuses it to
 clients.
+
+And only a request that can put nothing but the repo's bytes under the key gets it
+(may_share): one the rewrite helper answered (its note repo-rewrite=ok, which Squid passes in
+store_id_extras), or one carrying only-if-cached (a sibling's fetch, which Squid answers from
+its cache or with a 504, never from a mirror). A client asking for a mirror's own URL gets no
+key: that mirror may be stale, answer with a redirect or a 410, or be one the helper refused,
+and whatever it sends is stored under that URL alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ..config.settings import Config
 from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
 from ..resolve.urls import RepoPath, canonical_path, relative_path_problem, template_pattern
 from .helperloop import SlowAnswer
-from .protocol import HelperRequest, Reply, err, ok
+from .protocol import HelperRequest, Reply, cache_only, err, ok
+from .rewrite import REWRITTEN_NOTE
 
 log = logging.getLogger("squid_helper.storeid")
 
@@ -35,6 +43,19 @@ STORE_ID_HOST = "squid-helper.invalid"  # squid.conf refuses it to clients (squi
 # A URL's store key never changes while the config stays; a new config clears the loop's cache.
 KEY_REUSE_SECONDS = 3600.0
 _UNSEEN = object()
+
+
+# store_id_extras as squid.conf.in has it: the rewrite helper's note (Squid sends "-" for a
+# request it did not rewrite) and the client's cache directives.
+STORE_ID_EXTRAS = "myport=%lp rewritten=%{repo-rewrite}note cache-control=%{Cache-Control}>h"
+REWRITTEN_EXTRA = "rewritten"
+
+
+def may_share(extras: Mapping[str, str]) -> bool:
+    """Whether a request may be stored under (or read from) the shared key: the rewrite helper
+    chose its mirror, or Squid will not fetch it at all (only-if-cached)."""
+    rewritten = extras.get(REWRITTEN_EXTRA, "").split(",")
+    return REWRITTEN_NOTE["repo_rewrite"] in rewritten or cache_only(extras)
 
 
 def store_key(repo: str, releasever: str, arch: str, path: str) -> str:
@@ -89,27 +110,30 @@ class StoreIdMapper:
                     return
             self._generation = generation
 
-    def _from_bases(self, url: str) -> Optional[str]:
+    def _from_bases(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         bases = self._bases
         for base in _bases_of(url):  # the longest first
             triple = bases.get(base)
             if triple is not None:
                 path = url[len(base):]
                 if relative_path_problem(path) is None:
-                    return f"http://{STORE_ID_HOST}/{triple}/{canonical_path(path)}"
+                    return RepoPath(*triple.split("/", 2), canonical_path(path)), base
         return None
 
-    def _from_templates(self, url: str) -> Optional[str]:
+    def _from_templates(self, url: str) -> Optional[Tuple[RepoPath, str]]:
         for repo, pattern in self._static:
             match = pattern.fullmatch(url)
             if match and relative_path_problem(match["path"]) is None:
-                return store_key(repo, match["releasever"] if "releasever" in
-                                 pattern.groupindex else "-", match["arch"] if "arch" in
-                                 pattern.groupindex else "-", canonical_path(match["path"]))
+                request = RepoPath(
+                    repo, match["releasever"] if "releasever" in pattern.groupindex else "-",
+                    match["arch"] if "arch" in pattern.groupindex else "-",
+                    canonical_path(match["path"]))
+                return request, url[:match.start("path")]
         return None
 
-    def key(self, url: str) -> Optional[str]:
-        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+    def locate(self, url: str) -> Optional[Tuple[RepoPath, str]]:
+        """The repo path a mirror URL holds, and the mirror's base URL; None for any other
+        URL (the fetch log daemon learns from Squid's fetches with it)."""
         if not url.startswith(("http://", "https://")) or "?" in url or "#" in url:
             return None  # a query (S3's ?acl, ?list ...) asks the mirror for another body
         found = self._from_templates(url)
@@ -117,6 +141,11 @@ class StoreIdMapper:
             self._refresh()
             found = self._from_bases(url)
         return found
+
+    def key(self, url: str) -> Optional[str]:
+        """The shared key of a mirror URL of a repo path, or None for any other URL."""
+        found = self.locate(url)
+        return key_for(found[0]) if found is not None else None
 
 
 def _bases_of(url: str) -> Iterator[str]:
@@ -132,8 +161,18 @@ def _bases_of(url: str) -> Iterator[str]:
 class StoreIdHandler:
     def __init__(self, mapper: StoreIdMapper):
         self.mapper = mapper
+        self._told_extras = False
 
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
+        if REWRITTEN_EXTRA not in request.extras and not self._told_extras:
+            self._told_extras = True
+            log.warning("Squid sends no %s= in store_id_extras, so only sibling fetches "
+                        "(only-if-cached) get the shared cache key: a failover loses the cache. "
+                        "squid.conf needs store_id_extras \"%s\" (as squid-helper serve "
+                        "renders it)", REWRITTEN_EXTRA, STORE_ID_EXTRAS)
+        if not may_share(request.extras):
+            # Depends on the extras alone, which the reply cache's key holds.
+            return err().reusable_for(KEY_REUSE_SECONDS)
         key = self.mapper.key(request.url)
         # A key never changes for a URL; "no key" may, once a new mirror list is published.
         return ok(store_id=key).reusable_for(KEY_REUSE_SECONDS) if key else err()

@@ -3,6 +3,7 @@ no network; `now` is a number the test picks."""
 
 from __future__ import annotations
 
+import random
 from typing import Dict, Optional
 
 from squid_helper.facts.lifetimes import Fact
@@ -21,7 +22,7 @@ from squid_helper.resolve.decide import (
 )
 from squid_helper.resolve.health import HostState, host_state
 from squid_helper.resolve.probe import FAILED, MISSING
-from squid_helper.resolve.selection import FRESH, STALE
+from squid_helper.resolve.selection import FRESH, STALE, DownloadSpeed
 from squid_helper.resolve.survey import Survey
 from squid_helper.resolve.urls import REPOMD_PATH, RepoPath
 
@@ -32,6 +33,7 @@ REPOMD = RepoPath("r", "9", "x86_64", REPOMD_PATH)
 ROOT = RepoPath("r", "9", "x86_64", "")
 NOW = 10_000.0
 TTL = 3600.0
+DRAW = random.Random(1)
 OK = HostState(failing=False, on_probation=False, heard_at=NOW - 1)
 
 
@@ -94,8 +96,14 @@ def test_a_dead_mirrors_memoised_answer_ends_and_stays_ended_on_probation():
 def test_failover_leaves_out_failing_mirrors_and_says_so():
     trace: list = []
     state = snapshot(hosts={A: HostState(True, False), B: OK, C: OK})
-    assert decide.candidates(state, (A, B, C), trace) == [B, C]
+    assert decide.candidates(state, (A, B, C), trace, DRAW) == [B, C]
     assert trace == [f"skipped unhealthy: {A}"]
+
+
+def test_failover_puts_the_fresh_mirror_squid_downloads_fastest_from_first():
+    state = snapshot(survey=survey({A: FRESH, B: FRESH, C: FRESH}), hosts={A: OK, B: OK, C: OK},
+                     speeds={B: DownloadSpeed(9e6, 9e6), C: DownloadSpeed(1e6, 1e6)})
+    assert decide.candidates(state, (A, B, C), [], DRAW) == [B, C, A]
 
 
 # -- stale ------------------------------------------------------------------------------------
@@ -120,8 +128,8 @@ def test_a_shunned_mirror_is_never_answered_from_the_memo():
 def test_a_shunned_mirror_is_no_candidate_and_never_the_only_mirror():
     trace: list = []
     state = snapshot(hosts={A: OK, B: OK}, shunned=SHUNNED)
-    assert decide.candidates(state, (A, B), trace) == [B]
-    assert trace == [f"skipped for this path: {A} (Squid's fetch failed)"]
+    assert decide.candidates(state, (A, B), trace, DRAW) == [B]
+    assert trace == [f"shunned for this path: {A} (Squid's fetch failed)"]
     assert decide.only_mirror(state, (A,)) is None
     assert decide.only_mirror(snapshot(hosts={A: OK}), (A,)) == A
 

@@ -1,4 +1,5 @@
-"""A yum/dnf repository's metadata, for `squid-helper warm` (pure logic: bytes in, lists out).
+"""A yum/dnf repository's metadata, for `squid-helper warm` and the integrity check (pure logic:
+bytes in, lists out).
 
 * parse_repomd: the files repodata/repomd.xml names (primary, filelists, ...), with sizes and
   checksums;
