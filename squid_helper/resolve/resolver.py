@@ -112,7 +112,7 @@ class Resolver:
         """The memoised answer if it is still fresh and its mirror still good (decide.
         still_good); never probes (the per-request hot path). front=False reads the shared
         memo only, for waiters that need another process's fresh answer."""
-        resolution = decide.memo_answer(self.reader.read(request, front))
+        resolution = decide.memo_answer(self.reader.snapshot(request, front))
         if resolution is not None and resolution.base is not None:
             self.keeper.used(resolution.base, request.triple)
         return resolution
@@ -130,7 +130,7 @@ class Resolver:
         for repomd.xml the repo's freshness is checked again, at most once per
         refresh_interval, even while the memoised answer holds."""
         started = self.timer()
-        snapshot = self.reader.read(request, refresh=refresh, working=True)
+        snapshot = self.reader.snapshot(request, refresh=refresh, working=True)
         # Of the processes asked at once, one checks again (put_new).
         refresh = decide.refresh_due(snapshot) and self.memo.put_new(
             snapshot.facts.refresh_check, True)

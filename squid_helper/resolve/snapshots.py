@@ -20,7 +20,7 @@ def shunned_bases(value: object) -> Dict[str, str]:
 
 
 class FactReader(Stage):
-    def read(self, request: RepoPath, front: bool = True, refresh: bool = False,
+    def snapshot(self, request: RepoPath, front: bool = True, refresh: bool = False,
              working: bool = False) -> Snapshot:
         """Read once what the decisions about `request` need: its memoised answer and miss,
         the repo's survey, the mirrors shunned for it, the state of the answer's host and,

@@ -60,7 +60,7 @@ class Verifier(Stage):
     def published(self, request: RepoPath) -> Optional[Resolution]:
         """The answer another process published for the path (the shared memo), if it is
         still good."""
-        resolution = decide.memo_answer(self.reader.read(request, front=False))
+        resolution = decide.memo_answer(self.reader.snapshot(request, front=False))
         if resolution is not None and resolution.base is not None:
             self.keeper.used(resolution.base, request.triple)
         return resolution
@@ -162,7 +162,7 @@ class Verifier(Stage):
             return Resolution(None, NOT_FOUND, missing, trace)
         # The probes took a while: the last-known answer is read again (another process may
         # have published one meanwhile).
-        return decide.fallback(self.reader.read(request, front=False), trace,
+        return decide.fallback(self.reader.snapshot(request, front=False), trace,
                                decide.unavailable_why(request, candidates, outcomes))
 
     def _root_holder(self, request: RepoPath, candidates: List[str],
