@@ -1,7 +1,7 @@
 """The repo root, /<repo>/<releasever>/<arch> with or without the slash (the original repoproxy's
 example URL http://myproxy:5000/myrepo/21/x86_64), is answered with a mirror's base URL.
 
-Which mirror (resolver._root_holder): among the mirrors holding the current repodata, the
+Which mirror (verify.Verifier._root_holder): among the mirrors holding the current repodata, the
 first that answers for its base URL (a listing); when none lists its directories, the first
 that holds the repo all the same. MirrorServer without `listings` 404s every directory, as a
 mirror with indexes off does.

@@ -21,9 +21,12 @@ _WAIT_STEP = 0.02
 
 
 class SingleFlight:
-    def __init__(self, memo: Memo, hold_for: float):
+    def __init__(self, memo: Memo, hold_for: float,
+                 timer: Callable[[], float] = time.monotonic):
+        """timer: measures how long a waiter has waited for another process's holder."""
         self.memo = memo
         self.hold_for = hold_for
+        self.timer = timer
         self._running: Dict[str, Future] = {}
         self._lock = threading.Lock()
 
@@ -77,14 +80,14 @@ class SingleFlight:
 
     def _across_processes(self, name: str, compute: Callable[[], T],
                           ready: Callable[[], Optional[T]]) -> T:
-        deadline = time.monotonic() + self.hold_for
+        deadline = self.timer() + self.hold_for
         token = self.memo.try_lock(name, self.hold_for)
         while token is None:
             time.sleep(_WAIT_STEP)
             answer = ready()
             if answer is not None:
                 return answer
-            if time.monotonic() > deadline:
+            if self.timer() > deadline:
                 return compute()  # the holder died or hangs: answer without it
             token = self.memo.try_lock(name, self.hold_for)
         try:

@@ -64,7 +64,11 @@ class Stored:
 
     def fresh_for(self, fact: Fact, now: float) -> float:
         """Seconds of freshness left at `now` (wall clock); zero or less: stale."""
-        return self.at + fact.fresh_for - now
+        return self.fresh_left(fact.fresh_for, now)
+
+    def fresh_left(self, ttl: float, now: float) -> float:
+        """Seconds left at `now` of a freshness of `ttl` seconds; zero or less: stale."""
+        return self.at + ttl - now
 
 
 class _StoreState:
@@ -87,8 +91,14 @@ class Memo:
                    shared=config.memo)
 
     def __init__(self, directory: str, size_limit: int = 1 << 30,
-                 shared: Optional[str] = None):
+                 shared: Optional[str] = None, clock: Callable[[], float] = time.time,
+                 timer: Callable[[], float] = time.monotonic):
+        """clock: the wall clock that dates facts and judges their freshness (a test's
+        fake one moves time on without sleeping); timer: this process's own pace (how long
+        an in-process copy is trusted, when a broken store is tried again)."""
         self.directory = directory
+        self.clock = clock
+        self.timer = timer
         self.size_limit = size_limit
         self.shared = shared
         self._local = DiskStore(directory, size_limit)
@@ -117,7 +127,7 @@ class Memo:
         """The first store that works now, in order of preference; None: no memo at all."""
         for state in self._stores:
             if state.broken_since is not None and \
-                    time.monotonic() - state.broken_since < state.store.retry_after:
+                    self.timer() - state.broken_since < state.store.retry_after:
                 continue
             try:
                 ready = state.store.open()
@@ -142,7 +152,7 @@ class Memo:
         return None
 
     def _fail(self, state: _StoreState, exc: Exception) -> None:
-        now = time.monotonic()
+        now = self.timer()
         first = state.broken_since is None
         state.broken_since = now
         try:
@@ -219,7 +229,7 @@ class Memo:
         GENERATION_CHECK_SECONDS, or the shared store's interval): it changes when any process
         purges, finds a mirror failing, publishes a survey or adds mirrors to the base index,
         and when the store that answers changes (Redis unreachable, or back)."""
-        self._check_generation(time.monotonic())
+        self._check_generation(self.timer())
         return self._generation
 
     def get_front(self, key: str) -> Any:
@@ -230,7 +240,7 @@ class Memo:
         disk read at all. The absence of a value is rechecked after FRONT_CACHE_SECONDS, since
         another process may publish one at any time. A caller that finds the copy outdated by
         its content (an answer past its TTL) asks refresh() for the stored value."""
-        now = time.monotonic()
+        now = self.timer()
         self._check_generation(now)
         cached = self._front.get(key)
         if cached is not None and (cached[1] is not None or now - cached[0] < FRONT_CACHE_SECONDS):
@@ -246,7 +256,7 @@ class Memo:
             for old_key in list(itertools.islice(front, _FRONT_CACHE_MAX // 4)):
                 front.pop(old_key, None)  # worker threads may have dropped it meanwhile
         front.pop(key, None)
-        front[key] = (time.monotonic(), value)
+        front[key] = (self.timer(), value)
         return value
 
     def bump_generation(self) -> None:
@@ -273,14 +283,14 @@ class Memo:
     def put(self, fact: Fact, value: Any, at: Optional[float] = None) -> bool:
         """Store value as `fact`, learnt now (or at `at`: a value that replaces an earlier one
         of the same age)."""
-        return self.set(fact.key, Stored(value, time.time() if at is None else at),
+        return self.set(fact.key, Stored(value, self.clock() if at is None else at),
                         expire=fact.keep_for)
 
     def put_new(self, fact: Fact, value: Any) -> bool:
         """put() only when the memo does not hold the fact yet (one process wins): True for the
         one that stored it. Without a working memo nobody does."""
         self._front.pop(fact.key, None)
-        stored = Stored(value, time.time())
+        stored = Stored(value, self.clock())
         return bool(self._do(lambda store: store.add(fact.key, stored, fact.keep_for), False))
 
     def last(self, fact: Fact, front: bool = False) -> Optional[Stored]:
@@ -291,14 +301,14 @@ class Memo:
             stored = self.get(fact.key)
         else:
             stored = self.get_front(fact.key)
-            if isinstance(stored, Stored) and stored.fresh_for(fact, time.time()) <= 0:
+            if isinstance(stored, Stored) and stored.fresh_for(fact, self.clock()) <= 0:
                 stored = self.refresh(fact.key)
         return stored if isinstance(stored, Stored) else None
 
     def fresh(self, fact: Fact, front: bool = False) -> Optional[Stored]:
         """The stored fact if it is still fresh, else None."""
         stored = self.last(fact, front)
-        return stored if stored is not None and stored.fresh_for(fact, time.time()) > 0 else None
+        return stored if stored is not None and stored.fresh_for(fact, self.clock()) > 0 else None
 
     def update(self, fact: Fact, change: Callable[[Any], Any], default: Any) -> Any:
         """Replace the value stored as `fact` (None when absent) by change(value), atomically
@@ -307,7 +317,7 @@ class Memo:
         lost race), so it must not have side effects."""
         def apply(current: Any) -> Stored:
             return Stored(change(current.value if isinstance(current, Stored) else None),
-                          time.time())
+                          self.clock())
         self._front.pop(fact.key, None)
         stored = self._do(lambda store: store.update(fact.key, apply, fact.keep_for), None)
         return default if stored is None else stored.value

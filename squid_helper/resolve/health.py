@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
-from ..facts.memo import Memo
+from ..facts.memo import Memo, Stored
 from ..redaction import host_of  # hosts are keyed and named without credentials
 from .probe import ERROR, FAILED, ProbeResult
 from .selection import DownloadSpeed
@@ -36,36 +37,71 @@ def moving_average(known: Optional[float], sample: float, weight: float) -> floa
     return sample if known is None else known * (1 - weight) + sample * weight
 
 
+@dataclass(frozen=True)
+class HostState:
+    """What the helpers know of one mirror host."""
+
+    failing: bool  # marked unhealthy, or asked us to back off: skipped
+    on_probation: bool  # failed, its mark ran out, not heard from since: probed, not trusted
+    heard_at: Optional[float] = None  # wall-clock time of its latest answer (latency sample)
+
+    @property
+    def trusted(self) -> bool:
+        """Answered unprobed or from the memo: healthy, and not on probation."""
+        return not self.failing and not self.on_probation
+
+    def heard_within(self, seconds: float, now: float) -> bool:
+        return self.heard_at is not None and now - self.heard_at < seconds
+
+
+UNKNOWN_HOST = HostState(failing=False, on_probation=False)
+
+
+def host_state(mark: Optional[Stored], mark_ttl: float, backoff_until: Optional[float],
+               heard_at: Optional[float], now: float) -> HostState:
+    """A host's state from its facts: its unhealthy mark (kept past its freshness, for
+    probation), the end of the back-off it asked for, its latest latency sample."""
+    marked = mark is not None and mark.fresh_left(mark_ttl, now) > 0
+    backing_off = backoff_until is not None and backoff_until > now
+    return HostState(failing=marked or backing_off, on_probation=mark is not None and not marked,
+                     heard_at=heard_at)
+
+
 class MirrorHealth:
-    def __init__(self, memo: Memo, lifetimes: Lifetimes):
+    def __init__(self, memo: Memo, lifetimes: Lifetimes,
+                 listener: Optional[Callable[[str, ProbeResult], None]] = None,
+                 clock: Callable[[], float] = time.time):
+        """listener(host, result): told of every result before it is judged; must not block
+        (probelog). clock: the wall clock (a back-off ends at a wall-clock time)."""
         self.memo = memo
         self.lifetimes = lifetimes
-        # Told of every result (host, result) before it is judged; must not block (probelog).
-        self.on_result: Optional[Callable[[str, ProbeResult], None]] = None
+        self.listener = listener
+        self.clock = clock
 
-    def unhealthy(self, bases: Iterable[str]) -> List[str]:
-        """The bases whose host is currently marked unhealthy or asked us to back off
-        (in-process copy; a new mark reaches every process through the memo's generation)."""
-        now = time.time()
-        found = []
+    def states(self, bases: Iterable[str], heard: bool = True) -> Dict[str, HostState]:
+        """Each base's host state, read once (in-process copies; a new mark reaches every
+        process through the memo's generation). heard: with when it last answered (one read
+        more a host; a memoised answer does not need it)."""
+        now = self.clock()
+        found = {}
         for base in bases:
             host = host_of(base)
-            if self.memo.fresh(self.lifetimes.unhealthy(host), front=True):
-                found.append(base)
-                continue
+            marked = self.lifetimes.unhealthy(host)
+            mark = self.memo.last(marked, front=True)
             backoff = self.memo.fresh(self.lifetimes.backoff(host), front=True)
-            if backoff is not None and backoff.value > now:
-                found.append(base)
+            latency = self.memo.last(self.lifetimes.latency(host), front=True) if heard else None
+            found[base] = host_state(mark, marked.fresh_for,
+                                     backoff.value if backoff is not None else None,
+                                     latency.at if latency is not None else None, now)
         return found
+
+    def unhealthy(self, bases: Iterable[str]) -> List[str]:
+        """The bases whose host is currently marked unhealthy or asked us to back off."""
+        return [base for base, state in self.states(bases, heard=False).items()
+                if state.failing]
 
     def is_healthy(self, base: str) -> bool:
         return not self.unhealthy([base])
-
-    def trusted(self, base: str) -> bool:
-        """Healthy, and not on probation: it has answered since it last failed. Only such a
-        mirror is answered unprobed or from the memo."""
-        return self.memo.last(self.lifetimes.unhealthy(host_of(base)), front=True) is None \
-            and self.is_healthy(base)
 
     def record(self, result: ProbeResult) -> None:
         """Learn from one request to a mirror. A host that cannot be reached (refused, timed
@@ -74,8 +110,8 @@ class MirrorHealth:
         to be left alone (Retry-After), for as long as it asks. Any answer is a latency
         sample."""
         host = host_of(result.url)
-        if self.on_result is not None:
-            self.on_result(host, result)
+        if self.listener is not None:
+            self.listener(host, result)
         if result.outcome == FAILED:
             self._mark(host, result.detail)
             return
@@ -98,7 +134,7 @@ class MirrorHealth:
                     self.lifetimes.config.unhealthy_ttl, detail)
 
     def _count_error(self, host: str, result: ProbeResult) -> None:
-        now = time.time()
+        now = self.clock()
         if result.retry_after:
             wait = min(result.retry_after, MAX_BACKOFF)
             self.memo.put(self.lifetimes.backoff(host), now + wait)
@@ -122,16 +158,8 @@ class MirrorHealth:
         """Spend one of the mirror host's probes for this second, if any is left: a client
         asking for thousands of paths that exist nowhere must not turn the helpers into a
         probe cannon aimed at the mirrors."""
-        fact = self.lifetimes.probe_budget(host_of(base), int(time.time()))
+        fact = self.lifetimes.probe_budget(host_of(base), int(self.clock()))
         return self.memo.count(fact) <= self.lifetimes.config.max_probes_per_second
-
-    def heard_from(self, base: str, within: float, shared: bool = False) -> bool:
-        """Whether the mirror answered one of the helpers' requests in the last `within`
-        seconds (its latency sample is that recent). By default this process's copy: its own
-        samples replace it, another's reach it with the next change of the memo's generation;
-        at worst a mirror is probed when it need not be. shared: what all processes heard."""
-        known = self.memo.last(self.lifetimes.latency(host_of(base)), front=not shared)
-        return known is not None and time.time() - known.at < within
 
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:
         """Each base's latency estimate in seconds, for those measured."""

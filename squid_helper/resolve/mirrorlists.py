@@ -15,17 +15,13 @@ source is left alone for a while.
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..config.settings import Config
-from ..facts.flight import SingleFlight
-from ..facts.lifetimes import Fact, Lifetimes
-from ..facts.memo import Memo
-from .health import MirrorHealth
-from .probe import FAILED, FOUND, UNCHANGED, Prober
+from ..facts.lifetimes import Fact
+from ..facts.memo import Stored
+from .context import Stage
+from .probe import FAILED, FOUND, UNCHANGED
 from .sources import MirrorSet, SourceError, parse_metalink, parse_mirrorlist
 from .urls import RepoPath, expand_template
 
@@ -51,17 +47,26 @@ class _Source:
     retry: Fact  # the source sent something unusable: not asked again for a while
 
 
-class MirrorLists:
-    def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
-                 flights: SingleFlight, health: MirrorHealth, background: Executor):
-        self.config = config
-        self.health = health
-        self.memo = memo
-        self.lifetimes = lifetimes
-        self.prober = prober
-        self.flights = flights
-        self.background = background
+# What to do with a repo's memoised mirror list (list_action).
+USE, REFETCH_LATER, FETCH = "use", "refetch later", "fetch"
 
+
+def list_action(known: Optional[Stored], fact: Fact, now: float, force: bool,
+                needs_current_hashes: bool) -> str:
+    """The freshness policy of mirror lists: a fresh list is used (unless forced); a list
+    past its time is used at once and refetched in the background, unless the request needs
+    the current hashes (a metalink, for repomd.xml) or the refetch is forced; without a list,
+    it is fetched."""
+    if known is None:
+        return FETCH
+    if not force and known.fresh_for(fact, now) > 0:
+        return USE
+    if not force and not needs_current_hashes:
+        return REFETCH_LATER
+    return FETCH
+
+
+class MirrorLists(Stage):
     def mirrors(self, request: RepoPath, trace: List[str],
                 force: bool = False) -> Optional[MirrorSet]:
         """The repo's mirrors: the memoised list, refetched as described above; the last good
@@ -77,15 +82,16 @@ class MirrorLists:
                          self.lifetimes.mirror_list(request),
                          self.lifetimes.source_retry(request.triple))
         known = self.memo.last(source.fact)
-        if known is not None and not force and known.fresh_for(source.fact, time.time()) > 0:
+        action = list_action(known, source.fact, self.clock(), force,
+                             needs_current_hashes=repo.kind == "metalink" and request.is_metadata)
+        if action == USE:
             return known.value.mirrors
         resting = self._resting(source)
         if resting:
             # The source failed a moment ago: one timeout is enough, whatever is asked next.
             trace.append(resting)
             return known.value.mirrors if known is not None else None
-        if known is not None and not force and not (repo.kind == "metalink"
-                                                    and request.is_metadata):
+        if action == REFETCH_LATER:
             self._refetch_later(source)
             return known.value.mirrors
 
@@ -104,7 +110,7 @@ class MirrorLists:
             return f"{source.url}: its host is marked unhealthy; not asked again yet"
         unusable = self.memo.fresh(source.retry)
         if unusable is not None:
-            ago = time.time() - unusable.at
+            ago = self.clock() - unusable.at
             return f"{source.url}: {unusable.value} {ago:.0f}s ago; not asked again yet"
         return None
 

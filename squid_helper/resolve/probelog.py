@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Executor
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
@@ -26,8 +26,10 @@ def summary(result: ProbeResult) -> Dict[str, object]:
 
 
 class ProbeLog:
-    def __init__(self, memo: Memo, lifetimes: Lifetimes, background: Executor):
+    def __init__(self, memo: Memo, lifetimes: Lifetimes, background: Executor,
+                 clock: Callable[[], float] = time.time):
         self.memo = memo
+        self.clock = clock
         self.lifetimes = lifetimes
         self.background = background
         self._pending: Dict[str, Tuple[float, Dict[str, object]]] = {}  # host -> (when, what)
@@ -36,7 +38,7 @@ class ProbeLog:
 
     def note(self, host: str, result: ProbeResult) -> None:
         """Remember `result` as the host's latest; costs a dict update on the caller's thread."""
-        entry = (time.time(), summary(result))
+        entry = (self.clock(), summary(result))
         with self._lock:
             self._pending[host] = entry
             if self._scheduled:

@@ -16,17 +16,13 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from ..config.settings import Config
-from ..facts.flight import SingleFlight
-from ..facts.lifetimes import Lifetimes
-from ..facts.memo import Memo
-from .health import MirrorHealth
+from .context import Context, Stage
 from .mirrorlists import MirrorLists
-from .probe import ERROR, FAILED, FOUND, MISSING, Prober, ProbeResult
+from .probe import ERROR, FAILED, FOUND, MISSING, ProbeResult
 from .selection import (
     FRESH,
     STALE,
@@ -72,10 +68,11 @@ class Survey:
 class _Answers:
     """A running survey's answers as they arrive from the pool's threads."""
 
-    def __init__(self, asked: List[str]):
+    def __init__(self, asked: List[str], timer: Callable[[], float]):
         self.asked = asked
+        self.timer = timer
         self.results: Dict[str, ProbeResult] = {}
-        self.started = time.monotonic()
+        self.started = timer()
         self.first_answer: Optional[float] = None
         self._changed = threading.Condition()
         self._when_complete: Optional[Callable[[Dict[str, ProbeResult]], None]] = None
@@ -84,7 +81,7 @@ class _Answers:
         with self._changed:
             self.results[base] = result
             if self.first_answer is None and result.outcome == FOUND:
-                self.first_answer = time.monotonic()
+                self.first_answer = self.timer()
             complete = len(self.results) == len(self.asked)
             then = self._when_complete if complete else None
             self._changed.notify_all()
@@ -94,11 +91,11 @@ class _Answers:
     def wait(self, how_long: Callable[[Dict[str, ProbeResult], Optional[float]],
                                       Optional[float]], limit: float) -> Dict[str, ProbeResult]:
         """Wait until how_long(results, first_answer) says to decide, or `limit` passed."""
-        deadline = time.monotonic() + limit
+        deadline = self.timer() + limit
         with self._changed:
             while True:
                 remaining = how_long(self.results, self.first_answer)
-                left = deadline - time.monotonic()
+                left = deadline - self.timer()
                 if remaining is None or left <= 0:
                     return dict(self.results)
                 self._changed.wait(min(remaining, left))
@@ -112,19 +109,14 @@ class _Answers:
         then(results)
 
 
-class Surveys:
-    def __init__(self, config: Config, memo: Memo, lifetimes: Lifetimes, prober: Prober,
-                 flights: SingleFlight, health: MirrorHealth, mirror_lists: MirrorLists,
-                 pool: Executor, background: Executor):
-        self.config = config
-        self.memo = memo
-        self.lifetimes = lifetimes
-        self.prober = prober
-        self.flights = flights
-        self.health = health
+class Surveys(Stage):
+    """The fetches run on the probe pool; a survey is completed, after it decided, on the
+    background threads."""
+
+    def __init__(self, context: Context, mirror_lists: MirrorLists):
+        """mirror_lists: to read a metalink again when the mirrors contradict it."""
+        super().__init__(context)
         self.mirror_lists = mirror_lists
-        self.pool = pool  # for the fetches
-        self.background = background  # for completing a survey after it decided
         self._runs = itertools.count()
         self._done: Dict[str, threading.Event] = {}  # this process's surveys still running
 
@@ -135,7 +127,7 @@ class Surveys:
         fact = self.lifetimes.survey(request.triple)
         known = self.memo.last(fact, front=True)  # a new survey bumps the memo's generation
         if (known is not None and not force and known.value.bases == mirrors.bases
-                and known.fresh_for(fact, time.time()) > 0):
+                and known.fresh_for(fact, self.clock()) > 0):
             return known.value
 
         def published() -> Optional[Survey]:
@@ -153,7 +145,7 @@ class Surveys:
         unhealthy = set(self.health.unhealthy(mirrors.bases))
         asked = [b for b in mirrors.bases if b not in unhealthy][: self.config.survey_limit]
         run = f"{os.getpid()}.{next(self._runs)}"
-        answers = _Answers(asked)
+        answers = _Answers(asked, self.timer)
         self._done[run] = threading.Event()
         for base in asked:
             future = self.pool.submit(self.prober.fetch, join_under_base(base, REPOMD_PATH))
@@ -163,7 +155,7 @@ class Surveys:
         def how_long(results: Dict[str, ProbeResult], first: Optional[float]) -> Optional[float]:
             seen = {b: _observation(r, mirrors) for b, r in results.items()}
             return survey_wait(len(asked), seen, has_digest, answers.started, first,
-                               self.config.survey_window, time.monotonic())
+                               self.config.survey_window, self.timer())
 
         # Bounded by the probes' own time limit: a probe outliving it is a hanging one.
         results = answers.wait(how_long, self.config.probe_timeout + 1)
@@ -187,8 +179,8 @@ class Surveys:
         if done is not None:
             done.wait(timeout)
         else:  # surveyed by another process: watch the memo
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            deadline = self.timer() + timeout
+            while self.timer() < deadline:
                 latest = self.memo.last(fact)
                 if latest is None or latest.value.complete or latest.value.run != early.run:
                     break
@@ -213,10 +205,7 @@ class Surveys:
                trace: List[str]) -> Tuple[Survey, MirrorSet]:
         observations = {b: _observation(r, mirrors) for b, r in results.items()}
         use_digest = mirrors.expected is not None
-        suspect = use_digest and (newer_than_metalink(observations) or (
-            not digest_usable(observations)
-            and any(o.outcome == "ok" for o in observations.values())))
-        if suspect and self.memo.put_new(
+        if use_digest and push_suspected(observations) and self.memo.put_new(
                 self.lifetimes.push_check(request.triple), True):
             # A mirror newer than the metalink, or none matching it: our copy of the metalink
             # may predate a push. Read it again (at most once per refresh_interval).
@@ -295,6 +284,14 @@ class Surveys:
         if answer is not None and answer.value["base"] in demoted:
             self.memo.delete(fact.key)
             self.memo.bump_generation()
+
+
+def push_suspected(observations: Dict[str, Observation]) -> bool:
+    """The push policy: a mirror newer than the metalink, or answers none of which matches
+    it, mean that our copy of the metalink may predate a push (read it again)."""
+    return bool(newer_than_metalink(observations)) or (
+        not digest_usable(observations)
+        and any(o.outcome == "ok" for o in observations.values()))
 
 
 def _observation(result: ProbeResult, mirrors: MirrorSet) -> Observation:

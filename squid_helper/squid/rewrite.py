@@ -41,6 +41,8 @@ class RewriteHandler:
         self.resolver = resolver
 
     def answer(self, request: HelperRequest) -> Union[Reply, SlowAnswer]:
+        # A client asking for fresh metadata (no-cache) skips the memo, if anything is due.
+        fresh_asked = asks_for_fresh(request.extras)
         mapped = map_url(request.url, request.extras, self.resolver.config)
         # Mapping depends on the URL and myport only, and memo answers stay valid for longer
         # than the loop reuses a reply: all three kinds of immediate answer are reusable.
@@ -50,8 +52,7 @@ class RewriteHandler:
             log.info("refused %s: %s", request.url[:300], mapped.reason)
             return err(mapped.reason, **{REPO_ERROR_NOTE: REFUSED_NOTE}).reusable_for(
                 CONFIG_ANSWER_SECONDS)
-        # A client asking for fresh metadata (no-cache) skips the memo, if anything is due.
-        refresh = mapped.is_metadata and asks_for_fresh(request.extras)
+        refresh = mapped.is_metadata and fresh_asked
         cached = None if refresh else self.resolver.cached(mapped)
         if cached is not None:
             log.debug("%s -> %s (memo)", request.url, cached.url)
