@@ -380,6 +380,19 @@ class Memo:
         self.bump_generation()
         return dropped
 
+    def shun(self, shunned: Fact, answer: Fact, base: str, reason: str) -> None:
+        """Never answer `base` for one path again while `shunned` (lifetimes.shunned) holds:
+        record it, drop the path's memoised answer (`answer`) when it names that base, and
+        bump the generation. The hot path reads no shunned fact: dropping the answer and
+        every process's copy of it is how it learns (resolve/snapshots.py)."""
+        self.update(shunned, lambda known: {**(known if isinstance(known, dict) else {}),
+                                            base: reason}, None)
+        known = self.last(answer)
+        if known is not None and isinstance(known.value, dict) \
+                and known.value.get("base") == base:
+            self.delete(answer.key)
+        self.bump_generation()
+
     # -- reading for operators (status, metrics) ----------------------------------------------
     @classmethod
     def reader(cls, config: Config) -> Memo:

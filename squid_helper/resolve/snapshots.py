@@ -27,18 +27,21 @@ class FactReader(Stage):
         when a client asked for fresh metadata (`refresh`), when the repo was last checked
         again for one. front=False reads the answer from the shared memo, for waiters that
         need another process's fresh answer. working: the answer may have to be worked out:
-        whether the path is being verified already (a memo read the hot path does without).
+        whether the path is being verified already, the mirrors shunned for it, and its miss
+        beside an answer (memo reads the hot path does without: whoever shuns a mirror drops
+        the path's answer and bumps the memo's generation, and a stale answer is worked out).
         The state of other mirrors is added once they are known (with_hosts)."""
         facts = PathFacts(self.lifetimes.answer(request), self.lifetimes.miss(request),
                           self.lifetimes.refresh_check(request.triple) if refresh else None)
         answer = self.memo.last(facts.answer, front)
         survey = self.memo.last(self.lifetimes.survey(request.triple), front=True)
-        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True)
+        shunned = self.memo.fresh(self.lifetimes.shunned(request), front=True) \
+            if working else None
         hosts = self.health.states([answer.value["base"]] if answer is not None else [],
                                    heard=False)
         return Snapshot(
             request, self.clock(), facts, answer=answer,
-            miss=self.memo.last(facts.miss, front),
+            miss=self.memo.last(facts.miss, front) if answer is None or working else None,
             survey=survey.value if survey is not None else None, hosts=hosts,
             shunned=shunned_bases(shunned.value if shunned is not None else None),
             refresh_asked=refresh,

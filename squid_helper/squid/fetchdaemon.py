@@ -149,13 +149,8 @@ class FetchLearner:
                 unreachable: bool) -> None:
         """Shun the mirror for the path, forget the answer that named it, and tell every
         helper process (the memo's generation); count it for the host as a probe's failure."""
-        self.memo.update(self.lifetimes.shunned(request),
-                         lambda known: {**(known or {}), base: reason}, None)
-        answer = self.lifetimes.answer(request)
-        known = self.memo.last(answer)
-        if known is not None and known.value.get("base") == base:
-            self.memo.delete(answer.key)
-        self.memo.bump_generation()
+        self.memo.shun(self.lifetimes.shunned(request), self.lifetimes.answer(request), base,
+                       reason)
         url = fetch.fetched_url or request.on(base)
         self.health.record(ProbeResult(url, FAILED if unreachable else ERROR, reason,
                                        fetch.elapsed_ms / 1000.0))

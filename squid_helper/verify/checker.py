@@ -257,8 +257,8 @@ class IntegrityChecker:
         base = mirror_base(fetched_url, request)
         reason = f"its copy of {request.path} disagreed with the repo's metadata ({why})"
         if base is not None:
-            self.memo.update(self.lifetimes.shunned(request),
-                             lambda shunned: {**(shunned or {}), base: reason}, {})
+            self.memo.shun(self.lifetimes.shunned(request), self.lifetimes.answer(request),
+                           base, reason)
 
         def counted(known: Optional[Dict]) -> Dict:
             count = known.get("count", 0) if isinstance(known, dict) else 0
@@ -272,8 +272,8 @@ class IntegrityChecker:
         # Past unhealthy_ttl it is on probation, and this path stays shunned.
         self.health.record(ProbeResult(fetched_url, FAILED, f"its copy of {request.path} "
                                        "disagreed with the repo's metadata", 0.0))
-        self.memo.delete(self.lifetimes.answer(request).key)
-        self.memo.bump_generation()
+        if base is None:  # else shun() dropped it
+            self.memo.forget(self.lifetimes.answer(request))
         log.warning("integrity: Squid's copy of %s from %s is not the repo's: %s %s, %d bytes; "
                     "the metadata says %s %s, %s bytes; %s (%s)%s", request.key, fetched_url,
                     expected.algorithm, copy.digest, copy.size, expected.algorithm,

@@ -113,7 +113,8 @@ def settled(resolver: Resolver, request: RepoPath) -> None:
 
 
 def shun(resolver: Resolver, request: RepoPath, base: str, why: str) -> None:
-    resolver.memo.put(resolver.lifetimes.shunned(request), {base: why})
+    resolver.memo.shun(resolver.lifetimes.shunned(request), resolver.lifetimes.answer(request),
+                       base, why)
 
 
 def test_the_first_answer_is_the_mirror_that_has_it_and_ends_with_its_ttl(make, clock):
