@@ -52,10 +52,10 @@ from .health import MirrorHealth
 from .mirrorlists import MirrorLists
 from .probe import Prober
 from .probelog import ProbeLog
+from .probing import Verifier
 from .snapshots import FactReader
 from .survey import Surveys
 from .urls import RepoPath
-from .verify import Verifier
 from .watch import Watch, WatchKeeper
 
 _BACKGROUND_THREADS = 4
