@@ -15,6 +15,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -69,6 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not head and body:
             with self.server.owner.lock:
                 self.server.owner.body_bytes += len(body)
+                self.server.owner.bytes_by_path[self.path.split("?", 1)[0]] += len(body)
             rate = self.server.owner.bytes_per_second
             if not rate:
                 self.wfile.write(body)
@@ -278,6 +280,7 @@ class MirrorServer:
         self.documents: Dict[str, bytes] = dict(documents or {})
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.body_bytes = 0  # bytes of every answer's body it began to send
+        self.bytes_by_path: Counter = Counter()  # the same, by path
         self.arrivals: List[float] = []  # when each of `requests` arrived (wall clock)
         # path fragment -> (status, headers): paths containing it get that answer instead
         self.fail_paths: Dict[str, Tuple[int, Dict[str, str]]] = {}

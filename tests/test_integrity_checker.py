@@ -80,6 +80,9 @@ class FakeSquid:
         self.cache.pop(url, None)
         return True, "purged from Squid"
 
+    def release(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

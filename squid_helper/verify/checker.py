@@ -81,6 +81,10 @@ class Copy:
     problem: Optional[str] = None  # why there is no answer at all
 
 
+# What marks the check's own requests to Squid (squid.conf.in's helper_checks acl).
+CHECK_HEADER, CHECK_HEADER_VALUE = "X-Squid-Helper", "integrity-check"
+
+
 class SquidReader:
     """Reads repo URLs through Squid, hashing what comes back, and purges them."""
 
@@ -88,6 +92,8 @@ class SquidReader:
         self.proxy = proxy
         self.timeout = timeout
         self.session = new_session((10, timeout), proxy=f"http://{proxy}", pool_size=1)
+        # squid.conf leaves these reads out of access.log and the fetch reports (helper_checks)
+        self.session.headers[CHECK_HEADER] = CHECK_HEADER_VALUE
 
     def read(self, url: str, algorithm: str = "sha256", cache_only: bool = False,
              keep: bool = False) -> Copy:
@@ -114,6 +120,11 @@ class SquidReader:
     def purge(self, url: str) -> Tuple[bool, str]:
         result = purge_from_squid(url, self.proxy, self.timeout)
         return result.ok, result.message
+
+    def release(self) -> None:
+        """Close the connections kept open to Squid (the session opens new ones when asked)."""
+        for adapter in self.session.adapters.values():
+            adapter.close()
 
     def close(self) -> None:
         self.session.close()
@@ -210,6 +221,11 @@ class IntegrityChecker:
                 log.exception("integrity: bug while checking %s", item)
             finally:
                 self._queue.task_done()
+            if self._queue.empty():
+                # Nothing more to read: this side closes its connections to Squid, so that
+                # Squid, stopping, leaves no TIME_WAIT on its own port (serve's port would
+                # stay taken for a minute after it stopped).
+                self.reader.release()
 
     # -- the check ---------------------------------------------------------------------------
     def repo_url(self, request: RepoPath) -> str:
