@@ -21,7 +21,7 @@ from squid_helper.config.settings import (
 )
 
 PATH = "/etc/squid-helper/repos.yaml"
-BUNDLED = Path(__file__).resolve().parent.parent / "repos.yaml"
+BUNDLED = Path(__file__).resolve().parents[2] / "repos.yaml"
 MINIMAL_REPOS = "repos:\n  f:\n    mirrors: [http://m.example.org/pub/]\n"
 
 
