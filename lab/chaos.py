@@ -282,13 +282,18 @@ class ChaosDriver(threading.Thread):
     current at every moment, until stopped."""
 
     def __init__(self, mirrors: Sequence[Flapper], list_host: Flapper, rng: random.Random,
-                 interval: Tuple[float, float], list_share: float = 0.25):
+                 interval: Tuple[float, float], list_share: float = 0.25,
+                 list_host_every: int = 4):
+        """list_share: the chance that an action is the list host's; and at the latest every
+        list_host_every-th action is, so that even a short run upsets it."""
         super().__init__(name="chaos", daemon=True)
         self.mirrors = list(mirrors)
         self.list_host = list_host
         self.rng = rng
         self.interval = interval
         self.list_share = list_share
+        self.list_host_every = list_host_every
+        self.since_list_host = 0  # steps since the list host's last applied action
         self.timeline: List[Event] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -305,10 +310,12 @@ class ChaosDriver(threading.Thread):
                    if (m.state_after(action) if m is changed else m.state) == "good")
 
     def step(self) -> None:
-        if self.rng.random() < self.list_share:
+        drawn = self.rng.random() < self.list_share
+        if drawn or self.since_list_host >= self.list_host_every - 1:
             target = self.list_host
         else:
             target = self.rng.choice(self.mirrors)
+            self.since_list_host += 1
         actions = target.actions()
         if target is self.list_host:
             actions = [a for a in actions if a != "stale"]
@@ -328,6 +335,8 @@ class ChaosDriver(threading.Thread):
             return
         self.record(target.name, action, target.state,
                     at=before if action in ("kill", "hang", "stale") else None)
+        if target is self.list_host:
+            self.since_list_host = 0
 
     def run(self) -> None:
         try:
