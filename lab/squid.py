@@ -10,6 +10,7 @@ stopped by the object that started it, with bounded waits.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -29,16 +30,23 @@ from squid_helper.ops.squidconf import SquidConfParams, installed_error_director
 from squid_helper.ops.squiduser import SquidUserError, detect_squid_user
 
 
-def _squid_user() -> str:
+@functools.cache
+def squid_user() -> str:
     """Squid's user on this host, found as `serve` finds it (proxy on Debian, squid on EL and
-    Fedora); proxy where there is no Squid, so that the tests that need one say so."""
+    Fedora); proxy where there is no Squid, so that the tests that need one say so. Asked of
+    `squid -v` when first needed, not on import: the unit tier imports this module too."""
     try:
         return detect_squid_user().name
     except SquidUserError:
         return "proxy"
 
 
-SQUID_USER = _squid_user()
+def __getattr__(name: str) -> str:
+    if name == "SQUID_USER":  # the module's old constant, for `from lab.squid import SQUID_USER`
+        return squid_user()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 START_TIMEOUT = 60.0
 # squid.conf directives that wire the helpers in: helpers=False drops every line of them.
 HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
@@ -74,7 +82,7 @@ def chown_proxy(*paths: Path) -> None:
     """Give the proxy user what Squid and its helpers write (recursively)."""
     if os.geteuid() != 0:
         return
-    entry = pwd.getpwnam(SQUID_USER)
+    entry = pwd.getpwnam(squid_user())
     for path in paths:
         if not path.exists():
             path.mkdir(parents=True)
@@ -154,7 +162,7 @@ class SquidInstance:
             coredump_dir=str(self.cache_dir), lab_networks=("127.0.0.0/8",),
             rewrite_children=4, rewrite_startup=1, rewrite_idle=1, rewrite_concurrency=20,
             storeid_children=2, storeid_startup=1, storeid_idle=1, storeid_concurrency=20,
-            shutdown_lifetime=1, visible_hostname="squid-helper-test", effective_user=SQUID_USER,
+            shutdown_lifetime=1, visible_hostname="squid-helper-test", effective_user=squid_user(),
             generated_by="rendered by lab/squid.py"), **overrides)
         self.process: Optional[subprocess.Popen] = None
         self._stderr = None
@@ -405,7 +413,7 @@ class ParentSquid(SquidInstance):
             "cache_store_log none",
             f"pid_filename {self.pid_file}",
             f"coredump_dir {self.cache_dir}",
-            f"cache_effective_user {SQUID_USER}",
+            f"cache_effective_user {squid_user()}",
             "pinger_enable off",
             f"shutdown_lifetime {p.shutdown_lifetime} seconds",
         ]) + "\n"

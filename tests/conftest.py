@@ -24,6 +24,8 @@ from lab.mirrors import (
 )
 from lab.redis import RedisServer
 from lab.rpmrepo import build_snapshots
+from lab.squid import squid_user
+from lab.tls import LabCA
 
 NEW_REVISION, OLD_REVISION = 2000, 1000
 COMMON_PACKAGES = ["common-1.0.rpm"]
@@ -34,20 +36,18 @@ NEW_ONLY = ["new-2.0.rpm"] + [f"bulk-{i}.rpm" for i in range(30)]
 def require(*commands: str, root: bool = True) -> None:
     """Skip (outside CI) or fail (CI=true) when a command or root is missing: in CI these tests
     must never pass by not running."""
-    from lab.squid import SQUID_USER  # here: importing it asks `squid -v`, not for the unit tier
-
     missing = [c for c in commands if shutil.which(c) is None]
     problems = []
     if missing:
         problems.append("missing commands: " + ", ".join(missing)
                         + " (make system-deps installs them, with apt-get or dnf)")
     if root and os.geteuid() != 0:
-        problems.append(f"must run as root (Squid drops to cache_effective_user {SQUID_USER})")
+        problems.append(f"must run as root (Squid drops to cache_effective_user {squid_user()})")
     if root and not problems:
         try:
-            pwd.getpwnam(SQUID_USER)
+            pwd.getpwnam(squid_user())
         except KeyError:
-            problems.append(f"no {SQUID_USER!r} user (it comes with the squid package)")
+            problems.append(f"no {squid_user()!r} user (it comes with the squid package)")
     if not problems:
         return
     message = "; ".join(problems)
@@ -125,6 +125,13 @@ def rpm_snapshots(built_rpm_snapshots, tmp_path_factory) -> Dict[str, Path]:
     base = tmp_path_factory.mktemp("rpmrepo")
     shutil.copytree(built, base, symlinks=True, dirs_exist_ok=True)
     return {name: base / root.relative_to(built) for name, root in snapshots.items()}
+
+
+# -- a test CA ----------------------------------------------------------------------------------
+@pytest.fixture
+def ca(tmp_path: Path) -> LabCA:
+    """A throwaway CA (trustme) whose files are in tmp_path/ca."""
+    return LabCA(tmp_path / "ca")
 
 
 # -- a shared memo -------------------------------------------------------------------------------
