@@ -1,4 +1,4 @@
-"""10,000 requests for paths that exist nowhere: the mirrors get at most max_probes_per_second
+"""5,000 requests for paths that exist nowhere: the mirrors get at most max_probes_per_second
 probes per second, the memo stays within its size limit, and everyone else is answered as
 before (benchmarks/bench_flood.py prints the same figures for a longer run)."""
 
@@ -8,11 +8,13 @@ from lab.flood import run_flood
 
 
 def test_a_flood_of_nonexistent_paths_is_no_probe_cannon(tmp_path):
-    result = run_flood(tmp_path, count=10_000, probe_limit=20, memo_mb=1)
+    # Several seconds of flood at 20 probes per second per mirror: the limit is reached and
+    # held (benchmarks/bench_flood.py: 50,000).
+    result = run_flood(tmp_path, count=5_000, probe_limit=20, memo_mb=1)
     report = result.report() + "\n" + result.log_tail
     print(report)
     assert result.replies["BH"] == 0, report
-    assert sum(result.replies.values()) == 10_000, report
+    assert sum(result.replies.values()) == 5_000, report
     for busiest in result.busiest_second.values():
         # A probe counted in one second may arrive in the next: a little slack.
         assert 0 < busiest <= result.probe_limit * 1.25, report
