@@ -66,7 +66,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -77,7 +76,7 @@ import yaml
 from lab.dns import LoopbackDns
 from lab.helper import helper_command
 from lab.mirrors import GOOD, HANG, MirrorServer, free_port
-from lab.rpmrepo import DNF_TIMEOUT, DnfClient, build_rpm, dnf_output, make_rpm_repo
+from lab.rpmrepo import DNF_TIMEOUT, DnfClient, build_rpms, dnf_output, make_rpm_repo
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 
 REPO = "chaos"
@@ -139,10 +138,7 @@ def build_snapshots(base: Path, count: int = PACKAGES, stale_count: int = STALE_
     """Two snapshots of one real RPM repository, as mirrors' document roots (the repo at TREE
     below each): current (CURRENT_REVISION, all `count` packages, published an hour ago) and
     stale (STALE_REVISION, the first `stale_count` only, a day old)."""
-    names = package_names(count)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        rpms = list(pool.map(lambda name: build_rpm(base / "build" / name, name, "1.0",
-                                                    size=size), names))
+    rpms = build_rpms(base / "build", package_names(count), "1.0", size=size)
     roots = {"current": base / "current", "stale": base / "stale"}
     make_rpm_repo(roots["current"] / TREE, rpms, revision=CURRENT_REVISION)
     make_rpm_repo(roots["stale"] / TREE, rpms[:stale_count], revision=STALE_REVISION)
