@@ -1,6 +1,7 @@
 """Real RPM repositories and the real dnf.
 
-* build_rpm / make_rpm_repo: tiny noarch packages from rpmbuild, repodata from createrepo_c.
+* build_rpm / build_rpms / make_rpm_repo: tiny noarch packages from rpmbuild (one, or many from
+  one run), repodata from createrepo_c.
 * build_snapshots and the constants beside it: the small two-snapshot repository the
   end-to-end tests serve from their mirrors, and what a dnf run against it asks and gets.
 * DnfClient: one "build slave" with its own installroot, cache and config.
