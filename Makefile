@@ -28,7 +28,7 @@ RPM_DEPS   = squid:squid squidclient:squid dnf:dnf createrepo_c:createrepo_c rpm
 
 SOURCES = setup.cfg pyproject.toml $(wildcard squid_helper/*.py squid_helper/*/*.py squid_helper/templates/* squid_helper/templates/errors/*)
 
-.PHONY: serve test install system-deps lint bench rpm install-service
+.PHONY: serve test unit e2e install system-deps lint bench rpm install-service
 
 # serve checks CONFIG itself, and runs the helpers on a private copy (memo and log under DIR)
 serve: system-deps install
@@ -36,9 +36,23 @@ serve: system-deps install
 		--accel-port $(ACCEL_PORT) $(if $(LISTEN),--listen $(LISTEN)) \
 		$(foreach net,$(ALLOW),--allow $(net))
 
+# Two tiers: tests/unit (pure logic, any user, no Squid or network, under a minute) first, and
+# only if it passes, the end-to-end tier (everything else under tests/: real Squid, dnf, Redis,
+# mirrors on loopback; root).
+PYTEST     = $(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS)
+UNIT_TESTS = tests/unit
+E2E_TESTS  = --ignore=tests/unit tests
+
 test: system-deps install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS)
+	$(PYTEST) $(UNIT_TESTS)
+	$(PYTEST) $(E2E_TESTS)
+
+unit: install
+	$(PYTEST) $(UNIT_TESTS)
+
+e2e: system-deps install
+	$(PYTEST) $(E2E_TESTS)
 
 # One stamp per source tree: a venv shared by two checkouts (CI's clean clone and this one)
 # must be reinstalled when the other one installed into it last.

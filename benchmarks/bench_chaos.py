@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import arg_parser, extra_settings, verdict
+from common import arg_parser, extra_settings, run, verdict
 
 from lab.chaos import INTERVAL, prerequisites, run_chaos
 
@@ -31,8 +31,6 @@ def main() -> int:
     parser = arg_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None,
                         help="how long clients keep starting dnf runs (default 120, --quick 30)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="replay a run's chaos actions and package subsets (default: random)")
     parser.add_argument("--clients", type=int, default=2, help="dnf clients running at once")
     parser.add_argument("--interval", type=float, nargs=2, default=list(INTERVAL),
                         metavar=("MIN", "MAX"), help="seconds between chaos actions")
@@ -77,4 +75,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

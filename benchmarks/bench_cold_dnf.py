@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from common import arg_parser, extra_settings, median, verdict, write_config
+from common import arg_parser, extra_settings, median, run, verdict, write_config
 
 from lab.mirrors import MirrorServer, free_port
 from lab.rpmrepo import DnfClient, build_rpm, dnf_output, make_rpm_repo
@@ -398,4 +398,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

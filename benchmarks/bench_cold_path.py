@@ -43,6 +43,7 @@ from common import (
     mirror,
     package_documents,
     package_urls,
+    run,
     static_config,
     verdict,
     wait_ready,
@@ -157,4 +158,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

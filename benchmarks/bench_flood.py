@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from common import arg_parser, verdict, workdir
+from common import arg_parser, run, verdict, workdir
 
 from lab.flood import run_flood
 
@@ -34,11 +34,12 @@ def main() -> int:
     print(f"RESULT flood of {args.count}: busiest second {busiest} probes per mirror, goal "
           f"<= {args.limit} (+25%): {verdict(busiest <= args.limit * 1.25)}; memo "
           f"{result.memo_bytes / 1e6:.2f} MB, goal <= {result.memo_limit / 1e6:.2f} MB: "
-          f"{verdict(result.memo_bytes <= result.memo_limit * 1.1)}; BH {result.replies['BH']}; "
+          f"{verdict(result.memo_bytes <= result.memo_limit * 1.1)}; BH {result.replies['BH']}, "
+          f"goal 0: {verdict(result.replies['BH'] == 0)}; "
           f"p99 normal {1000 * result.p99(result.during):.1f} ms during vs "
           f"{1000 * result.p99(result.alone):.1f} ms alone")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -32,6 +32,7 @@ from common import (
     package_documents,
     package_urls,
     request_lines,
+    run,
     static_config,
     verdict,
     wait_ready,
@@ -135,4 +136,4 @@ def measure(lines: List[bytes], helper: LinePipe, echo: LinePipe, args) -> Dict[
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

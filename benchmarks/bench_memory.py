@@ -23,6 +23,7 @@ from common import (
     package_urls,
     request_lines,
     rss_breakdown_kb,
+    run,
     static_config,
     verdict,
     wait_ready,
@@ -79,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -26,6 +26,7 @@ from common import (
     mirror,
     package_documents,
     package_urls,
+    run,
     start_together,
     static_config,
     verdict,
@@ -115,4 +116,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

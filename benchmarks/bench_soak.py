@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from typing import Dict, Optional
 
-from common import arg_parser, extra_settings, verdict
+from common import arg_parser, extra_settings, run, verdict
 
 from lab.procfs import ProcSample
 from lab.soak import MIX, SoakResult, prerequisites, run_soak
@@ -93,9 +93,9 @@ def main() -> int:
         print("cannot run: " + "; ".join(problems))
         return 2
     result = run_soak(seconds, warmup, args.rate, args.connections, args.sample,
-                      args.purge_every, extra_settings(args))
+                      args.purge_every, extra_settings(args), seed=args.seed)
     return 0 if report(result, args.rss_mb, args.fd_slack) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

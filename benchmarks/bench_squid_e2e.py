@@ -40,6 +40,7 @@ from common import (
     median,
     package_documents,
     package_name,
+    run,
     static_config,
     verdict,
 )
@@ -291,4 +292,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import select
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -39,7 +40,7 @@ __all__ = [
     "DEFAULT_EXTRAS", "ERROR", "GOOD", "HANG", "MirrorServer", "dead_url", "write_config",
     "REPO", "REPO_PREFIX", "package_documents", "package_urls", "mirror", "workdir",
     "LinePipe", "DriveResult", "helper_argv", "echo_argv", "arg_parser", "median",
-    "rss_kb", "cpu_seconds", "verdict",
+    "rss_kb", "cpu_seconds", "verdict", "run",
 ]
 
 REPO = "bench"
@@ -332,9 +333,16 @@ def start_together(actions: List[Callable[[], None]], timeout: float = 10.0) -> 
 
 
 # -- output -------------------------------------------------------------------------------------
+RESULTS_DIR = BENCH_DIR / "results"
+_missed: List[str] = []  # verdict() calls that said MISSED, for run()'s exit status
+
+
 def arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a short run (smaller counts)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the run's random choices, to replay them (default: drawn "
+                             "and written into the results file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra repos.yaml setting for the helper, e.g. --set workers=4")
     return parser
@@ -358,4 +366,72 @@ def median(values: Sequence[float]) -> float:
 
 
 def verdict(met: bool) -> str:
+    """MET or MISSED; a MISSED one makes run() exit with 1."""
+    if not met:
+        _missed.append("MISSED")
     return "MET" if met else "MISSED"
+
+
+class _Tee:
+    """Writes to the terminal and to the results file alike."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def _seed_argument(argv: List[str]) -> Tuple[int, List[str]]:
+    """The run's seed: --seed from argv, or one drawn now and added to argv, so that the
+    command line in the results file replays the run."""
+    seen, _ = _seed_parser().parse_known_args(argv)
+    if seen.seed is not None:
+        return seen.seed, argv
+    seed = random.SystemRandom().randrange(1, 1 << 31)
+    return seed, [*argv, f"--seed={seed}"]
+
+
+def _seed_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a benchmark's main() with its output also appended to
+    benchmarks/results/<name>-<date>.txt, after a header with the command line, seed, date and
+    the machine's load; exit 1 if any goal was MISSED (or main's own non-zero status)."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        return main()  # usage only: nothing to record
+    name = Path(sys.argv[0]).stem
+    seed, sys.argv[1:] = _seed_argument(sys.argv[1:])
+    random.seed(seed)
+    now = time.gmtime()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}-{time.strftime('%Y-%m-%d', now)}.txt"
+    with open(path, "a") as results:
+        results.write(f"===== {time.strftime('%Y-%m-%dT%H:%M:%SZ', now)}\n"
+                      f"command: {' '.join([sys.executable, *sys.argv])}\n"
+                      f"seed: {seed}\n"
+                      f"machine: {os.cpu_count()} CPUs, load average "
+                      f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start\n")
+        results.flush()
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, results), _Tee(stderr, results)
+        try:
+            status = main()
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+        if status == 0 and _missed:
+            status = 1
+        results.write(f"exit status: {status}"
+                      + (f" ({len(_missed)} goal(s) missed)" if _missed else "") + "\n\n")
+    print(f"results appended to {path}")
+    return status

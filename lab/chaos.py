@@ -66,7 +66,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -77,7 +76,7 @@ import yaml
 from lab.dns import LoopbackDns
 from lab.helper import helper_command
 from lab.mirrors import GOOD, HANG, MirrorServer, free_port
-from lab.rpmrepo import DNF_TIMEOUT, DnfClient, build_rpm, dnf_output, make_rpm_repo
+from lab.rpmrepo import DNF_TIMEOUT, DnfClient, build_rpms, dnf_output, make_rpm_repo
 from lab.squid import SquidInstance, WorldReadableDir, chown_proxy
 
 REPO = "chaos"
@@ -139,10 +138,7 @@ def build_snapshots(base: Path, count: int = PACKAGES, stale_count: int = STALE_
     """Two snapshots of one real RPM repository, as mirrors' document roots (the repo at TREE
     below each): current (CURRENT_REVISION, all `count` packages, published an hour ago) and
     stale (STALE_REVISION, the first `stale_count` only, a day old)."""
-    names = package_names(count)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        rpms = list(pool.map(lambda name: build_rpm(base / "build" / name, name, "1.0",
-                                                    size=size), names))
+    rpms = build_rpms(base / "build", package_names(count), "1.0", size=size)
     roots = {"current": base / "current", "stale": base / "stale"}
     make_rpm_repo(roots["current"] / TREE, rpms, revision=CURRENT_REVISION)
     make_rpm_repo(roots["stale"] / TREE, rpms[:stale_count], revision=STALE_REVISION)
@@ -282,13 +278,18 @@ class ChaosDriver(threading.Thread):
     current at every moment, until stopped."""
 
     def __init__(self, mirrors: Sequence[Flapper], list_host: Flapper, rng: random.Random,
-                 interval: Tuple[float, float], list_share: float = 0.25):
+                 interval: Tuple[float, float], list_share: float = 0.25,
+                 list_host_every: int = 4):
+        """list_share: the chance that an action is the list host's; and at the latest every
+        list_host_every-th action is, so that even a short run upsets it."""
         super().__init__(name="chaos", daemon=True)
         self.mirrors = list(mirrors)
         self.list_host = list_host
         self.rng = rng
         self.interval = interval
         self.list_share = list_share
+        self.list_host_every = list_host_every
+        self.since_list_host = 0  # steps since the list host's last applied action
         self.timeline: List[Event] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -305,10 +306,12 @@ class ChaosDriver(threading.Thread):
                    if (m.state_after(action) if m is changed else m.state) == "good")
 
     def step(self) -> None:
-        if self.rng.random() < self.list_share:
+        drawn = self.rng.random() < self.list_share
+        if drawn or self.since_list_host >= self.list_host_every - 1:
             target = self.list_host
         else:
             target = self.rng.choice(self.mirrors)
+            self.since_list_host += 1
         actions = target.actions()
         if target is self.list_host:
             actions = [a for a in actions if a != "stale"]
@@ -328,6 +331,8 @@ class ChaosDriver(threading.Thread):
             return
         self.record(target.name, action, target.state,
                     at=before if action in ("kill", "hang", "stale") else None)
+        if target is self.list_host:
+            self.since_list_host = 0
 
     def run(self) -> None:
         try:

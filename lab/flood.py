@@ -37,6 +37,7 @@ class FloodResult:
     probe_limit: int
     memo_bytes: int
     memo_limit: int
+    memo_entries: int = 0  # facts in the memo at the end (misses, answers, surveys, ...)
     log_tail: str = field(default="")
 
     @staticmethod
@@ -53,7 +54,8 @@ class FloodResult:
             "busiest second of probes per mirror: " + ", ".join(
                 f"{m} {n}" for m, n in self.busiest_second.items())
             + f" (limit {self.probe_limit}/s)",
-            f"memo on disk: {self.memo_bytes / 1e6:.2f} MB (limit {self.memo_limit / 1e6:.2f} MB)",
+            f"memo on disk: {self.memo_bytes / 1e6:.2f} MB (limit {self.memo_limit / 1e6:.2f} MB),"
+            f" {self.memo_entries} entries",
         ])
 
 
@@ -94,9 +96,19 @@ def _drive(helper: HelperProcess, lines: List[Tuple[bool, str]], in_flight: int,
     return kinds, latencies
 
 
+def _name(prefix: str, index: int, length: int) -> str:
+    """prefix-index, padded to about length characters in directories of 200 (a file name may
+    not be longer than 255)."""
+    name = f"{prefix}-{index}" if prefix else str(index)
+    padding = max(0, length - len(name))
+    return "/".join(["x" * 199] * (padding // 200) + [name])
+
+
 def run_flood(directory: Path, count: int = 10_000, probe_limit: int = 20, memo_mb: int = 1,
-              in_flight: int = 200, normal_every: int = 20,
-              timeout: float = 120.0) -> FloodResult:
+              in_flight: int = 200, normal_every: int = 20, timeout: float = 120.0,
+              name_length: int = 0) -> FloodResult:
+    """name_length: pad each flood path's file name to about this many characters, so that
+    fewer requests fill the memo (each remembered miss holds its path)."""
     snapshot = make_snapshot(directory / "mirror", 2000, [Path(p).name for p in NORMAL])
     with MirrorServer(snapshot) as one, MirrorServer(snapshot) as two:
         config = write_config(directory, {"flood": {"mirrors": [one.url, two.url]}},
@@ -110,7 +122,8 @@ def run_flood(directory: Path, count: int = 10_000, probe_limit: int = 20, memo_
             _, alone = _drive(helper, normal, in_flight, timeout)
             # Half packages (answered at once, verified in the background), half anything
             # else (probed before they are answered): both kinds of new path.
-            flood = [(False, PKG + (f"Packages/typo-{i}.rpm" if i % 2 else f"scan/{i}.php"))
+            flood = [(False, PKG + (f"Packages/{_name('typo', i, name_length)}.rpm" if i % 2
+                                    else f"scan/{_name('', i, name_length)}.php"))
                      for i in range(count)]
             mixed: List[Tuple[bool, str]] = []
             for i, line in enumerate(flood):
@@ -122,7 +135,7 @@ def run_flood(directory: Path, count: int = 10_000, probe_limit: int = 20, memo_
             seconds = time.monotonic() - started
         busiest = {m.url: m.busiest_second("HEAD") for m in (one, two)}
     with diskcache.Cache(str(directory / "memo")) as memo:
-        volume = memo.volume()
+        volume, entries = memo.volume(), len(memo)
     log = (directory / "helper.log").read_text(errors="replace")
     return FloodResult(count, seconds, kinds, alone, during, busiest, probe_limit, volume,
-                       memo_mb << 20, log[-3000:])
+                       memo_mb << 20, entries, log[-3000:])

@@ -1,6 +1,7 @@
 """Real RPM repositories and the real dnf.
 
-* build_rpm / make_rpm_repo: tiny noarch packages from rpmbuild, repodata from createrepo_c.
+* build_rpm / build_rpms / make_rpm_repo: tiny noarch packages from rpmbuild (one, or many from
+  one run), repodata from createrepo_c.
 * build_snapshots and the constants beside it: the small two-snapshot repository the
   end-to-end tests serve from their mirrors, and what a dnf run against it asks and gets.
 * DnfClient: one "build slave" with its own installroot, cache and config.
@@ -69,15 +70,46 @@ def build_rpm(workdir: Path, name: str, version: str, requires: Sequence[str] = 
     spec = workdir / f"{name}-{version}.spec"
     spec.write_text(SPEC.format(name=name, version=version, size=size,
                                 requires="\n".join(f"Requires: {r}" for r in requires)))
-    out = workdir / "rpms"
+    _rpmbuild(workdir, spec, name)
+    return workdir / "rpms" / "noarch" / f"{name}-{version}-1.noarch.rpm"
+
+
+SUBPACKAGE = """%package -n {name}
+Summary: squid-helper test package {name}
+%description -n {name}
+A tiny package for squid-helper's end-to-end tests.
+%files -n {name}
+/usr/share/{name}
+"""
+
+
+def build_rpms(workdir: Path, names: Sequence[str], version: str, size: int = 20000
+               ) -> List[Path]:
+    """Many independent noarch .rpm files (no requirements) from one rpmbuild run: each name a
+    subpackage of one spec, which is seconds faster than one rpmbuild per package."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    install = "".join(f"mkdir -p %{{buildroot}}/usr/share/{n}\n"
+                      f"echo '{n} {version}' > %{{buildroot}}/usr/share/{n}/VERSION\n"
+                      f"head -c {size} /dev/urandom > %{{buildroot}}/usr/share/{n}/payload\n"
+                      for n in names)
+    spec = workdir / "many.spec"
+    spec.write_text(f"Name: squid-helper-test-many\nVersion: {version}\nRelease: 1\n"
+                    "Summary: squid-helper test packages\nLicense: MIT\nBuildArch: noarch\n"
+                    "%description\nThe packages below; this one is not built (no %files).\n"
+                    + "".join(SUBPACKAGE.format(name=n) for n in names)
+                    + "%install\n" + install)
+    _rpmbuild(workdir, spec, "many")
+    return [workdir / "rpms" / "noarch" / f"{n}-{version}-1.noarch.rpm" for n in names]
+
+
+def _rpmbuild(workdir: Path, spec: Path, what: str) -> None:
     result = subprocess.run(
         ["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {workdir / 'top'}",
-         "--define", f"_rpmdir {out}", "--define", "_build_id_links none",
+         "--define", f"_rpmdir {workdir / 'rpms'}", "--define", "_build_id_links none",
          "--define", "__os_install_post %{nil}", str(spec)],
         capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"rpmbuild {name} failed: {result.stderr[-2000:]}")
-    return out / "noarch" / f"{name}-{version}-1.noarch.rpm"
+        raise RuntimeError(f"rpmbuild {what} failed: {result.stderr[-2000:]}")
 
 
 def make_rpm_repo(tree: Path, rpms: Sequence[Path], revision: int) -> Path:

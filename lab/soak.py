@@ -293,8 +293,9 @@ class Sampler(threading.Thread):
 def run_soak(seconds: float = 600.0, warmup: float = 10.0, rate: float = 200.0,
              connections: int = 16, sample_every: float = 0.0, purge_every: float = 5.0,
              settings: Optional[Dict[str, object]] = None,
-             progress: Callable[[str], None] = print) -> SoakResult:
-    """Run the soak and return its measurements. sample_every 0: about 20 samples."""
+             progress: Callable[[str], None] = print, seed: int = 5) -> SoakResult:
+    """Run the soak and return its measurements. sample_every 0: about 20 samples; seed: the
+    request mix's."""
     problems = prerequisites()
     if problems:
         raise RuntimeError("; ".join(problems))
@@ -334,7 +335,7 @@ def run_soak(seconds: float = 600.0, warmup: float = 10.0, rate: float = 200.0,
             sampler = Sampler(squid, config, sample_every, purge_every, result,
                               lambda: phase_start[0])
             try:
-                load = Load(origin.url)
+                load = Load(origin.url, seed)
                 with KeepAliveClient("127.0.0.1", squid.port, connections) as client:
                     # fill the cache with the hit paths first, then the mixed warm-up
                     hits = iter([(get_request(f"{PREFIX}Packages/hit-{i}.rpm"), "hit")

@@ -10,6 +10,7 @@ stopped by the object that started it, with bounded waits.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -36,16 +37,23 @@ from squid_helper.ops.squidconf import (
 from squid_helper.ops.squiduser import SquidUserError, detect_squid_user
 
 
-def _squid_user() -> str:
+@functools.cache
+def squid_user() -> str:
     """Squid's user on this host, found as `serve` finds it (proxy on Debian, squid on EL and
-    Fedora); proxy where there is no Squid, so that the tests that need one say so."""
+    Fedora); proxy where there is no Squid, so that the tests that need one say so. Asked of
+    `squid -v` when first needed, not on import: the unit tier imports this module too."""
     try:
         return detect_squid_user().name
     except SquidUserError:
         return "proxy"
 
 
-SQUID_USER = _squid_user()
+def __getattr__(name: str) -> str:
+    if name == "SQUID_USER":  # the module's old constant, for `from lab.squid import SQUID_USER`
+        return squid_user()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 START_TIMEOUT = 60.0
 # squid.conf directives that wire the helpers in: helpers=False drops every line of them.
 HELPER_DIRECTIVES = ("url_rewrite_", "store_id_")
@@ -81,7 +89,7 @@ def chown_proxy(*paths: Path) -> None:
     """Give the proxy user what Squid and its helpers write (recursively)."""
     if os.geteuid() != 0:
         return
-    entry = pwd.getpwnam(SQUID_USER)
+    entry = pwd.getpwnam(squid_user())
     for path in paths:
         if not path.exists():
             path.mkdir(parents=True)
@@ -110,6 +118,16 @@ class WorldReadableDir:
 
 
 # -- Squid ---------------------------------------------------------------------------------------
+def lab_cache_dir(line: str) -> str:
+    """The shipped cache_dir line with 1 x 16 subdirectories instead of 16 x 256: a lab Squid
+    holds a few dozen files, and `squid -z` creating (and the test removing) 4096 directories
+    cost each Squid-starting test seconds on a busy machine."""
+    words = line.split()
+    if words[:1] == ["cache_dir"] and words[-2:] == ["16", "256"]:
+        return " ".join(words[:-2] + ["1", "16"])
+    return line
+
+
 @dataclass(frozen=True)
 class AccessEntry:
     code: str  # TCP_HIT, TCP_MISS, TCP_REFRESH_FAIL_OLD, ...
@@ -164,7 +182,7 @@ class SquidInstance:
             coredump_dir=str(self.cache_dir), lab_networks=("127.0.0.0/8",),
             rewrite_children=4, rewrite_startup=1, rewrite_idle=1, rewrite_concurrency=20,
             storeid_children=2, storeid_startup=1, storeid_idle=1, storeid_concurrency=20,
-            shutdown_lifetime=1, visible_hostname="squid-helper-test", effective_user=SQUID_USER,
+            shutdown_lifetime=1, visible_hostname="squid-helper-test", effective_user=squid_user(),
             generated_by="rendered by lab/squid.py"), **overrides)
         self.process: Optional[subprocess.Popen] = None
         self._stderr = None
@@ -198,7 +216,7 @@ class SquidInstance:
     def conf_text(self) -> str:
         """The squid.conf to run: the rendered one, with the helper lines dropped or replaced
         and extra_lines appended as asked."""
-        lines = render(self.params).splitlines()
+        lines = [lab_cache_dir(ln) for ln in render(self.params).splitlines()]
         if not self.helpers:
             lines = [ln for ln in lines if not ln.startswith(HELPER_DIRECTIVES)]
         for directive, command in self.programs.items():
@@ -296,13 +314,15 @@ class SquidInstance:
         return roles
 
     def stop(self) -> None:
-        """SIGTERM, bounded wait, SIGKILL as a last resort; then make sure every helper (and
-        the log daemon) that Squid started has gone too."""
+        """SIGINT, bounded wait, SIGKILL as a last resort; then make sure every helper (and
+        the log daemon) that Squid started has gone too. SIGINT (`squid -k interrupt`) skips
+        shutdown_lifetime's wait for open connections, a second per Squid that no test needs
+        (serve's own SIGTERM handling is tested through serve)."""
         process, self.process = self.process, None
         if process is not None:
             children = descendants(process.pid)
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGINT)
                 try:
                     process.wait(timeout=self.params.shutdown_lifetime + 20)
                 except subprocess.TimeoutExpired:
@@ -424,7 +444,7 @@ class ParentSquid(SquidInstance):
             "cache_store_log none",
             f"pid_filename {self.pid_file}",
             f"coredump_dir {self.cache_dir}",
-            f"cache_effective_user {SQUID_USER}",
+            f"cache_effective_user {squid_user()}",
             "pinger_enable off",
             f"shutdown_lifetime {p.shutdown_lifetime} seconds",
         ]) + "\n"

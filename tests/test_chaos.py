@@ -38,7 +38,8 @@ def test_chaos_costs_no_dnf_failure_no_bh_and_no_answer_to_a_known_dead_mirror()
     applied = result.applied_actions()
     assert len(applied) >= max(3, int(seconds / 10)), report
     assert any(e.action in ("kill", "hang") for e in applied), report
-    assert any(e.target == chaos.LIST_HOST for e in applied) or seconds < 60, report
+    # The driver acts on the list host at least every fourth step (2-4 s apart).
+    assert any(e.target == chaos.LIST_HOST for e in applied), report
 
     failures, bh, known_dead = result.counts()
     assert (failures, bh, known_dead) == (0, 0, 0), report

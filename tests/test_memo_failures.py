@@ -44,7 +44,8 @@ def test_memo_path_that_cannot_be_created(tmp_path, good):
         assert wait_for(lambda: good.count("HEAD", "common-1.0.rpm") >= 1)
         # Asked again after (or while) that verification: without a memo the same path is
         # probed again, degraded but answered. (With a memo it would not be: see below.)
-        assert rewritten_url(helper.ask_settled(PKG + "common-1.0.rpm"))
+        assert rewritten_url(helper.ask_settled(PKG + "common-1.0.rpm")) == \
+            good.url + "Packages/common-1.0.rpm"
         assert wait_for(lambda: good.count("HEAD", "common-1.0.rpm") >= 2)
     log = (tmp_path / "helper.log").read_text()
     assert log.count("unusable, answering without it") == 1, log

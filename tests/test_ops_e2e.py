@@ -31,7 +31,7 @@ from lab.rpmrepo import (
     DnfClient,
     dnf_output,
 )
-from lab.squid import SQUID_USER, SquidInstance, WorldReadableDir, chown_proxy
+from lab.squid import SquidInstance, WorldReadableDir, chown_proxy, squid_user
 from lab.wait import wait_for
 
 from conftest import require
@@ -129,7 +129,7 @@ def test_status_and_metrics_after_real_traffic(world, rpm_snapshots, servers):
         assert second["hit_bytes_sent"] > squid_first["hit_bytes_sent"]
         assert 0 < second["hit_ratio"] <= 1
 
-        proxy_uid = pwd.getpwnam(SQUID_USER).pw_uid
+        proxy_uid = pwd.getpwnam(squid_user()).pw_uid
         owners = {e.name: e.stat().st_uid for e in os.scandir(world / "memo")}
         assert set(owners.values()) == {proxy_uid}, owners
 

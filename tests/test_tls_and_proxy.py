@@ -25,11 +25,6 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> LabCA:
-    return LabCA(tmp_path / "ca")
-
-
-@pytest.fixture
 def stranger(tmp_path: Path) -> LabCA:
     """A CA that nobody trusts."""
     return LabCA(tmp_path / "stranger", "stranger")

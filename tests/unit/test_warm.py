@@ -1,5 +1,6 @@
 """`squid-helper warm` without Squid: repomd.xml and primary parsing, every compression, rpm's
-version order, the choice of packages, what is printed, and the errors a user can meet."""
+version order, the choice of packages and what is printed (the installed rpm's agreement and
+the command's errors: tests/test_warm_cli.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ import bz2
 import gzip
 import io
 import lzma
-import random
-import subprocess
 import sys
 
 import pytest
 import zstandard
 
-from lab.helper import helper_command, write_config
-from lab.mirrors import free_port
 from squid_helper.ops.warm import (
     FAILED,
     HIT,
@@ -38,8 +35,6 @@ from squid_helper.verify.repodata import (
     primary_of,
     rpmvercmp,
 )
-
-from conftest import require
 
 REPOMD = b"""<?xml version="1.0" encoding="UTF-8"?>
 <repomd xmlns="http://linux.duke.edu/metadata/repo" xmlns:rpm="http://linux.duke.edu/metadata/rpm">
@@ -181,26 +176,6 @@ def test_rpmvercmp_as_rpm(one, two, expected):
     assert rpmvercmp(two, one) == -expected
 
 
-def test_rpmvercmp_agrees_with_the_installed_rpm():
-    """Random versions built from the pieces that matter, compared by rpm itself (its Lua
-    rpm.vercmp, all pairs in one run). No '-' or ':': rpm.vercmp reads those as EVR
-    separators, where rpmvercmp compares one version string."""
-    require("rpm", root=False)
-    pieces = ["0", "1", "2", "9", "10", "010", "a", "b", "rc", "git", ".", "_", "+", "~", "^"]
-    rng = random.Random(12)
-    pairs = [("".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))),
-              "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))) for _ in range(2000)]
-    script = "".join(f'print(rpm.vercmp("{a}", "{b}") .. " ")\n' for a, b in pairs)
-    result = subprocess.run(["rpm", "--eval", "%{lua:\n" + script + "}"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    theirs = [int(line) for line in result.stdout.split()]
-    assert len(theirs) == len(pairs)
-    wrong = [(a, b, rpmvercmp(a, b), t) for (a, b), t in zip(pairs, theirs)
-             if rpmvercmp(a, b) != t]
-    assert wrong == []
-
-
 def test_the_newest_of_each_name_in_each_arch():
     packages = parse_primary(PRIMARY)
     chosen, missing = choose_packages(packages, ["bash", "glibc", "tzdata", "nosuch"])
@@ -260,32 +235,3 @@ def test_progress_bar_shows_bytes_files_and_hits():
     screen = stream.getvalue()
     assert "fedora/40/x86_64" in screen and "files 4/4, 2 hits, 1 failed" in screen
     assert "4.93k/4.93k" in screen  # the hit left the total: bytes done of bytes to fetch
-
-
-# -- the command's errors ------------------------------------------------------------------------
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*helper_command(), "warm", *args], capture_output=True, text=True,
-                          timeout=60)
-
-
-def test_proxy_unreachable_is_one_sentence(tmp_path):
-    config = write_config(tmp_path, {"t": {"mirrors": ["http://127.0.0.1:9/t/{releasever}/"]}})
-    port = free_port()
-    result = run("--config", str(config), "--proxy", f"127.0.0.1:{port}", "t/9/x86_64", "--all")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"through 127.0.0.1:{port}: proxy 127.0.0.1:{port}: connection failed (refused)" \
-        in result.stderr
-
-
-@pytest.mark.parametrize("args, message", [
-    (["t/9/x86_64"], "name the packages to fetch, or --all"),
-    (["t/9/x86_64", "bash", "--all"], "name the packages to fetch, or --all"),
-    (["t/9", "--all"], "is not REPO/RELEASEVER/ARCH"),
-    (["nosuch/9/x86_64", "--all"], "unknown repo 'nosuch'"),
-    (["t/9/x86~64", "--all"], "arch 'x86~64' must be letters"),
-])
-def test_usage_errors(tmp_path, args, message):
-    config = write_config(tmp_path, {"t": {"mirrors": ["http://127.0.0.1:9/t/{releasever}/"]}})
-    result = run("--config", str(config), "--proxy", f"127.0.0.1:{free_port()}", *args)
-    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
-    assert message in result.stderr

@@ -231,5 +231,5 @@ def test_the_equivalent_yaml_of_any_config_keeps_every_setting():
 
 
 def test_bundled_repos_yaml_survives_the_round_trip():
-    bundled = load_config(str(Path(__file__).resolve().parent.parent / "repos.yaml"))
+    bundled = load_config(str(Path(__file__).resolve().parents[2] / "repos.yaml"))
     assert same(parse_yaml_config(as_yaml(bundled)), bundled)

@@ -3,20 +3,13 @@ the key and the value)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from lab.helper import helper_command
-from lab.squid import WorldReadableDir
-from lab.tls import LabCA
 from squid_helper.config.files import load_config, parse_config
 from squid_helper.config.settings import ConfigError, parse_upstream_proxy
 from squid_helper.redaction import redacted
-
-from conftest import require
 
 PATH = "/etc/squid-helper/repos.yaml"
 REPOS = "repos:\n  f:\n    mirrors: [https://m.example.org/pub/]\n"
@@ -26,11 +19,6 @@ def config_error(text: str, path: str = PATH) -> str:
     with pytest.raises(ConfigError) as info:
         parse_config(text, path)
     return str(info.value)
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> LabCA:
-    return LabCA(tmp_path / "ca")
 
 
 # -- ca_file -------------------------------------------------------------------------------------
@@ -68,14 +56,6 @@ def test_a_bad_ca_file_is_refused_naming_the_file_and_the_key(tmp_path, content,
     assert message.startswith(f"{PATH}:2: ca_file: {bundle}: {problem}"), message
 
 
-def test_a_der_ca_file_is_refused_with_the_conversion_command(tmp_path, ca):
-    der = tmp_path / "ca.der"
-    subprocess.run(["openssl", "x509", "-in", str(ca.cert_file), "-outform", "der", "-out",
-                    str(der)], check=True, capture_output=True)
-    message = config_error(f"ca_file: {der}\n{REPOS}")
-    assert "openssl x509 -inform der" in message, message
-
-
 def test_a_directory_is_no_ca_file(tmp_path):
     message = config_error(f"ca_file: {tmp_path}\n{REPOS}")
     assert message.startswith(f"{PATH}:1: ca_file: {tmp_path}: is a directory"), message
@@ -86,26 +66,6 @@ def test_a_directory_is_no_ca_file(tmp_path):
 def test_ca_file_must_be_a_path(value):
     message = config_error(f"ca_file: {value}\n{REPOS}")
     assert message.startswith(f"{PATH}:1: ca_file: must be the path of a PEM file"), message
-
-
-def test_a_ca_file_the_proxy_user_cannot_read_is_refused_when_it_checks(ca):
-    """Squid's helpers run as proxy: `squid-helper check` as that user says so (serve runs
-    exactly this before it starts Squid)."""
-    require("runuser")
-    with WorldReadableDir() as world:
-        private = world / "root-only.pem"
-        shutil.copy(ca.cert_file, private)
-        private.chmod(0o600)
-        config = world / "repos.yaml"
-        config.write_text(f"ca_file: {private}\nlog_file: null\n{REPOS}")
-        config.chmod(0o644)
-        result = subprocess.run(["runuser", "-u", "proxy", "--", *helper_command(), "check",
-                                 "--config", str(config)], capture_output=True, text=True,
-                                timeout=60)
-        assert load_config(str(config)).ca_file == str(private)  # root may read it
-    assert result.returncode == 2, result
-    assert (f"{config}:1: ca_file: {private}: cannot be read: Permission denied (Squid's "
-            "helpers read it as the proxy user)") in result.stderr, result.stderr
 
 
 # -- upstream_proxy ------------------------------------------------------------------------------

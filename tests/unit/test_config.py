@@ -22,7 +22,7 @@ from squid_helper.config.settings import (
 from squid_helper.redaction import redacted
 
 PATH = "/etc/squid-helper/repos.yaml"
-BUNDLED = Path(__file__).resolve().parent.parent / "repos.yaml"
+BUNDLED = Path(__file__).resolve().parents[2] / "repos.yaml"
 MINIMAL_REPOS = "repos:\n  f:\n    mirrors: [http://m.example.org/pub/]\n"
 
 

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.squid import parse_rendered
 from squid_helper.ops.squidconf import SquidConfError, SquidConfParams, render
 
-import conftest
-from conftest import require
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "squid.conf.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "squid.conf.example"
 # DESIGN.md's checked patterns, plus override-lastmod on the immutable ones (see the template).
 DESIGN_REFRESH_PATTERNS = [
     r"refresh_pattern -i /repodata/repomd\.xml$ 0 0% 0 refresh-ims reload-into-ims",
@@ -95,21 +91,3 @@ def test_unsafe_or_invalid_parameters_are_refused(changes, problem):
 def test_unknown_placeholder_in_a_template_is_an_error():
     with pytest.raises(SquidConfError, match="NOPE"):
         render(template="http_port @FORWARD_PORT@\nfoo @NOPE@\n")
-
-
-def test_squid_accepts_the_rendered_config(tmp_path):
-    """`squid -k parse` on a config rendered for this machine's installed helper."""
-    require("squid", root=False)
-    output, problems = parse_rendered(tmp_path)
-    assert problems == [], output
-
-
-def test_end_to_end_prerequisites_fail_in_ci_and_skip_elsewhere(monkeypatch):
-    """With CI=true a missing squid or dnf is a failure, never a silent skip."""
-    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="prerequisites missing in CI.*squid, dnf"):
-        require("squid", "dnf")
-    monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception, match="missing commands: squid, dnf"):
-        require("squid", "dnf")

@@ -11,7 +11,7 @@ from squid_helper.cli import build_parser
 from squid_helper.config.files import load_config
 from squid_helper.config.settings import TOP_LEVEL_KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.rst").read_text()
 
 

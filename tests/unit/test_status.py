@@ -1,13 +1,12 @@
 """`squid-helper status` and `metrics` without Squid: the memo read-only, the status document,
 the table, the exposition, Squid's counters page, and the last-probe record written in the
-background."""
+background (the commands themselves: tests/test_status_cli.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +16,7 @@ import diskcache
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab.helper import helper_command, write_config
-from lab.mirrors import free_port
+from lab.helper import write_config
 from squid_helper.config.files import load_config
 from squid_helper.facts.lifetimes import ANSWERS, LATENCIES, MISSES, TREE_PARTS, Lifetimes
 from squid_helper.facts.memo import Memo, Stored
@@ -27,7 +25,6 @@ from squid_helper.ops.metrics import exposition
 from squid_helper.ops.squidstats import (
     SquidCounters,
     SquidUnreachable,
-    fetch_counters,
     parse_counters,
     split_proxy,
 )
@@ -38,7 +35,6 @@ from squid_helper.ops.status import (
     OK,
     PROBATION,
     UNHEALTHY,
-    UNREADABLE,
     MemoFacts,
     build_status,
     host_health,
@@ -68,13 +64,13 @@ server.all.requests = 10
 """
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*helper_command(), *args], capture_output=True, text=True,
-                          timeout=60)
-
-
 @pytest.fixture
 def config(tmp_path: Path):
+    return status_config(tmp_path)
+
+
+def status_config(tmp_path: Path):
+    """Three repos (a mirror list, static mirrors, one never asked for) in tmp_path."""
     path = write_config(tmp_path, {
         "listed": {"mirrorlist": "http://list.example/ml?r={releasever}&a={arch}"},
         "static": {"mirrors": [A.replace("9/x86_64", "{releasever}/{arch}"), B],
@@ -208,16 +204,6 @@ def test_an_empty_memo_is_no_traffic_yet(config):
     assert read_memo(config).state == NO_TRAFFIC
 
 
-def test_a_corrupt_memo_is_reported_not_raised(config):
-    os.makedirs(config.cache_dir)
-    Path(config.cache_dir, "cache.db").write_bytes(b"this is not a database" * 100)
-    facts = read_memo(config)
-    assert facts.state == UNREADABLE and "cache.db" in facts.problem
-    result = run("status", "--config", config.path, "--no-squid")
-    assert result.returncode == 0 and "Traceback" not in result.stderr
-    assert "Memo: unreadable" in result.stdout
-
-
 # -- health, the table, the exposition -----------------------------------------------------------
 def test_host_health_states():
     assert host_health(None, None, 120, NOW)["health"] == HEALTHY
@@ -311,12 +297,6 @@ def test_proxy_addresses():
         split_proxy("host:port")
 
 
-def test_squid_not_running_is_a_clear_message():
-    with pytest.raises(SquidUnreachable, match=r"^Squid at 127\.0\.0\.1:\d+: connection "
-                                               r"failed \(refused\); is it running\?"):
-        fetch_counters(f"127.0.0.1:{free_port()}", timeout=2)
-
-
 # -- the last probe, recorded off the request path -----------------------------------------------
 def test_last_probe_is_written_by_the_background(config):
     memo = Memo.of(config)
@@ -340,48 +320,6 @@ def test_last_probe_is_written_by_the_background(config):
 
 
 # -- the command ---------------------------------------------------------------------------------
-def test_status_json_and_metrics_commands(config):
-    populate(config)
-    result = run("status", "--config", config.path, "--json", "--proxy",
-                 f"127.0.0.1:{free_port()}")
-    assert result.returncode == 0, result.stderr
-    status = json.loads(result.stdout)
-    assert status["schema"] == 1 and status["squid"]["reachable"] is False
-    assert "connection failed (refused)" in status["squid"]["problem"]
-    assert {r["name"]: len(r["trees"]) for r in status["repos"]} == \
-        {"listed": 1, "static": 1, "quiet": 0}
-    metrics = run("metrics", "--config", config.path, "--no-squid")
-    assert metrics.returncode == 0, metrics.stderr
-    names = {f.name for f in text_string_to_metric_families(metrics.stdout)}
-    assert {"squid_helper_memo_answers", "squid_helper_mirror_health"} <= names
-    assert "squid_helper_squid_up" not in names
-
-
-def test_status_on_a_bad_config_says_so(tmp_path):
-    config = tmp_path / "repos.yaml"
-    config.write_text("repos: [\n")
-    for command in ("status", "metrics"):
-        result = run(command, "--config", str(config))
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert "configuration error" in result.stderr
-
-
-def test_status_piped_to_head_exits_quietly(config):
-    """A table far longer than a pipe holds, cut short by its reader."""
-    cache = diskcache.Cache(config.cache_dir)
-    for index in range(3000):
-        cache.set(f"path:static/{index}/x86_64/Packages/a.rpm", 1)
-    cache.close()
-    for flag in ("", "--json"):
-        result = subprocess.run(
-            ["bash", "-c", f"{helper_command()[0]} status --config {config.path} --no-squid "
-             f"{flag} | head -n 2; exit ${{PIPESTATUS[0]}}"],
-            capture_output=True, text=True, timeout=60)
-        assert len(result.stdout.splitlines()) == 2
-        assert result.stderr == "", result.stderr
-        assert result.returncode == 141  # it did write into the closed pipe, as SIGPIPE would
-
-
 def test_a_source_that_failed_before_any_list_shows_under_no_traffic(config):
     """The internet is unreachable: the first request for a repo finds its mirror list host
     dead, and no tree is ever memoised. Status still says why, from the host's health."""
