@@ -185,6 +185,10 @@ def choose_target(directory: Optional[str], config: Optional[str],
             raise TargetError(f"--dir {directory}: there is no {PRIVATE_CONFIG} in it; give "
                               "the directory `squid-helper serve --dir` was started with "
                               "(it writes its private repos.yaml there)")
+        if private_config_source(private) is None:
+            raise TargetError(f"--dir {directory}: its {PRIVATE_CONFIG} was not written by "
+                              "serve; give the directory `squid-helper serve --dir` was "
+                              "started with, or that file with --config")
         running = any(os.path.realpath(s.directory) == os.path.realpath(directory)
                       for s in serves)
         note = None if running else (f"no serve is running on {directory} now; using its "
