@@ -17,7 +17,12 @@ from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
 from .httpclient import system_ca_file
 from .logsetup import setup_logging
-from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
+from .ops.preflight import (
+    config_serve_will_use,
+    memo_mismatch,
+    shared_memo_problem,
+    squid_user_problems,
+)
 from .ops.purge import purge
 from .ops.running import DEFAULT_CONFIG, DEFAULT_SERVE_DIRS, Target, TargetError, find_target
 from .ops.squidconf import SquidConfParams
@@ -274,20 +279,27 @@ def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _target(args)
-    config = _load(args.config)
+    target = _target(args)
+    if target.serve_dir:
+        # The operator's file as serve uses it (its memo and log file, not the file's own):
+        # an edit is judged before serve is told to reload it.
+        source, config = config_serve_will_use(target.config, target.serve_dir)
+        label = f"{source} (as serve on {target.serve_dir} uses it)"
+    else:
+        source, config = args.config, _load(args.config)
+        label = source
     access = _squid_user_lines(config, args)
     failed = 1 if any(line.startswith("PROBLEM") for line in access) else 0
-    if not looks_like_ini(Path(args.config).read_text(encoding="utf-8"), args.config):
-        print("\n".join(_summary(config, args.config) + access))
+    if not looks_like_ini(Path(source).read_text(encoding="utf-8"), source):
+        print("\n".join(_summary(config, label) + access))
         return failed
     # The original repoproxy's INI form: the whole output is the equivalent repos.yaml, the
     # summary in its comments, so that `check --config old.ini > repos.yaml` moves to YAML.
     print("\n".join("# " + line for line in [
-        *_summary(config, f"{args.config} (the original repoproxy's INI form)"), *access, "",
+        *_summary(config, f"{label} (the original repoproxy's INI form)"), *access, "",
         "The same configuration as repos.yaml (every setting is at its default; accel_ports",
         f"is {ORIGINAL_ACCEL_PORT}, the original's port). Save it, edit it, check it, and use",
-        "--config with it:", f"  squid-helper check --config {args.config} > repos.yaml"]))
+        "--config with it:", f"  squid-helper check --config {source} > repos.yaml"]))
     print(as_yaml(config), end="")
     return failed
 

@@ -88,6 +88,15 @@ def test_status_check_and_purge_find_the_running_serve(rpm_snapshots):
                 assert checked.returncode == 0, checked
                 assert str(directory / "memo") in checked.stdout, checked.stdout
                 assert "/var/cache/squid-helper" not in checked.stdout, checked.stdout
+                # An edit not reloaded yet is what check judges, with serve's paths.
+                data = yaml.safe_load(config.read_text())
+                data["repos"]["later"] = {"mirrors": [mirror.url + TEMPLATE_PATH]}
+                config.write_text(yaml.safe_dump(data))
+                edited = command("check", "--dir", str(directory))
+                assert edited.returncode == 0, edited
+                assert f"{config} (as serve on {directory} uses it): OK" in edited.stdout
+                assert "    later: mirrors" in edited.stdout and \
+                    str(directory / "memo") in edited.stdout, edited.stdout
 
                 # purge by --dir: Squid's copy and serve's memo entry, no other memo.
                 purged = command("purge", "--dir", str(directory), url)

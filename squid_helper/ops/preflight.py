@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..config.files import load_config
+from ..config.files import load_config, parse_config
 from ..config.settings import Config, ConfigError
-from .running import is_serve_directory, running_helper_configs
+from .running import is_serve_directory, private_config_source, running_helper_configs
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -74,6 +74,23 @@ def squid_user_problems(config: Config, config_path: str,
                             + ("" if existing == path else f" (nor create it in {existing})")
                             + f": {fix}")
     return problems, True
+
+
+def config_serve_will_use(private: str, directory: str) -> Tuple[str, Config]:
+    """(the operator's file, the configuration serve on directory makes of it when it next
+    starts or reloads): what check judges for a serve, whose memo and log file are its own.
+    private: serve's copy, naming the file; without that name, the copy itself."""
+    from .serve import private_config_text  # Squid process management is only needed here
+
+    current = load_config(private)
+    source = private_config_source(private)
+    if source is None:
+        return private, current
+    host, port = current.squid_proxy
+    log_dir = Path(current.log_file).parent if current.log_file else None
+    text = private_config_text(source, Path(directory), min(current.accel_ports), log_dir,
+                               f"{host}:{port}")
+    return source, parse_config(text, source)
 
 
 def shared_memo_problem(url: str) -> Optional[str]:

@@ -267,11 +267,12 @@ def _write_atomically(target: Path, text: str) -> None:
     os.replace(temporary, target)
 
 
-def write_private_config(source: str, directory: Path, accel_port: int,
-                         log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
-                         ) -> Path:
-    """A copy of repos.yaml whose memo, log file and accel port belong to this directory (the
-    log file to log_dir, if given), and whose squid_proxy is this Squid (HOST:PORT)."""
+def private_config_text(source: str, directory: Path, accel_port: int,
+                        log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
+                        ) -> str:
+    """serve's copy of the repos.yaml at source: its memo, log file and accel port belong to
+    directory (the log file to log_dir, if given), and its squid_proxy is this Squid
+    (HOST:PORT). `check` judges the same text (what serve uses after its next reload)."""
     original = load_config(source)  # report the user's own file and line numbers first
     text = Path(source).read_text(encoding="utf-8")
     # The original repoproxy's INI form becomes its equivalent YAML.
@@ -283,10 +284,17 @@ def write_private_config(source: str, directory: Path, accel_port: int,
         data["squid_proxy"] = squid_proxy
     if original.ca_file:
         data["ca_file"] = original.ca_file  # absolute: a relative one was relative to source
+    return (f"{PRIVATE_HEADER}{os.path.abspath(source)}; edit that file, not this one\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
+def write_private_config(source: str, directory: Path, accel_port: int,
+                         log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
+                         ) -> Path:
+    """private_config_text() into directory/repos.yaml, checked."""
     target = directory / PRIVATE_CONFIG
-    _write_atomically(target, f"{PRIVATE_HEADER}{os.path.abspath(source)}; "
-                              "edit that file, not this one\n"
-                              + yaml.safe_dump(data, sort_keys=False))
+    _write_atomically(target, private_config_text(source, directory, accel_port, log_dir,
+                                                  squid_proxy))
     load_config(str(target))
     return target
 
