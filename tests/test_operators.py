@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Dict
 
 import pytest
@@ -27,10 +26,11 @@ from squid_helper.ops.purge import local_memo_refusal
 from squid_helper.ops.running import (
     DEFAULT_CONFIG,
     PRIVATE_HEADER,
-    RunningServe,
+    ServeDirectory,
     ServeRecord,
     TargetError,
     choose_target,
+    private_config_source,
     running_serves,
 )
 from squid_helper.ops.serve import DirectoryLock
@@ -129,41 +129,44 @@ def test_serve_record_in_the_lock_file_is_found_while_held(tmp_path):
     lock = DirectoryLock(tmp_path)
     lock.acquire(record)
     try:
-        assert running_serves([str(tmp_path)]) == [RunningServe(str(tmp_path), record)]
+        (found,) = running_serves([str(tmp_path)])
+        assert (found.directory, found.record, found.has_copy) == (str(tmp_path), record, False)
     finally:
         lock.release()
     assert running_serves([str(tmp_path)]) == []  # the file stays; nobody holds it
 
 
-def _private_copy(directory: Path, source: Path) -> None:
-    directory.mkdir()
-    (directory / "repos.yaml").write_text(f"{PRIVATE_HEADER}{source}; edit that file\n"
-                                          + yaml.safe_dump({"repos": {}}))
-
-
-def test_the_config_a_command_uses(tmp_path):
-    source = tmp_path / "repos.yaml"
-    source.write_text("repos: {}\n")
-    _private_copy(tmp_path / "a", source)
-    serve = RunningServe(str(tmp_path / "a"), ServeRecord(1, 3128, 5000, "0.0.0.0",
-                                                          str(source)))
-    private = str(tmp_path / "a" / "repos.yaml")
+def test_the_config_a_command_uses():
+    source = "/etc/squid-helper/repos.yaml"
+    serve = ServeDirectory("/srv/a", True, ServeRecord(1, 3128, 5000, "0.0.0.0", source),
+                           True, source)
     # The file serve started from means serve's copy; another file is itself.
-    target = choose_target(None, str(source), [serve])
-    assert target.config == private and target.serve_dir == serve.directory
+    target = choose_target(None, source, [serve])
+    assert target.config == "/srv/a/repos.yaml" and target.serve_dir == "/srv/a"
     assert "started from" in target.note
     assert choose_target(None, "/elsewhere.yaml", [serve]).config == "/elsewhere.yaml"
     # Nothing given: the running serve, else the default config.
-    assert choose_target(None, None, [serve]).config == private
+    assert choose_target(None, None, [serve]).config == "/srv/a/repos.yaml"
     assert choose_target(None, None, []).config == DEFAULT_CONFIG
     # --dir: its copy, running or not (then said).
-    assert choose_target(serve.directory, None, [serve]).note is None
-    assert "no serve is running" in choose_target(serve.directory, None, []).note
+    assert choose_target(serve, None, []).note is None
+    stopped = ServeDirectory("/srv/a", False, None, True, source)
+    assert "no serve is running" in choose_target(stopped, None, []).note
     with pytest.raises(TargetError, match="there is no repos.yaml"):
-        choose_target(str(tmp_path / "none"), None, [])
+        choose_target(ServeDirectory("/srv/none", False), None, [])
+    with pytest.raises(TargetError, match="not written by serve"):
+        choose_target(ServeDirectory("/srv/b", False, None, True, None), None, [])
     # An older serve's record has no source: the copy's first line names it.
-    unnamed = RunningServe(serve.directory, None)
-    assert choose_target(None, str(source), [unnamed]).config == private
+    unnamed = ServeDirectory("/srv/a", True, None, True, source)
+    assert choose_target(None, source, [unnamed]).config == "/srv/a/repos.yaml"
+
+
+def test_the_copys_first_line_names_its_source(tmp_path):
+    copy = tmp_path / "repos.yaml"
+    copy.write_text(f"{PRIVATE_HEADER}/etc/r.yaml; edit that file, not this one\nrepos: {{}}\n")
+    assert private_config_source(str(copy)) == "/etc/r.yaml"
+    copy.write_text("repos: {}\n")
+    assert private_config_source(str(copy)) is None
 
 
 # -- purge never creates memo files ------------------------------------------------------------

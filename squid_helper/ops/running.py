@@ -63,13 +63,25 @@ class ServeRecord:
 
 
 @dataclass(frozen=True)
-class RunningServe:
+class ServeDirectory:
+    """What one of serve's directories holds now."""
+
     directory: str
-    record: Optional[ServeRecord]  # None: it runs, but its record cannot be read
+    running: bool  # a serve holds its lock
+    record: Optional[ServeRecord] = None  # None: none written, or not readable
+    has_copy: bool = False  # DIR/repos.yaml exists
+    copy_source: Optional[str] = None  # the file DIR/repos.yaml names; None: not serve's
 
     @property
     def config(self) -> str:
         return os.path.join(self.directory, PRIVATE_CONFIG)
+
+    @property
+    def source(self) -> Optional[str]:
+        """The repos.yaml serve was started from."""
+        if self.record is not None and self.record.source:
+            return self.record.source
+        return self.copy_source
 
 
 @dataclass(frozen=True)
@@ -100,14 +112,17 @@ def held_record(directory: str) -> Tuple[bool, Optional[ServeRecord]]:
         os.close(fd)
 
 
-def running_serves(directories: Sequence[str]) -> List[RunningServe]:
+def serve_directory(directory: str) -> ServeDirectory:
+    running, record = held_record(directory)
+    copy = os.path.join(directory, PRIVATE_CONFIG)
+    return ServeDirectory(directory, running, record, os.path.isfile(copy),
+                          private_config_source(copy))
+
+
+def running_serves(directories: Sequence[str]) -> List[ServeDirectory]:
     """The serves holding any of directories (each once, in the order given)."""
-    found: List[RunningServe] = []
-    for directory in dict.fromkeys(os.path.realpath(d) for d in directories):
-        held, record = held_record(directory)
-        if held:
-            found.append(RunningServe(directory, record))
-    return found
+    found = (serve_directory(d) for d in dict.fromkeys(os.path.realpath(d) for d in directories))
+    return [serve for serve in found if serve.running]
 
 
 def private_config_source(path: str) -> Optional[str]:
@@ -167,45 +182,37 @@ def is_serve_directory(directory: str) -> bool:
 
 
 # -- deciding -------------------------------------------------------------------------------------
-def _source_of(serve: RunningServe) -> Optional[str]:
-    if serve.record is not None and serve.record.source:
-        return serve.record.source
-    return private_config_source(serve.config)
-
-
-def choose_target(directory: Optional[str], config: Optional[str],
-                  serves: Sequence[RunningServe]) -> Target:
+def choose_target(directory: Optional[ServeDirectory], config: Optional[str],
+                  serves: Sequence[ServeDirectory]) -> Target:
     """The repos.yaml an operator command uses: serve's private copy for --dir DIR; for
     --config FILE, the private copy of the serve started from FILE, else FILE itself; with
     neither, the first running serve's copy, else the default config. serves: the running
     ones (running_serves)."""
     if directory is not None:
-        private = os.path.join(directory, PRIVATE_CONFIG)
-        if not os.path.isfile(private):
-            raise TargetError(f"--dir {directory}: there is no {PRIVATE_CONFIG} in it; give "
+        named = directory.directory
+        if not directory.has_copy:
+            raise TargetError(f"--dir {named}: there is no {PRIVATE_CONFIG} in it; give "
                               "the directory `squid-helper serve --dir` was started with "
                               "(it writes its private repos.yaml there)")
-        if private_config_source(private) is None:
-            raise TargetError(f"--dir {directory}: its {PRIVATE_CONFIG} was not written by "
+        if directory.copy_source is None:
+            raise TargetError(f"--dir {named}: its {PRIVATE_CONFIG} was not written by "
                               "serve; give the directory `squid-helper serve --dir` was "
                               "started with, or that file with --config")
-        running = any(os.path.realpath(s.directory) == os.path.realpath(directory)
-                      for s in serves)
-        note = None if running else (f"no serve is running on {directory} now; using its "
-                                     f"{PRIVATE_CONFIG} as the last serve left it")
-        return Target(private, directory, note)
+        note = None if directory.running else (f"no serve is running on {named} now; using "
+                                                f"its {PRIVATE_CONFIG} as the last serve "
+                                                "left it")
+        return Target(directory.config, named, note)
     if config is not None:
         wanted = os.path.realpath(config)
         for serve in serves:
-            source = _source_of(serve)
-            if source and os.path.realpath(source) == wanted:
+            if serve.source and os.path.realpath(serve.source) == wanted:
                 return Target(serve.config, serve.directory,
                               f"{config} is what the serve on {serve.directory} was started "
                               f"from; using its private copy {serve.config} (its memo and "
                               "port)")
         return Target(config)
     for serve in serves:
-        if os.path.isfile(serve.config):
+        if serve.has_copy:
             return Target(serve.config, serve.directory,
                           f"using the running serve on {serve.directory} ({serve.config})")
     return Target(DEFAULT_CONFIG)
@@ -216,7 +223,7 @@ def find_target(directory: Optional[str], config: Optional[str]) -> Target:
     --config, those of the default directories only (another serve elsewhere is someone
     else's, named by its --dir)."""
     if directory is not None:
-        return choose_target(directory, None, running_serves([directory]))
+        return choose_target(serve_directory(directory), None, [])
     if config is None:
         return choose_target(None, None, running_serves(DEFAULT_SERVE_DIRS))
     return choose_target(None, config, running_serves(serve_directories()))
