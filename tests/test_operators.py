@@ -104,6 +104,16 @@ def test_status_check_and_purge_find_the_running_serve(rpm_snapshots):
                 assert "purged from Squid" in purged.stdout, purged.stdout
                 assert "memo: 1 entry dropped" in purged.stdout, purged.stdout
                 assert "warning" not in purged.stderr, purged.stderr
+                # Another file's memo: the hint names this serve (the one at --proxy), not
+                # whichever helpers run elsewhere on the host.
+                other = world / "other.yaml"
+                other.write_text(yaml.safe_dump({
+                    "virtual_hosts": ["repoproxy"], "cache_dir": str(world / "other-memo"),
+                    "repos": {REPO: {"mirrors": [mirror.url + TEMPLATE_PATH]}}}))
+                stray = command("purge", "--config", str(other), "--proxy", proxy, url)
+                assert stray.returncode == 1, stray
+                assert f"run it again with --dir {directory} --proxy {proxy}" in stray.stderr, \
+                    stray.stderr
             # serve gone: --dir still names its files, and says nothing runs there.
             after = command("status", "--no-squid", "--dir", str(directory))
             assert after.returncode == 0 and "no serve is running" in after.stderr, after
