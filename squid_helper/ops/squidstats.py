@@ -120,7 +120,10 @@ def _tally_path(proxy: str) -> str:
 
 def _tallied(counters: SquidCounters, proxy: str, page_bytes: int) -> SquidCounters:
     """without_reads() with the tally kept in READS_DIR (locked: status and a scrape may read
-    at once). Without a usable tally file the counters are given as Squid sent them."""
+    at once). Without a usable tally file the counters are given as Squid sent them, and so
+    are those of a page without Squid's CPU time (no restart could be told)."""
+    if counters.cpu_time <= 0:
+        return counters
     try:
         os.makedirs(READS_DIR, exist_ok=True)
         if os.stat(READS_DIR).st_uid == os.geteuid():
@@ -135,6 +138,8 @@ def _tallied(counters: SquidCounters, proxy: str, page_bytes: int) -> SquidCount
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             tally = ReadTally(**json.loads(os.read(fd, 4096) or b"{}"))
+            if not all(isinstance(v, (int, float)) for v in asdict(tally).values()):
+                raise TypeError("not a tally")
         except (ValueError, TypeError):
             tally = ReadTally()  # damaged: start again rather than subtract nonsense
         adjusted, tally = without_reads(counters, tally, page_bytes)
