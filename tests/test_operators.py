@@ -22,7 +22,10 @@ from lab.mirrors import MirrorServer, free_port
 from lab.rpmrepo import PACKAGES_URL, REPO, TEMPLATE_PATH
 from lab.serve import ServeProcess
 from lab.squid import WorldReadableDir
-from squid_helper.ops.purge import local_memo_refusal
+from squid_helper.config.files import parse_config
+from squid_helper.facts.lifetimes import Lifetimes
+from squid_helper.facts.memo import Memo
+from squid_helper.ops.purge import local_memo_refusal, memo_for_purge
 from squid_helper.ops.running import (
     DEFAULT_CONFIG,
     PRIVATE_HEADER,
@@ -34,6 +37,7 @@ from squid_helper.ops.running import (
     running_serves,
 )
 from squid_helper.ops.serve import DirectoryLock
+from squid_helper.resolve.urls import map_url
 
 from conftest import require
 
@@ -201,3 +205,24 @@ def test_purge_as_root_creates_no_memo(tmp_path):
     memo.mkdir()  # root's, as `mkdir` by hand leaves it: not the helpers' memo
     result = command("purge", "--config", str(config), "--proxy", dead, PACKAGES_URL + RPM)
     assert "not created" in result.stdout and list(memo.iterdir()) == [], result.stdout
+
+
+def test_purge_forgets_in_the_fleets_redis_without_a_local_memo(tmp_path, redis_server):
+    config = parse_config(yaml.safe_dump({
+        "virtual_hosts": ["repoproxy"], "cache_dir": str(tmp_path / "memo"),
+        "memo": redis_server.url, "repos": {REPO: {"mirrors": ["http://127.0.0.1:9/"]}}}))
+    mapped = map_url(PACKAGES_URL + RPM, {}, config)
+    answer, _miss = Lifetimes(config).purged(mapped)
+    writer = Memo(str(tmp_path / "helpers"), shared=redis_server.url)
+    try:
+        assert writer.put(answer, {"url": "http://m/" + RPM})
+        memo, untouched = memo_for_purge(config)
+        assert memo is not None and untouched is None
+        try:
+            assert memo.forget(answer) == 1
+        finally:
+            memo.close()
+        assert writer.get(answer.key) is None
+    finally:
+        writer.close()
+    assert not (tmp_path / "memo").exists()
