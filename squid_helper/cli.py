@@ -17,8 +17,14 @@ from .config.settings import NUMERIC_SETTINGS, Config, ConfigError, Repo
 from .facts.memo import Memo
 from .httpclient import system_ca_file
 from .logsetup import setup_logging
-from .ops.preflight import memo_mismatch, shared_memo_problem, squid_user_problems
+from .ops.preflight import (
+    config_serve_will_use,
+    memo_mismatch,
+    shared_memo_problem,
+    squid_user_problems,
+)
 from .ops.purge import purge
+from .ops.running import DEFAULT_CONFIG, DEFAULT_SERVE_DIRS, Target, TargetError, find_target
 from .ops.squidconf import SquidConfParams
 from .ops.squiduser import SquidUserError, detect_squid_user
 from .redaction import redacted, redacted_text
@@ -39,9 +45,45 @@ def _load(path: str) -> Config:
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default="/etc/squid-helper/repos.yaml",
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
                         help="repos.yaml to use, or the original repoproxy's INI file "
                         "(default: %(default)s)")
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    """--config or --dir for the operator commands, which find the running serve by them."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--config", "-c",
+                       help="repos.yaml to use, or the original repoproxy's INI file; the one a "
+                       "running serve was started from means that serve's private copy "
+                       f"(default: the running serve's of {' or '.join(DEFAULT_SERVE_DIRS)}, "
+                       f"else {DEFAULT_CONFIG})")
+    which.add_argument("--dir", metavar="DIR",
+                       help="serve's --dir: its repos.yaml, memo and forward port")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """The repos.yaml the operator meant (running.py), into args.config; how it was found
+    goes to stderr, so that a changed answer is never a surprise."""
+    target = find_target(args.dir, args.config)
+    if target.note:
+        print(f"squid-helper {args.command}: {target.note}", file=sys.stderr, flush=True)
+    args.config = target.config
+    return target
+
+
+def _proxy(args: argparse.Namespace, config: Config) -> str:
+    """--proxy, else the config's squid_proxy: a serve's forward port in its private copy."""
+    if args.proxy:
+        return args.proxy
+    host, port = config.squid_proxy
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _add_proxy(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--proxy", metavar="HOST:PORT",
+                        help=f"{what} (default: squid_proxy of the config: serve's forward "
+                        "port, else 127.0.0.1:3128)")
 
 
 class _BrokenConfigHandler:
@@ -145,13 +187,15 @@ def fetchlog_daemon() -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    _target(args)
     config = _load(args.config)
     setup_logging(None, "purge", logging.WARNING)
+    proxy = _proxy(args, config)
     failed = 0
-    for result in purge(config, args.proxy, args.urls):
+    for result in purge(config, proxy, args.urls):
         print(f"{'OK  ' if result.ok else 'FAIL'} {result.url}: {result.message}")
         failed += not result.ok
-    mismatch = memo_mismatch(config, args.config)
+    mismatch = memo_mismatch(config, args.config, proxy)
     if mismatch:
         print(f"warning: {mismatch}", file=sys.stderr)
     return 1 if failed or mismatch else 0
@@ -235,19 +279,27 @@ def _squid_user_lines(config: Config, args: argparse.Namespace) -> List[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    target = _target(args)
+    if target.serve_dir:
+        # The operator's file as serve uses it (its memo and log file, not the file's own):
+        # an edit is judged before serve is told to reload it.
+        source, config = config_serve_will_use(target.config, target.serve_dir)
+        label = f"{source} (as serve on {target.serve_dir} uses it)"
+    else:
+        source, config = args.config, _load(args.config)
+        label = source
     access = _squid_user_lines(config, args)
     failed = 1 if any(line.startswith("PROBLEM") for line in access) else 0
-    if not looks_like_ini(Path(args.config).read_text(encoding="utf-8"), args.config):
-        print("\n".join(_summary(config, args.config) + access))
+    if not looks_like_ini(Path(source).read_text(encoding="utf-8"), source):
+        print("\n".join(_summary(config, label) + access))
         return failed
     # The original repoproxy's INI form: the whole output is the equivalent repos.yaml, the
     # summary in its comments, so that `check --config old.ini > repos.yaml` moves to YAML.
     print("\n".join("# " + line for line in [
-        *_summary(config, f"{args.config} (the original repoproxy's INI form)"), *access, "",
+        *_summary(config, f"{label} (the original repoproxy's INI form)"), *access, "",
         "The same configuration as repos.yaml (every setting is at its default; accel_ports",
         f"is {ORIGINAL_ACCEL_PORT}, the original's port). Save it, edit it, check it, and use",
-        "--config with it:", f"  squid-helper check --config {args.config} > repos.yaml"]))
+        "--config with it:", f"  squid-helper check --config {source} > repos.yaml"]))
     print(as_yaml(config), end="")
     return failed
 
@@ -280,8 +332,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0 if resolution.url else 2
 
 
-def _status_proxy(args: argparse.Namespace) -> Optional[str]:
-    return None if args.no_squid else args.proxy
+def _status_proxy(args: argparse.Namespace, config: Config) -> Optional[str]:
+    return None if args.no_squid else _proxy(args, config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -289,8 +341,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .ops.status import collect, render_table
 
+    _target(args)
     config = _load(args.config)
-    status = collect(config, _status_proxy(args))
+    status = collect(config, _status_proxy(args, config))
     # Redacted whole: a mirror list's URL, and the details that quote one, lose its password
     # and query wherever status shows them.
     text = (json.dumps(status, indent=2, sort_keys=True) + "\n" if args.json
@@ -304,8 +357,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from .ops.metrics import exposition, listen_address, serve_metrics
     from .ops.status import collect
 
+    _target(args)
     config = _load(args.config)
-    proxy = _status_proxy(args)
+    proxy = _status_proxy(args, config)
     if args.listen is None:
         sys.stdout.write(exposition(collect(config, proxy)))
         sys.stdout.flush()
@@ -335,10 +389,11 @@ def cmd_warm(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.timeout <= 0:
         print("squid-helper warm: --workers and --timeout must be positive", file=sys.stderr)
         return 2
+    _target(args)
     config = _load(args.config)
     setup_logging(None, "warm", logging.WARNING)
     try:
-        return run(config, args.proxy, args.tree, args.packages, args.everything,
+        return run(config, _proxy(args, config), args.tree, args.packages, args.everything,
                    args.workers, args.timeout)
     except WarmError as exc:
         print(f"squid-helper warm: {exc}", file=sys.stderr)
@@ -346,9 +401,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
 
 def _add_status_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--proxy", default="127.0.0.1:3128",
-                        help="Squid's HOST:PORT, whose cache manager gives its hit counters; "
-                        "it answers localhost only (default: %(default)s)")
+    _add_proxy(parser, "Squid, whose cache manager gives its hit counters; it answers "
+               "localhost only")
     parser.add_argument("--no-squid", action="store_true",
                         help="leave Squid out: the memo's view only")
 
@@ -379,9 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetchlog)
 
     p = sub.add_parser("purge", help="purge repo URLs from Squid and from the memo together")
-    _add_config(p)
-    p.add_argument("--proxy", default="127.0.0.1:3128",
-                   help="Squid's forward proxy HOST:PORT (default: %(default)s)")
+    _add_target(p)
+    _add_proxy(p, "Squid's forward proxy")
     p.add_argument("urls", nargs="+", metavar="URL",
                    help="virtual repo URL, e.g. http://repoproxy/fedora/40/x86_64/repodata/"
                    "repomd.xml")
@@ -420,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate repos.yaml and show what it configures (for the "
                        "original repoproxy's INI form: print the equivalent repos.yaml)")
-    _add_config(p)
+    _add_target(p)
     p.add_argument("--squid-user", metavar="USER",
                    help="Squid's cache_effective_user, who runs the helpers: it must read "
                    "the config and write the memo and log file (default: the installed "
@@ -439,14 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="mirrors, their health and memoised answers per repo, "
                        "and Squid's hit ratio")
-    _add_config(p)
+    _add_target(p)
     _add_status_source(p)
     p.add_argument("--json", action="store_true",
                    help="one JSON document (schema in the README) instead of the table")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("metrics", help="the status as a Prometheus text exposition")
-    _add_config(p)
+    _add_target(p)
     _add_status_source(p)
     p.add_argument("--listen", metavar="[ADDRESS:]PORT",
                    help="serve /metrics there (until stopped) instead of printing once; "
@@ -455,9 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("warm", help="fetch a repo's metadata and packages through Squid, so "
                        "that builds start with them cached")
-    _add_config(p)
-    p.add_argument("--proxy", default="127.0.0.1:3128",
-                   help="Squid's forward proxy HOST:PORT (default: %(default)s)")
+    _add_target(p)
+    _add_proxy(p, "Squid's forward proxy")
     p.add_argument("tree", metavar="REPO/RELEASEVER/ARCH", help="e.g. fedora/40/x86_64")
     p.add_argument("packages", nargs="*", metavar="PACKAGE",
                    help="package names: the newest version of each, in every architecture "
@@ -481,6 +533,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"squid-helper: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except TargetError as exc:
+        print(f"squid-helper {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,7 @@ from lab.helper import helper_command, write_config
 from lab.mirrors import MirrorServer
 from lab.squid import WorldReadableDir, chown_proxy
 from squid_helper.config.files import load_config
-from squid_helper.ops.preflight import helper_config_of
+from squid_helper.ops.running import helper_config_of
 from squid_helper.ops.serve import write_private_config
 
 from conftest import require

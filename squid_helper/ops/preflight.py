@@ -2,9 +2,8 @@
 files the helpers need, and which memo the running helpers use.
 
 Squid starts the helpers as its cache_effective_user (proxy on Debian, squid on EL/Fedora:
-see squiduser); a root shell that finds the config fine proves nothing for that user. Pure
-parts (helper_config_of, the wording of problems) are separate from the probes of the file
-system and /proc.
+see squiduser); a root shell that finds the config fine proves nothing for that user. The wording
+of problems is separate from the probes of the file system; running.py reads /proc.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ import os
 import pwd
 import subprocess
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
-from ..config.files import load_config
+from ..config.files import load_config, parse_config
 from ..config.settings import Config, ConfigError
-
-HELPER_ROLES = ("rewrite", "storeid")
+from .running import is_serve_directory, private_config_source, running_helper_configs
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -78,6 +76,23 @@ def squid_user_problems(config: Config, config_path: str,
     return problems, True
 
 
+def config_serve_will_use(private: str, directory: str) -> Tuple[str, Config]:
+    """(the operator's file, the configuration serve on directory makes of it when it next
+    starts or reloads): what check judges for a serve, whose memo and log file are its own.
+    private: serve's copy, naming the file; without that name, the copy itself."""
+    from .serve import private_config_text  # Squid process management is only needed here
+
+    current = load_config(private)
+    source = private_config_source(private)
+    if source is None:
+        return private, current
+    host, port = current.squid_proxy
+    log_dir = Path(current.log_file).parent if current.log_file else None
+    text = private_config_text(source, Path(directory), min(current.accel_ports), log_dir,
+                               f"{host}:{port}")
+    return source, parse_config(text, source)
+
+
 def shared_memo_problem(url: str) -> Optional[str]:
     """Why the helpers could not use the shared memo at `url` now (one PING), or None."""
     from ..facts.stores import RedisStore
@@ -98,39 +113,18 @@ def shared_memo_problem(url: str) -> Optional[str]:
             store.close()
 
 
-def helper_config_of(argv: Sequence[str]) -> Optional[str]:
-    """The --config of a running `squid-helper rewrite|storeid` command line, or None when
-    argv is no such helper. Without --config, the helper's default applies."""
-    words = list(argv)
-    is_helper = any(os.path.basename(w) == "squid-helper" or w == "squid_helper.cli"
-                    for w in words[:3])
-    if not is_helper or not any(role in words for role in HELPER_ROLES):
+def _proxy_of(config_path: str) -> Optional[str]:
+    try:
+        host, port = load_config(config_path).squid_proxy
+    except (ConfigError, OSError):
         return None
-    for index, word in enumerate(words):
-        if word in ("--config", "-c") and index + 1 < len(words):
-            return words[index + 1]
-        if word.startswith("--config="):
-            return word.split("=", 1)[1]
-    return "/etc/squid-helper/repos.yaml"
+    return f"{host}:{port}"
 
 
-def running_helper_configs(proc: Path = Path("/proc")) -> Iterator[Tuple[int, str]]:
-    """(pid, config path) of every squid-helper rewrite/storeid process on this host."""
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        config = helper_config_of([word for word in argv if word])
-        if config is not None:
-            yield int(entry.name), config
-
-
-def memo_mismatch(config: Config, config_path: str) -> Optional[str]:
+def memo_mismatch(config: Config, config_path: str, proxy: str) -> Optional[str]:
     """A warning when helpers are running and none of them uses config's memo: a purge of
-    this memo would leave theirs answering from what it knows."""
+    this memo would leave theirs answering from what it knows. The helpers of the Squid at
+    proxy (their squid_proxy) are the ones that count, when any runs; the hint names theirs."""
     ours = os.path.realpath(config.cache_dir)
     theirs = {}
     for _pid, path in running_helper_configs():
@@ -138,10 +132,14 @@ def memo_mismatch(config: Config, config_path: str) -> Optional[str]:
             theirs[path] = os.path.realpath(load_config(path).cache_dir)
         except (ConfigError, OSError):
             theirs[path] = None
+    behind_proxy = {path: memo for path, memo in theirs.items() if _proxy_of(path) == proxy}
+    theirs = behind_proxy or theirs
     if not theirs or ours in theirs.values():
         return None
     named = "; ".join(f"{memo} (from {path})" if memo else f"unknown (cannot read {path})"
                       for path, memo in sorted(theirs.items(), key=lambda item: item[0]))
+    hint = sorted(theirs)[0]
+    option = (f"--dir {os.path.dirname(hint)}" if is_serve_directory(os.path.dirname(hint))
+              else f"--config {hint}")
     return (f"the running helpers use the memo {named}, not {ours} (from {config_path}): "
-            f"this purge did not reach them; run it again with --config "
-            f"{sorted(theirs)[0]}")
+            f"this purge did not reach them; run it again with {option} --proxy {proxy}")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional, Tuple
 
 from ..config.settings import Config
 from ..facts.lifetimes import Lifetimes
 from ..facts.memo import Memo
 from ..httpclient import FAILURES, describe_failure, new_session
 from ..resolve.urls import NotOurs, Refused, map_url
+from .squiduser import SquidUserError, detect_squid_user
+
+# The memo directory's database (diskcache's file name): no database, nothing to forget.
+MEMO_DATABASE = "cache.db"
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,58 @@ def purge_from_squid(url: str, proxy: str, timeout: float) -> PurgeResult:
     return PurgeResult(url, False, f"Squid at {proxy} answered {response.status_code}")
 
 
+def local_memo_refusal(directory: str, exists: bool, owner: Optional[str], euid: int,
+                       squid_user: Optional[str]) -> Optional[str]:
+    """Why purge must leave the memo directory alone, or None when it may forget there. A
+    purge never creates memo files: run as root it would leave a directory or database the
+    helpers (Squid's user) cannot write. owner: the user owning the directory."""
+    if not exists:
+        return f"no memo at {directory} yet, nothing to forget (not created)"
+    if euid == 0 and owner != squid_user:
+        return (f"{directory} belongs to {owner}, not to Squid's user "
+                f"{squid_user or '(unknown)'}: left alone; is it the helpers' memo?")
+    return None
+
+
+def _local_memo_refusal(directory: str) -> Optional[str]:
+    database = os.path.join(directory, MEMO_DATABASE)
+    try:
+        owner_uid = os.stat(directory).st_uid
+    except OSError:
+        return local_memo_refusal(directory, False, None, os.geteuid(), None)
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(owner_uid).pw_name
+    except KeyError:
+        owner = str(owner_uid)
+    try:
+        squid_user: Optional[str] = detect_squid_user(None).name
+    except SquidUserError:
+        squid_user = None
+    return local_memo_refusal(directory, os.path.exists(database), owner, os.geteuid(),
+                              squid_user)
+
+
+def memo_for_purge(config: Config) -> Tuple[Optional[Memo], Optional[str]]:
+    """The memo to forget purged paths in, as the helpers use it (the fleet's Redis, behind it
+    the directory); or None and why not."""
+    refusal = _local_memo_refusal(config.cache_dir)
+    if refusal is None:
+        return Memo.of(config), None
+    if config.memo:
+        # The fleet's Redis alone: Memo.reader names no local store to fall back to, so
+        # nothing is created in the directory, and Redis takes the forgetting.
+        return Memo.reader(config), None
+    return None, refusal
+
+
 def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) -> List[PurgeResult]:
     results = []
     # The helpers' memo as they use it (the fleet's Redis, else the directory): what a purge
     # forgets there, every helper of every proxy forgets.
-    memo, lifetimes = Memo.of(config), Lifetimes(config)
+    memo, untouched = memo_for_purge(config)
+    lifetimes = Lifetimes(config)
     try:
         for url in urls:
             mapped = map_url(url, {}, config)
@@ -59,10 +111,14 @@ def purge(config: Config, proxy: str, urls: List[str], timeout: float = 30.0) ->
                 continue
             # Squid first: its PURGE is rewritten through the memo's answer for this path.
             squid = purge_from_squid(url, proxy, timeout)
+            if memo is None:
+                results.append(PurgeResult(url, squid.ok, f"{squid.message}; memo: {untouched}"))
+                continue
             forgotten = memo.forget(*lifetimes.purged(mapped))
             results.append(PurgeResult(url, squid.ok, f"{squid.message}; memo: "
                                        f"{forgotten} entr{'y' if forgotten == 1 else 'ies'} "
                                        "dropped"))
     finally:
-        memo.close()
+        if memo is not None:
+            memo.close()
     return results

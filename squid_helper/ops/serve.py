@@ -34,6 +34,7 @@ from ..config.iniconfig import as_yaml, looks_like_ini
 from ..config.settings import Config, ConfigError, parse_upstream_proxy
 from ..redaction import redacted
 from .hostaddresses import this_host_addresses
+from .running import LOCK_NAME, PRIVATE_CONFIG, PRIVATE_HEADER, ServeRecord
 from .squidconf import (
     DEFAULT_LAB_NETWORKS,
     VISIBLE_HOSTNAME,
@@ -59,9 +60,6 @@ class ServeError(Exception):
     """Something that stops serve, worded for the person who ran it."""
 
 
-LOCK_NAME = "serve.lock"
-
-
 class DirectoryLock:
     """serve's claim on its --dir: an flock on DIR/serve.lock, held while serve lives and gone
     with the process however it ends (the kernel drops it). A second serve on the same DIR
@@ -73,9 +71,9 @@ class DirectoryLock:
         self.path = directory / LOCK_NAME
         self._fd: Optional[int] = None
 
-    def acquire(self, description: str) -> None:
-        """Take the lock and record description in it; ServeError naming the holder if another
-        process has it."""
+    def acquire(self, record: ServeRecord) -> None:
+        """Take the lock and write record into it (the operator commands find serve by it,
+        running.py); ServeError naming the holder if another process has it."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -83,13 +81,15 @@ class DirectoryLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "an unknown one"
+            text = os.read(fd, 4096).decode("utf-8", "replace")
             os.close(fd)
+            found = ServeRecord.from_text(text)
+            holder = found.describe() if found else (text.strip() or "an unknown one")
             raise ServeError(f"another squid-helper serve is running on {self.path.parent} "
                              f"({holder}); stop it first, or give this one its own --dir "
                              "(make serve DIR=...)") from None
         os.ftruncate(fd, 0)
-        os.write(fd, description.encode("utf-8"))
+        os.write(fd, record.to_text().encode("utf-8"))
         self._fd = fd
 
     def release(self) -> None:
@@ -267,11 +267,12 @@ def _write_atomically(target: Path, text: str) -> None:
     os.replace(temporary, target)
 
 
-def write_private_config(source: str, directory: Path, accel_port: int,
-                         log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
-                         ) -> Path:
-    """A copy of repos.yaml whose memo, log file and accel port belong to this directory (the
-    log file to log_dir, if given), and whose squid_proxy is this Squid (HOST:PORT)."""
+def private_config_text(source: str, directory: Path, accel_port: int,
+                        log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
+                        ) -> str:
+    """serve's copy of the repos.yaml at source: its memo, log file and accel port belong to
+    directory (the log file to log_dir, if given), and its squid_proxy is this Squid
+    (HOST:PORT). `check` judges the same text (what serve uses after its next reload)."""
     original = load_config(source)  # report the user's own file and line numbers first
     text = Path(source).read_text(encoding="utf-8")
     # The original repoproxy's INI form becomes its equivalent YAML.
@@ -283,10 +284,17 @@ def write_private_config(source: str, directory: Path, accel_port: int,
         data["squid_proxy"] = squid_proxy
     if original.ca_file:
         data["ca_file"] = original.ca_file  # absolute: a relative one was relative to source
-    target = directory / "repos.yaml"
-    _write_atomically(target, f"# written by squid-helper serve from {os.path.abspath(source)}; "
-                              "edit that file, not this one\n"
-                              + yaml.safe_dump(data, sort_keys=False))
+    return (f"{PRIVATE_HEADER}{os.path.abspath(source)}; edit that file, not this one\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
+def write_private_config(source: str, directory: Path, accel_port: int,
+                         log_dir: Optional[Path] = None, squid_proxy: Optional[str] = None
+                         ) -> Path:
+    """private_config_text() into directory/repos.yaml, checked."""
+    target = directory / PRIVATE_CONFIG
+    _write_atomically(target, private_config_text(source, directory, accel_port, log_dir,
+                                                  squid_proxy))
     load_config(str(target))
     return target
 
@@ -397,8 +405,8 @@ Squid is serving (forward proxy {args.listen}:{args.port}, old-style URLs on por
     baseurl=http://{host}:{args.accel_port}/{repo}/$releasever/$basearch/
 
 {fleet}Files: {directory}/squid.conf, logs in {log_dir} (access.log, cache.log, helper.log).
-Purge a file: {helper_executable()} purge --config {config_path} --proxy {host}:{args.port} \
-http://{vhost}/{repo}/<releasever>/<arch>/<path>
+Purge a file: {helper_executable()} purge --dir {directory} \
+http://{vhost}/{repo}/<releasever>/<arch>/<path> (status, metrics, warm, check: --dir too)
 Stop with Ctrl-C (SIGTERM); reload {args.config} with SIGHUP.
 """
 
@@ -565,8 +573,8 @@ def _serve(args: argparse.Namespace) -> int:
     lock = DirectoryLock(directory)
     # Before anything in the directory changes, and before the port checks, whose message
     # ("is another Squid running?") would not say which one.
-    lock.acquire(f"pid {os.getpid()}, ports {args.port} and {args.accel_port} on "
-                 f"{args.listen or '*'}")
+    lock.acquire(ServeRecord(pid=os.getpid(), port=args.port, accel_port=args.accel_port,
+                             listen=args.listen, source=os.path.abspath(args.config)))
     try:
         return _serve_locked(args, config, squid, build, root, user, directory, log_dir)
     finally:

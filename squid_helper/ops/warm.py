@@ -22,6 +22,7 @@ checked against the size and checksum the metadata gives, so a damaged copy is r
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -179,6 +180,30 @@ class BarProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# A bar narrower than this shows neither the bytes nor the files (tqdm prints nothing at all
+# at 0 columns, a terminal whose size was never set): one line per file says more.
+MIN_BAR_COLUMNS = 40
+
+
+def terminal_columns(stream: TextIO) -> Optional[int]:
+    """The width of the terminal stream writes to; None when it is no terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (AttributeError, ValueError, OSError):  # no file descriptor, or no size to ask
+        return None
+
+
+def wants_bar(columns: Optional[int]) -> bool:
+    """A progress bar only on a terminal wide enough to show one."""
+    return columns is not None and columns >= MIN_BAR_COLUMNS
+
+
+def progress_for(stream: TextIO, label: str) -> Progress:
+    """A bar on a usable terminal, else one line per file."""
+    return BarProgress(stream, label) if wants_bar(terminal_columns(stream)) else \
+        LineProgress(stream)
 
 
 # -- HTTP through the proxy ----------------------------------------------------------------------
@@ -360,12 +385,12 @@ def _warm(fetcher: Fetcher, names: Sequence[str], everything: bool, workers: int
 
 
 def run(config: Config, proxy: str, tree: str, names: Sequence[str], everything: bool,
-        workers: int, timeout: float, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-        bar: Optional[bool] = None) -> int:
-    """The command: progress on err (a bar on a terminal), failures on err, the summary on
-    out. 0 when every file is in Squid's cache, 1 otherwise."""
-    bar = err.isatty() if bar is None else bar
-    progress: Progress = BarProgress(err, tree) if bar else LineProgress(err)
+        workers: int, timeout: float, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+        ) -> int:
+    """The command: progress on err (a bar on a terminal wide enough for one, else a line per
+    file), failures on err, the summary on out. 0 when every file is in Squid's cache, 1
+    otherwise."""
+    progress = progress_for(err, tree)
     started = time.monotonic()
     try:
         outcomes, missing = warm(config, proxy, tree, names, everything, workers, timeout,

@@ -23,10 +23,12 @@ from squid_helper.facts.memo import Memo, Stored
 from squid_helper.facts.stores import DiskReader
 from squid_helper.ops.metrics import exposition
 from squid_helper.ops.squidstats import (
+    ReadTally,
     SquidCounters,
     SquidUnreachable,
     parse_counters,
     split_proxy,
+    without_reads,
 )
 from squid_helper.ops.status import (
     BACKOFF,
@@ -342,3 +344,23 @@ def test_a_source_that_failed_before_any_list_shows_under_no_traffic(config):
     assert "  listed: its mirrorlist host list.example is unhealthy until" in table
     assert "connection failed; last answer 5s ago: connection failed" in table
     json.dumps(status)  # still one JSON document
+
+
+# -- status's own reads of the counters --------------------------------------------------------
+def test_earlier_reads_of_the_counters_are_not_requests():
+    """Each read of the counters page is a request Squid counts once it has answered it: the
+    next page shows it. Three reads with no client traffic leave the figures alone."""
+    seen, tally = [], ReadTally()
+    for reads in range(3):
+        page = dataclasses.replace(parse_counters(COUNTERS_PAGE), requests=40 + reads,
+                       bytes_sent=2048 * 1024 + reads * 1600)
+        adjusted, tally = without_reads(page, tally, 1600)
+        seen.append((adjusted.requests, adjusted.hit_ratio, adjusted.bytes_sent))
+    assert seen == [(40, 0.75, 2048 * 1024)] * 3
+    # A restarted Squid (fewer requests, less CPU time) starts the tally again.
+    fresh = dataclasses.replace(parse_counters(COUNTERS_PAGE), requests=4, hits=1, cpu_time=0.5)
+    adjusted, tally = without_reads(fresh, tally, 1600)
+    assert adjusted.requests == 4 and tally.reads == 1
+    # Never more than Squid's non-hits are taken away.
+    adjusted, _ = without_reads(fresh, ReadTally(reads=99), 0)
+    assert adjusted.requests == 1 and adjusted.hits == 1

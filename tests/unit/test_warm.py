@@ -5,10 +5,15 @@ the command's errors: tests/test_warm_cli.py)."""
 from __future__ import annotations
 
 import bz2
+import fcntl
 import gzip
 import io
 import lzma
+import os
+import pty
+import struct
 import sys
+import termios
 
 import pytest
 import zstandard
@@ -22,6 +27,7 @@ from squid_helper.ops.warm import (
     Outcome,
     format_outcome,
     format_summary,
+    progress_for,
     summarize,
 )
 from squid_helper.verify.repodata import (
@@ -235,3 +241,25 @@ def test_progress_bar_shows_bytes_files_and_hits():
     screen = stream.getvalue()
     assert "fedora/40/x86_64" in screen and "files 4/4, 2 hits, 1 failed" in screen
     assert "4.93k/4.93k" in screen  # the hit left the total: bytes done of bytes to fetch
+
+
+@pytest.mark.parametrize("columns, kind", [(0, LineProgress), (20, LineProgress),
+                                           (80, BarProgress)])
+def test_a_bar_only_on_a_terminal_wide_enough(columns, kind):
+    """A terminal whose size was never set says 0 columns: tqdm would draw nothing there, and
+    warm showed only its summary; one line a file is shown instead."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(terminal, "w") as stream, os.fdopen(controller, "rb", buffering=0):
+        assert stream.isatty()
+        progress = progress_for(stream, "fedora/40/x86_64")
+        try:
+            assert isinstance(progress, kind)
+        finally:
+            progress.close()
+
+
+def test_one_line_a_file_on_a_pipe():
+    with open(os.devnull, "w") as stream:
+        assert isinstance(progress_for(stream, "fedora/40/x86_64"), LineProgress)
+
