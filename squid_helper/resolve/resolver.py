@@ -414,7 +414,8 @@ class Resolver:
                     results[index] = future.result()
                 elif now - began >= limit:  # left to finish on its own; its answer is late
                     results[index] = ProbeResult(urls[index], FAILED, "no answer within "
-                                                 f"{self.config.probe_timeout:g}s", now - began)
+                                                 f"{self.config.probe_timeout:g}s", now - began,
+                                                 timed_out=True)
                 else:
                     continue
                 del running[future]
