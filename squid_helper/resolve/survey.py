@@ -292,10 +292,10 @@ class Surveys:
         """Store a survey for every process; their in-process copies of the previous one go
         (surveys are rare: once per metadata_ttl and repo, and once more when complete)."""
         fact = self.lifetimes.survey(request.triple)
-        if not survey.ranked:  # no mirror holds the release: kept briefly (lifetimes)
+        if not survey.ages:  # no mirror served its repomd.xml: kept briefly (lifetimes)
             replaced = self.memo.last(fact)
             self.memo.put(self.lifetimes.survey_of_nowhere(request.triple), survey, at=at)
-            if replaced is None or not replaced.value.ranked:
+            if replaced is None or not replaced.value.ages:
                 return  # no process answers from a survey of it: nothing to announce
         else:
             self.memo.put(fact, survey, at=at)
