@@ -45,8 +45,8 @@ def test_a_flood_of_invented_releases_spends_one_budget_per_host(tmp_path: Path)
                      [(True, f"http://repoproxy/listed/{TREE}{p}") for p in NORMAL]
             for _, url in normal:  # memoised before anything is measured; a request that
                 # found this second's budget spent by the ones before it is asked again
-                assert wait_for(lambda: rewritten_url(helper.ask_settled(url)), timeout=10,
-                                step=0.2), url
+                assert wait_for(lambda url=url: rewritten_url(helper.ask_settled(url)),
+                                timeout=10, step=0.2), url
             _, alone = drive(helper, normal * 20, 50, 60)
             flood = []
             for i in range(1000):
@@ -70,7 +70,7 @@ def test_a_flood_of_invented_releases_spends_one_budget_per_host(tmp_path: Path)
               f"{1000 * max(during):.0f} ms)")
     print(report)
     assert kinds["BH"] == 0 and sum(kinds.values()) == 2000, report
-    for host, most in busiest.items():
+    for most in busiest.values():
         # A request counted in one second may arrive in the next: a little slack.
         assert 0 < most <= LIMIT * 1.25, report
     # Memoised answers are not held up by the flood's work: the replies to them wait only

@@ -113,7 +113,8 @@ class Prober:
             return None
         return ProbeResult(url, FAILED, f"upstream proxy {self.proxy} could not reach "
                            f"{host_of(url)}: {response.status_code} {error}",
-                           time.monotonic() - started)
+                           time.monotonic() - started,
+                           timed_out=error.startswith("ERR_READ_TIMEOUT"))
 
     @staticmethod
     def _classify(status: int) -> str:
