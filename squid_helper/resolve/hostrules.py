@@ -1,11 +1,12 @@
 """The rules by which one answer from a host is judged, and the host's probe budget (pure).
 
-A client chooses the paths the helpers ask mirrors for. So what one path does (answers 5xx,
-asks to be left alone for ten minutes, takes longer than probe_timeout) must not take the host
-away from every client: only evidence from several paths, or from a request no client chose
-(the host refused the connection, the mirror list or metalink failed, the watch's look at a
-mirror in use went unanswered), marks a host out at once. health.MirrorHealth applies these rules to
-the memo; nothing here reads a clock or does I/O.
+A client chooses the paths the helpers ask mirrors for, so what one path does (a 5xx, a 429
+asking for ten minutes, an answer slower than probe_timeout) must not take the host away from
+every client: a host is marked out at once only when it cannot be reached at all (a refused
+connection, a failed TLS handshake) or when a request no client chose timed out (its mirror
+list or metalink, the watch's look at a mirror in use); otherwise only when several distinct
+paths failed. health.MirrorHealth applies these rules to the memo; nothing here reads a clock
+or does I/O.
 """
 
 from __future__ import annotations
