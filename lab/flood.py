@@ -59,7 +59,7 @@ class FloodResult:
         ])
 
 
-def drive(helper: HelperProcess, lines: List[Tuple[bool, str]], in_flight: int,
+def _drive(helper: HelperProcess, lines: List[Tuple[bool, str]], in_flight: int,
            timeout: float) -> Tuple[Dict[str, int], List[float]]:
     """Send lines (normal?, URL) with channel-IDs, at most in_flight outstanding; returns the
     reply kinds of the flood lines and the latencies of the normal ones."""
@@ -119,7 +119,7 @@ def run_flood(directory: Path, count: int = 10_000, probe_limit: int = 20, memo_
                 helper.ask_settled(PKG + path, EXTRAS)
             normal = [(True, PKG + NORMAL[i % len(NORMAL)])
                       for i in range(count // normal_every)]
-            _, alone = drive(helper, normal, in_flight, timeout)
+            _, alone = _drive(helper, normal, in_flight, timeout)
             # Half packages (answered at once, verified in the background), half anything
             # else (probed before they are answered): both kinds of new path.
             flood = [(False, PKG + (f"Packages/{_name('typo', i, name_length)}.rpm" if i % 2
@@ -131,7 +131,7 @@ def run_flood(directory: Path, count: int = 10_000, probe_limit: int = 20, memo_
                 if i % normal_every == 0:
                     mixed.append(normal[(i // normal_every) % len(normal)])
             started = time.monotonic()
-            kinds, during = drive(helper, mixed, in_flight, timeout)
+            kinds, during = _drive(helper, mixed, in_flight, timeout)
             seconds = time.monotonic() - started
         busiest = {m.url: m.busiest_second("HEAD") for m in (one, two)}
     with diskcache.Cache(str(directory / "memo")) as memo:

@@ -102,9 +102,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._record()  # on arrival: a far mirror has the request while it makes it wait
         if owner.delay:
             time.sleep(owner.delay)
-        for fragment, seconds in list(owner.slow_paths.items()):
-            if fragment in self.path:
-                owner.stopping.wait(seconds)  # cut short when the server stops
         if owner.stopping.is_set():
             self.close_connection = True
             return
@@ -259,15 +256,15 @@ class _MirrorHTTPServer(ThreadingHTTPServer):
 class MirrorServer:
     """A real HTTP server on 127.0.0.1 that behaves like a mirror: serves `root` (and in-memory
     `documents`), or hangs, or answers 500, or refuses HEAD, or drips its answer a byte at a
-    time (DRIP), or serves every .rpm with one byte flipped (CORRUPT: 200, the right length);
-    `fail_gets` makes GETs of some paths fail while HEADs succeed, `bytes_per_second` slows its
-    bodies down and `slow_paths` some paths' answers. Records every request. `delay`: seconds
-    added before every answer (a far mirror). `listings`: directories under `root` (asked for
-    with a trailing '/') get an HTML index; without it they are 404, as on a mirror with indexes
-    off. `tls`: a server-side SSLContext (see lab.tls) makes it an https:// mirror;
-    `handshake_failures` then records every client that gave up on the TLS handshake, and why.
-    `host`: another address to listen on (one the test itself set up, e.g. a lab.netns veth
-    address: a service of the proxy host that is not on loopback)."""
+    time (DRIP), or serves every .rpm with one byte flipped (CORRUPT: 200, the right
+    length); `fail_gets` makes GETs of some paths fail while HEADs succeed, and
+    `bytes_per_second` slows its bodies down. Records every request. `delay`:
+    seconds added before every answer (a far mirror). `listings`: directories under `root`
+    (asked for with a trailing '/') get an HTML index; without it they are 404, as on a
+    mirror with indexes off. `tls`: a server-side SSLContext (see lab.tls) makes it an
+    https:// mirror; `handshake_failures` then records every client that gave up on the TLS
+    handshake, and why. `host`: another address to listen on (one the test itself set up,
+    e.g. a lab.netns veth address: a service of the proxy host that is not on loopback)."""
 
     def __init__(self, root: Optional[Path] = None, behaviour: str = GOOD,
                  documents: Optional[Dict[str, bytes]] = None, port: int = 0,
@@ -290,9 +287,6 @@ class MirrorServer:
         # path fragment -> status: GETs of paths containing it get that answer, while HEADs
         # answer as usual (what the helpers' probes see is fine, Squid's fetches fail)
         self.fail_gets: Dict[str, int] = {}
-        # path fragment -> seconds: paths containing it are answered that much later (a slow
-        # path on a mirror that answers everything else at once)
-        self.slow_paths: Dict[str, float] = {}
         # bytes/s at which bodies are sent (None: as fast as the socket takes them)
         self.bytes_per_second: Optional[float] = None
         self.lock = threading.Lock()

@@ -110,13 +110,6 @@ def _timed_out(exc: BaseException) -> bool:
         and not isinstance(exc, NewConnectionError)
 
 
-def timed_out_answering(exc: BaseException) -> bool:
-    """The server took the request and did not answer in time (not: could not be connected
-    to in time). Such a timeout may be one path's slowness, not the host's."""
-    return _timed_out(exc) and not isinstance(exc, (requests.ConnectTimeout,
-                                                    urllib3.exceptions.ConnectTimeoutError))
-
-
 def describe_failure(exc: BaseException, url: str, elapsed: float, proxy: Optional[str] = None,
                      proxy_role: str = "upstream proxy") -> str:
     """A request's failure in a few words, the same whoever made the request: 'timeout after

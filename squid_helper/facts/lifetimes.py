@@ -179,16 +179,6 @@ class Lifetimes:
         "bytes_fetched"} since the memo last lost it (counters, added to by every proxy)."""
         return Fact(TRAFFIC.key(repo), self.config.last_known_ttl, None)
 
-    # -- what no mirror holds -------------------------------------------------------------------
-    def survey_of_nowhere(self, triple: str) -> Fact:
-        """A survey that found no mirror holding the repo (a releasever or arch that does not
-        exist: a typo, or a client inventing them by the thousand). Read as survey() reads it,
-        but kept only as long as a "no mirror has this path" answer: what such releases leave
-        in the memo stays small, and cannot push real traffic's last-known answers out of
-        it."""
-        keep = max(self.config.negative_ttl, 1.0)
-        return Fact(SURVEYS.key(triple), self.config.metadata_ttl, keep)
-
 
 def lock(name: str, hold_for: float) -> Fact:
     """A cross-process lock (memo.Memo.try_lock): held for hold_for seconds at most, so that a

@@ -1,12 +1,9 @@
 """What the helpers know about each mirror host: whether it is failing, and how fast it answers.
 
-Both facts are learnt from the requests the helper makes anyway (surveys, probes, mirror list
-fetches, the watch) and shared through the memo, by the rules of hostrules: a host that cannot
-be reached is skipped for unhealthy_ttl at once; what one path does (5xx, a timeout) counts
-against the host only with other paths'; a Retry-After is heeded up to unhealthy_ttl. Marking
-a host bumps the memo's generation, so that no process keeps answering with it from an
-in-process copy of an older answer. Every request to a host, of any kind, spends one of its
-max_probes_per_second (may_probe).
+Both facts are learnt from the requests the helper makes anyway (surveys, probes) and shared
+through the memo. A host that timed out, refused the connection or answered 5xx is skipped for
+unhealthy_ttl; marking one bumps the memo's generation, so that no process keeps answering
+with it from an in-process copy of an older answer.
 """
 
 from __future__ import annotations
@@ -17,22 +14,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
-from ..facts.lifetimes import HOST_ERROR_WINDOW, Lifetimes
+from ..facts.lifetimes import HOST_ERROR_PATHS, HOST_ERROR_WINDOW, MAX_BACKOFF, Lifetimes
 from ..facts.memo import Memo, Stored
 from ..redaction import host_of  # hosts are keyed and named without credentials
-from .hostrules import (
-    BACK_OFF,
-    HOST_DOWN,
-    PATH_FAILED,
-    back_off_for,
-    budget_second,
-    evidence,
-    failing_paths,
-    first_within_budget,
-    host_failing,
-    within_budget,
-)
-from .probe import ProbeResult
+from .probe import ERROR, FAILED, ProbeResult
 from .selection import DownloadSpeed
 
 log = logging.getLogger("squid_helper.health")
@@ -118,27 +103,21 @@ class MirrorHealth:
     def is_healthy(self, base: str) -> bool:
         return not self.unhealthy([base])
 
-    def record(self, result: ProbeResult, conclusive: bool = False) -> None:
-        """Learn from one request to a host (hostrules.evidence). One that cannot be reached
-        is marked at once. A 5xx or a timeout is that path's answer: the host is marked only
-        when HOST_ERROR_PATHS distinct paths failed within HOST_ERROR_WINDOW. A Retry-After is
-        heeded for as long as it asks, up to unhealthy_ttl. conclusive: a request no client
-        chose (a mirror list or metalink, the watch's look at a mirror in use), whose failure
-        is the host's. Any answer is a latency sample."""
+    def record(self, result: ProbeResult) -> None:
+        """Learn from one request to a mirror. A host that cannot be reached (refused, timed
+        out) is marked at once. A 5xx or 429 is that path's answer: the host is marked only
+        when HOST_ERROR_PATHS distinct paths failed within HOST_ERROR_WINDOW, or when it asks
+        to be left alone (Retry-After), for as long as it asks. Any answer is a latency
+        sample."""
         host = host_of(result.url)
         if self.listener is not None:
             self.listener(host, result)
-        judged = evidence(result.outcome, result.timed_out, result.retry_after, conclusive)
-        if judged == HOST_DOWN:
+        if result.outcome == FAILED:
             self._mark(host, result.detail)
-        elif judged == BACK_OFF:
-            self._back_off(host, result)
-        elif judged == PATH_FAILED:
-            self._count_failure(host, result)
-        else:
-            self._answered(host, result)
-
-    def _answered(self, host: str, result: ProbeResult) -> None:
+            return
+        if result.outcome == ERROR:
+            self._count_error(host, result)
+            return
         mark = self.lifetimes.unhealthy(host)
         if self.memo.last(mark, front=True) is not None and self.memo.delete(mark.key):
             self.memo.bump_generation()
@@ -154,38 +133,33 @@ class MirrorHealth:
         log.warning("mirror %s marked unhealthy for %gs: %s", host,
                     self.lifetimes.config.unhealthy_ttl, detail)
 
-    def _back_off(self, host: str, result: ProbeResult) -> None:
-        wait = back_off_for(result.retry_after or 0.0, self.lifetimes.config.unhealthy_ttl)
-        self.memo.put(self.lifetimes.backoff(host), self.clock() + wait)
-        self.memo.bump_generation()
-        log.warning("mirror %s asked to be left alone for %gs: %s", host, wait, result.detail)
-
-    def _count_failure(self, host: str, result: ProbeResult) -> None:
+    def _count_error(self, host: str, result: ProbeResult) -> None:
         now = self.clock()
+        if result.retry_after:
+            wait = min(result.retry_after, MAX_BACKOFF)
+            self.memo.put(self.lifetimes.backoff(host), now + wait)
+            self.memo.bump_generation()
+            log.warning("mirror %s asked to be left alone for %gs: %s", host, wait,
+                        result.detail)
+            return
         path = urlsplit(result.url).path
-        failing = self.memo.update(self.lifetimes.host_errors(host),
-                                   lambda known: failing_paths(known, path, now),
-                                   {path: now})
-        if host_failing(failing):
+
+        def add(paths: Optional[Dict[str, float]]) -> Dict[str, float]:
+            recent = {p: t for p, t in (paths or {}).items() if now - t < HOST_ERROR_WINDOW}
+            recent[path] = now
+            return recent
+
+        failing = self.memo.update(self.lifetimes.host_errors(host), add, {path: now})
+        if len(failing) >= HOST_ERROR_PATHS:
             self._mark(host, f"{result.detail} for {len(failing)} paths within "
                        f"{HOST_ERROR_WINDOW:g}s")
-        else:
-            log.info("mirror %s: %s for %s (%d failing path(s): not the host's yet)", host,
-                     result.detail, path, len(failing))
 
     def may_probe(self, base: str) -> bool:
-        """Spend one of the host's requests for this second, if any is left: every request
-        the helpers make to a host (probes, surveys, mirror list fetches) spends one, whatever
-        release, arch or repo it is for, so that a client asking for thousands of paths or
-        releases that exist nowhere cannot turn the helpers into a cannon aimed at the
-        mirrors and the mirror list hosts."""
-        fact = self.lifetimes.probe_budget(host_of(base), budget_second(self.clock()))
-        return within_budget(self.memo.count(fact), self.lifetimes.config.max_probes_per_second)
-
-    def within_budget(self, bases: Iterable[str], wanted: int) -> List[str]:
-        """The first `wanted` of bases, in order, whose host may still be asked this second
-        (each one spends a request of its host's budget)."""
-        return first_within_budget(bases, wanted, self.may_probe)
+        """Spend one of the mirror host's probes for this second, if any is left: a client
+        asking for thousands of paths that exist nowhere must not turn the helpers into a
+        probe cannon aimed at the mirrors."""
+        fact = self.lifetimes.probe_budget(host_of(base), int(self.clock()))
+        return self.memo.count(fact) <= self.lifetimes.config.max_probes_per_second
 
     def latencies(self, bases: Iterable[str]) -> Dict[str, float]:
         """Each base's latency estimate in seconds, for those measured."""

@@ -127,11 +127,8 @@ class MirrorLists(Stage):
     def _fetch(self, source: _Source, trace: List[str]) -> Optional[MirrorSet]:
         kind, url, fact = source.kind, source.url, source.fact
         previous = self.memo.last(fact)
-        if not self.health.may_probe(url):  # the list host's requests for this second: spent
-            trace.append(f"{kind} {url}: max_probes_per_second spent on its host; not asked")
-            return previous.value.mirrors if previous else None
         result = self.prober.fetch(url, previous.value.validators if previous else ())
-        self.health.record(result, conclusive=True)
+        self.health.record(result)
         if result.outcome == UNCHANGED and previous is not None:
             self.memo.put(fact, previous.value)  # fresh again, as it was
             trace.append(f"{kind} {url}: unchanged")

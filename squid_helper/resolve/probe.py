@@ -22,7 +22,6 @@ from ..httpclient import (
     describe_failure,
     new_session,
     retry_after,
-    timed_out_answering,
     trust_store,
 )
 from ..redaction import host_of
@@ -46,9 +45,6 @@ class ProbeResult:
     content: Optional[bytes] = None  # only for fetch()
     validators: Tuple[Tuple[str, str], ...] = ()  # fetch(): ETag / Last-Modified to send back
     retry_after: Optional[float] = None  # seconds a 429 or 503 asked us to wait
-    # FAILED only: the host took the request and did not answer within the time limit (a
-    # slow path, maybe), rather than being unreachable
-    timed_out: bool = False
 
 
 class Prober:
@@ -99,8 +95,7 @@ class Prober:
         elapsed = time.monotonic() - started
         if deadline.expired:  # the cut connection's error, not the mirror's
             exc = requests.Timeout()
-        return ProbeResult(url, FAILED, describe_failure(exc, url, elapsed, self.proxy), elapsed,
-                           timed_out=timed_out_answering(exc))
+        return ProbeResult(url, FAILED, describe_failure(exc, url, elapsed, self.proxy), elapsed)
 
     def _proxy_refusal(self, url: str, response: requests.Response,
                        started: float) -> Optional[ProbeResult]:
@@ -113,8 +108,7 @@ class Prober:
             return None
         return ProbeResult(url, FAILED, f"upstream proxy {self.proxy} could not reach "
                            f"{host_of(url)}: {response.status_code} {error}",
-                           time.monotonic() - started,
-                           timed_out=error.startswith("ERR_READ_TIMEOUT"))
+                           time.monotonic() - started)
 
     @staticmethod
     def _classify(status: int) -> str:

@@ -236,10 +236,8 @@ class Verifier(Stage):
                 if future in done:
                     results[index] = future.result()
                 elif now - began >= limit:  # left to finish on its own; its answer is late
-                    # A slow path is that path's problem, not the host's (hostrules).
                     results[index] = ProbeResult(urls[index], FAILED, "no answer within "
-                                                 f"{self.config.probe_timeout:g}s", now - began,
-                                                 timed_out=True)
+                                                 f"{self.config.probe_timeout:g}s", now - began)
                 else:
                     continue
                 del running[future]

@@ -143,14 +143,8 @@ class Surveys(Stage):
     def _survey(self, request: RepoPath, mirrors: MirrorSet, previous: Optional[Survey],
                 trace: List[str]) -> Survey:
         unhealthy = set(self.health.unhealthy(mirrors.bases))
-        healthy = [b for b in mirrors.bases if b not in unhealthy]
-        asked = self.health.within_budget(healthy, self.config.survey_limit)
+        asked = [b for b in mirrors.bases if b not in unhealthy][: self.config.survey_limit]
         run = f"{os.getpid()}.{next(self._runs)}"
-        if healthy and not asked:
-            # Every host's requests for this second are spent (a flood of new releases): the
-            # last survey stands, and nothing new is memoised.
-            trace.append("survey: max_probes_per_second spent on every mirror")
-            return previous or Survey(mirrors.bases, {}, (), True, run)
         answers = _Answers(asked, self.timer)
         self._done[run] = threading.Event()
         for base in asked:
@@ -280,14 +274,7 @@ class Surveys(Stage):
     def _publish(self, request: RepoPath, survey: Survey, at: Optional[float] = None) -> None:
         """Store a survey for every process; their in-process copies of the previous one go
         (surveys are rare: once per metadata_ttl and repo, and once more when complete)."""
-        fact = self.lifetimes.survey(request.triple)
-        if not survey.ages:  # no mirror served its repomd.xml: kept briefly (lifetimes)
-            replaced = self.memo.last(fact)
-            self.memo.put(self.lifetimes.survey_of_nowhere(request.triple), survey, at=at)
-            if replaced is None or not replaced.value.ages:
-                return  # no process answers from a survey of it: nothing to announce
-        else:
-            self.memo.put(fact, survey, at=at)
+        self.memo.put(self.lifetimes.survey(request.triple), survey, at=at)
         self.memo.bump_generation()
 
     def _forget_repomd_answers(self, request: RepoPath, demoted: FrozenSet[str]) -> None:

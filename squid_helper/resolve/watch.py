@@ -81,7 +81,7 @@ class Watch(Stage):
         url = join_under_base(base, REPOMD_PATH)
         result = self.pool.submit(self.prober.fetch, url,
                                   self._validators.get(base, ())).result()
-        self.health.record(result, conclusive=True)  # no client chose this request
+        self.health.record(result)
         if result.outcome == UNCHANGED:
             return False
         if result.outcome != FOUND:

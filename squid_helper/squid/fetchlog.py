@@ -42,13 +42,11 @@ FIELDS = (
 LOGFORMAT = " ".join([FORMAT_TAG, *(code for _, code in FIELDS)])
 
 # Errors Squid reports when it could not talk to the server at all: the host is failing, as
-# when a probe is refused.
+# when a probe is refused or times out. ERR_READ_TIMEOUT also ends a transfer that stalled.
 UNREACHABLE = frozenset({"ERR_CONNECT_FAIL", "ERR_DNS_FAIL", "ERR_SOCKET_FAILURE",
-                         "ERR_SECURE_CONNECT_FAIL"})
-# Errors that end a transfer the server started: the answer was cut short, or stalled
-# (ERR_READ_TIMEOUT: as a probe's timeout, that path's failure, not yet the host's).
-CUT_SHORT = frozenset({"ERR_READ_ERROR", "ERR_ZERO_SIZE_OBJECT", "ERR_WRITE_ERROR",
-                       "ERR_READ_TIMEOUT"})
+                         "ERR_SECURE_CONNECT_FAIL", "ERR_READ_TIMEOUT"})
+# Errors that end a transfer the server started: the answer was cut short.
+CUT_SHORT = frozenset({"ERR_READ_ERROR", "ERR_ZERO_SIZE_OBJECT", "ERR_WRITE_ERROR"})
 # %Ss values of answers served from the cache (or revalidated there, with no body fetched).
 _FROM_CACHE = ("HIT", "TCP_REFRESH_UNMODIFIED", "TCP_REFRESH_FAIL_OLD")
 
